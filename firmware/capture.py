@@ -1,0 +1,122 @@
+"""The capture reader: one thread per audio device, from the device into the line rings.
+
+The hot loop only reads a period, copies it into the preallocated rings and, once a
+second, stores a time anchor. It takes no lock, does no logging and touches no disk;
+rare events (xrun, device lost/back) are counted here and reported through a
+SimpleQueue that the StatusMaintainer drains and logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from .errors import CaptureOverrun, DeviceError, DeviceLost, EndOfStream
+from .hal.audio import AudioSource
+from .hal.clock import Clock
+from .ring import LineRings
+
+log = logging.getLogger(__name__)
+
+
+class CaptureReader(threading.Thread):
+    """Reads ``source`` into ``rings``; survives xruns and devices that vanish and return."""
+
+    def __init__(self, source: AudioSource, rings: LineRings, chmap: list[int], clock: Clock,
+                 reopen_max_s: float = 10.0, events: queue.SimpleQueue | None = None) -> None:
+        super().__init__(name=f"capture-{source.name}", daemon=True)
+        self.source = source
+        self.rings = rings
+        self.chmap = chmap
+        self.clock = clock
+        self.reopen_max_s = reopen_max_s
+        self.events: queue.SimpleQueue = events if events is not None else queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        # Counters and state below are written only by this thread and read by others.
+        self.state = "starting"  # starting, running, lost, eof, stopped, failed
+        self.xruns = 0
+        self.losses = 0
+        self.reopens = 0
+        self.open_failures = 0
+        self.gap_seconds = 0.0
+        self.last_error = ""
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        backoff = 0.25
+        lost_since: float | None = None
+        stop = self.stop_event
+        try:
+            while not stop.is_set():
+                try:
+                    self.source.open()
+                except DeviceError as exc:
+                    self.open_failures += 1
+                    self.state = "lost" if lost_since is not None or self.open_failures > 1 else "starting"
+                    self.last_error = str(exc)
+                    if lost_since is None:
+                        lost_since = self.clock.monotonic()
+                    self.events.put(("open_failed", self.clock.wall(), str(exc)))
+                    if self.clock.sleep(backoff, stop):
+                        break
+                    backoff = min(backoff * 2.0, self.reopen_max_s)
+                    continue
+                backoff = 0.25
+                if lost_since is not None:
+                    gap = max(0.0, self.clock.monotonic() - lost_since)
+                    lost_since = None
+                    if self.rings.write_pos > 0:
+                        self.reopens += 1
+                        self.gap_seconds += gap
+                        self.rings.mark_gap(gap)
+                        self.events.put(("back", self.clock.wall(), gap))
+                self.state = "running"
+                self.rings.anchor(self.clock.wall(), self.clock.monotonic())
+                try:
+                    self._loop()
+                except DeviceLost as exc:
+                    self.losses += 1
+                    self.state = "lost"
+                    self.last_error = str(exc)
+                    lost_since = self.clock.monotonic()
+                    self.events.put(("lost", self.clock.wall(), str(exc)))
+                    self.source.close()
+                    continue
+                except EndOfStream:
+                    self.state = "eof"
+                    break
+        except Exception as exc:  # noqa: BLE001 - a dead reader must be visible, not silent
+            self.state = "failed"
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("capture reader failed")
+        finally:
+            self.source.close()
+            if self.state != "failed":
+                self.state = "eof" if self.state == "eof" else "stopped"
+            self.rings.anchor(self.clock.wall(), self.clock.monotonic())
+            self.rings.end_reason = {"eof": "eof", "failed": "device_failed"}.get(self.state, "shutdown")
+            self.rings.eof = True  # set last: consumers read end_reason after seeing it
+
+    def _loop(self) -> None:
+        src = self.source
+        rings = self.rings
+        chmap = self.chmap
+        clock = self.clock
+        stop = self.stop_event
+        rate = src.rate
+        next_anchor = rings.write_pos + rate
+        while not stop.is_set():
+            try:
+                block = src.read()
+            except CaptureOverrun:
+                self.xruns += 1
+                next_anchor = 0  # re-anchor right after the lost samples
+                continue
+            if not rings.write(block, chmap, stop):
+                return
+            if rings.write_pos >= next_anchor:
+                rings.anchor(clock.wall(), clock.monotonic())
+                next_anchor = rings.write_pos + rate

@@ -1,0 +1,265 @@
+"""Typed configuration: defaults in code, then /etc/nokbox/nokbox.toml or --config.
+
+One strict schema: unknown keys are rejected, ranges are checked, every field is
+described. Errors name the key (``line[1].channel``) and the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = Path("/etc/nokbox/nokbox.toml")
+DEFAULT_DATA_DIR = Path("/var/lib/nokbox")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class AudioConfig(_Strict):
+    """Where line audio comes from."""
+
+    backend: Literal["auto", "alsa", "simulated"] = Field(
+        "auto",
+        description="auto: ALSA when 'device' is set, otherwise the built-in simulated lines.",
+    )
+    device: str | None = Field(
+        None, description="ALSA PCM name of the capture device, e.g. 'hw:CARD=Device,DEV=0'."
+    )
+    rate: Literal[8000, 16000] = Field(8000, description="Capture sample rate in Hz.")
+    channels: int = Field(
+        4, ge=1, le=32, description="Number of interleaved input channels (one per line)."
+    )
+    period_ms: int = Field(
+        20, ge=5, le=100, description="ALSA period length in milliseconds (one read)."
+    )
+    periods: int = Field(4, ge=2, le=64, description="ALSA periods in the hardware buffer.")
+    ring_seconds: float = Field(
+        30.0,
+        ge=30.0,
+        le=600.0,
+        description="Seconds of lag each line's ring absorbs before audio is lost "
+        "(pre-roll and hang-over are added on top).",
+    )
+    reopen_max_s: float = Field(
+        10.0, ge=0.5, le=300.0, description="Longest back-off between tries to reopen a lost device."
+    )
+
+
+class SegmentConfig(_Strict):
+    """How a line's audio is split into calls."""
+
+    frame_ms: Literal[10, 20, 30] = Field(20, description="Analysis frame length.")
+    preroll_s: float = Field(
+        2.0, ge=1.0, le=10.0, description="Audio kept before the first sign of activity."
+    )
+    silence_s: float = Field(
+        10.0, ge=2.0, le=120.0, description="A call ends after this long without line activity."
+    )
+    tail_s: float = Field(
+        0.5, ge=0.0, le=5.0, description="Audio kept after the last activity of a call."
+    )
+    trigger_db: float = Field(
+        10.0, ge=3.0, le=40.0, description="Activity starts this many dB above the noise floor."
+    )
+    release_db: float = Field(
+        6.0, ge=1.0, le=40.0, description="Activity continues while this many dB above the floor."
+    )
+    min_level_dbfs: float = Field(
+        -55.0, ge=-90.0, le=-10.0, description="Quieter frames never count as activity."
+    )
+    start_frames: int = Field(
+        3, ge=1, le=50, description="Consecutive active frames needed to start a call."
+    )
+    min_call_s: float = Field(
+        0.5, ge=0.0, le=30.0, description="Shorter bursts are not kept as calls."
+    )
+    max_call_s: float = Field(
+        14400.0, ge=60.0, le=86400.0, description="A call longer than this is closed and a new one opened."
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> "SegmentConfig":
+        if self.release_db > self.trigger_db:
+            raise ValueError("release_db must not exceed trigger_db")
+        return self
+
+
+class StorageConfig(_Strict):
+    """How finished audio is stored."""
+
+    codec: Literal["wav"] = Field(
+        "wav", description="Audio container inside the encrypted file (16-bit PCM WAV)."
+    )
+    queue_blocks: int = Field(
+        256, ge=8, le=65536, description="Blocks the writer queue holds before segmentation waits."
+    )
+
+
+class WebConfig(_Strict):
+    """The local admin page."""
+
+    host: str = Field("127.0.0.1", description="Address the admin page binds to (LAN only).")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the admin page.")
+
+
+class SimulateConfig(_Strict):
+    """The built-in simulated lines used when no capture device is configured."""
+
+    seed: int = Field(1, ge=0, description="Random seed of the simulated traffic.")
+    first_call_s: float = Field(
+        3.0, ge=0.0, le=600.0, description="Idle time before each simulated line's first call."
+    )
+    idle_min_s: float = Field(20.0, ge=1.0, le=3600.0, description="Shortest idle gap between calls.")
+    idle_max_s: float = Field(90.0, ge=1.0, le=7200.0, description="Longest idle gap between calls.")
+    talk_min_s: float = Field(15.0, ge=1.0, le=3600.0, description="Shortest conversation.")
+    talk_max_s: float = Field(90.0, ge=1.0, le=7200.0, description="Longest conversation.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SimulateConfig":
+        if self.idle_min_s > self.idle_max_s:
+            raise ValueError("idle_min_s must not exceed idle_max_s")
+        if self.talk_min_s > self.talk_max_s:
+            raise ValueError("talk_min_s must not exceed talk_max_s")
+        return self
+
+
+class LineConfig(_Strict):
+    """One telephone line wired to one input channel."""
+
+    channel: int = Field(..., ge=0, le=31, description="Input channel index (0-based).")
+    name: str = Field(..., min_length=1, max_length=64, description="Name shown on the page.")
+    extension: str = Field(
+        "", pattern=r"^[0-9*#]{0,16}$", description="Extension number of the line, digits only."
+    )
+
+
+class NokboxConfig(_Strict):
+    """The whole configuration of one box."""
+
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    web: WebConfig = Field(default_factory=WebConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    line: list[LineConfig] = Field(
+        default_factory=list,
+        description="Declared lines; when empty, one line per channel named 회선 N.",
+    )
+
+    @model_validator(mode="after")
+    def _lines(self) -> "NokboxConfig":
+        seen: dict[int, int] = {}
+        for i, ln in enumerate(self.line):
+            if ln.channel >= self.audio.channels:
+                raise ValueError(
+                    f"line[{i}].channel: {ln.channel} is not an input channel "
+                    f"(audio.channels = {self.audio.channels})"
+                )
+            if ln.channel in seen:
+                raise ValueError(
+                    f"line[{i}].channel: channel {ln.channel} already used by line[{seen[ln.channel]}]"
+                )
+            seen[ln.channel] = i
+        if self.audio.backend == "alsa" and not self.audio.device:
+            raise ValueError("audio.device: required when audio.backend = 'alsa'")
+        return self
+
+    @property
+    def lines(self) -> list[LineConfig]:
+        """The effective line list (declared, or one per channel)."""
+        if self.line:
+            return list(self.line)
+        return [LineConfig(channel=c, name=f"회선 {c + 1}") for c in range(self.audio.channels)]
+
+    @property
+    def source_kind(self) -> str:
+        """Which audio backend 'auto' resolves to."""
+        if self.audio.backend == "auto":
+            return "alsa" if self.audio.device else "simulated"
+        return self.audio.backend
+
+
+def _format_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ""
+        for item in err["loc"]:
+            if isinstance(item, int):
+                loc += f"[{item}]"
+            else:
+                loc += ("." if loc else "") + str(item)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            # model-level validators already name the key in the message
+            if ":" in msg.split(" ", 1)[0]:
+                parts.append(msg)
+                continue
+        parts.append(f"{loc or '(top level)'}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_config(data: dict, source: str = "<config>") -> NokboxConfig:
+    """Validate a config mapping; raise ConfigError naming each bad key."""
+    try:
+        return NokboxConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_error(exc)}") from None
+
+
+def load_config(path: str | os.PathLike | None = None) -> tuple[NokboxConfig, Path | None]:
+    """Load defaults, then the given file or /etc/nokbox/nokbox.toml when it exists.
+
+    Returns the config and the path it came from (None for built-in defaults).
+    """
+    if path is None:
+        env = os.environ.get("NOKBOX_CONFIG")
+        path = Path(env) if env else DEFAULT_CONFIG_PATH
+        if not path.exists():
+            return NokboxConfig(), None
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_config(data, str(p)), p
+
+
+def describe_schema() -> list[tuple[str, str, str]]:
+    """(key, default, description) for every field, for docs and check-config."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+            else:
+                default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
+                rows.append((key, default, field.description or ""))
+
+    walk(NokboxConfig, "")
+    walk(LineConfig, "line[].")
+    return rows

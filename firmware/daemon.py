@@ -1,0 +1,284 @@
+"""The recorder: wires source -> capture reader -> rings -> segmenter -> writer, and reports status.
+
+Threads (see docs/architecture.md):
+  capture-*   CaptureReader: device -> rings (never waits, never logs)
+  segmenter   SegmenterWorker: rings -> dsp segmenter -> writer queue (bounded)
+  writer      WriterWorker: encode + encrypt + disk + SQLite index
+  status      StatusMaintainer: logs counters and device events, writes run/status.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from dsp.segment import SegmentParams
+
+from .capture import CaptureReader
+from .config import LineConfig, NokboxConfig, load_config
+from .errors import ConfigError
+from .hal.audio import AlsaSource, AudioSource, SimulatedSource
+from .hal.clock import Clock
+from .index import CallIndex, iso_utc
+from .keys import load_recipients
+from .pipeline import SegmenterWorker, WriterWorker
+from .ring import LineRings
+
+log = logging.getLogger(__name__)
+
+# Settings that need a restart to change (the device and the ring layout).
+_RESTART_KEYS = ("audio",)
+
+
+def segment_params(cfg: NokboxConfig, rate: int) -> SegmentParams:
+    s = cfg.segment
+    return SegmentParams(
+        rate=rate, frame_ms=s.frame_ms, preroll_s=s.preroll_s, silence_s=s.silence_s, tail_s=s.tail_s,
+        trigger_db=s.trigger_db, release_db=s.release_db, min_level_dbfs=s.min_level_dbfs,
+        start_frames=s.start_frames, max_call_s=s.max_call_s,
+    )
+
+
+def build_source(cfg: NokboxConfig, clock: Clock | None = None) -> AudioSource:
+    """The capture backend the config asks for."""
+    a = cfg.audio
+    period = a.rate * a.period_ms // 1000
+    if cfg.source_kind == "alsa":
+        return AlsaSource(a.device, a.rate, a.channels, period, a.periods)
+    s = cfg.simulate
+    return SimulatedSource(a.rate, a.channels, period, seed=s.seed, clock=clock,
+                           first_call_s=s.first_call_s, idle_s=(s.idle_min_s, s.idle_max_s),
+                           talk_s=(s.talk_min_s, s.talk_max_s))
+
+
+class Recorder:
+    """One box's recorder over one audio source."""
+
+    def __init__(self, cfg: NokboxConfig, data_dir: Path, source: AudioSource | None = None,
+                 clock: Clock | None = None, config_path: Path | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.data_dir = Path(data_dir)
+        self.clock = clock or Clock()
+        self.recipients = load_recipients(self.data_dir)
+        self.source = source or build_source(cfg, self.clock)
+        rate = self.source.rate
+        self.rate = rate
+        lines = [ln for ln in cfg.lines if ln.channel < self.source.channels]
+        if cfg.line and len(lines) != len(cfg.line):
+            bad = next(ln for ln in cfg.line if ln.channel >= self.source.channels)
+            raise ConfigError(f"line channel {bad.channel} ({bad.name}): the source has only "
+                              f"{self.source.channels} channels")
+        if not cfg.line:
+            lines = [LineConfig(channel=c, name=f"회선 {c + 1}") for c in range(self.source.channels)]
+        self.lines = lines
+        self.params = segment_params(cfg, rate)
+        margin = 2 * max(self.source.period_frames, rate // 10)
+        capacity = int(cfg.audio.ring_seconds * rate) + self.params.history + 2 * rate + margin
+        self.rings = LineRings(len(lines), capacity, rate, margin, blocking=not self.source.realtime)
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.reader = CaptureReader(self.source, self.rings, [ln.channel for ln in lines], self.clock,
+                                    cfg.audio.reopen_max_s, self.events)
+        self.queue: queue.Queue = queue.Queue(maxsize=cfg.storage.queue_blocks)
+        self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
+        self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage.codec)
+        self.maintainer = StatusMaintainer(self)
+        self.config_error = ""
+        self.started_at = 0.0
+        self._stopped = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        (self.data_dir / "run").mkdir(exist_ok=True)
+        idx = CallIndex(self.data_dir / "index.sqlite")
+        try:
+            interrupted = idx.mark_interrupted()
+        finally:
+            idx.close()
+        if interrupted:
+            log.warning("%d call(s) were cut by a stop without shutdown; marked interrupted", len(interrupted))
+        self.started_at = self.clock.wall()
+        log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],
+                 len(self.lines), self.rate)
+        self.writer.start()
+        self.segmenter.start()
+        self.maintainer.start()
+        self.reader.start()
+
+    def stop(self) -> None:
+        """Stop capturing, close every call in progress as a complete file, then stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.reader.stop()
+        self.reader.join(10.0)
+        # the segmenter sees eof, finishes open calls, and passes 'stop' to the writer
+        self.segmenter.join(30.0)
+        if self.segmenter.is_alive():
+            self.segmenter.stop()
+        self.writer.join(60.0)
+        if self.writer.is_alive():
+            self.writer.stop()
+        self.maintainer.stop()
+        log.info("recorder stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for a finite source to be recorded completely. True when done."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in (self.reader, self.segmenter, self.writer):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            t.join(left)
+            if t.is_alive():
+                return False
+        self.maintainer.stop()
+        self._stopped = True
+        return True
+
+    # -- configuration ------------------------------------------------------------------
+    def reload(self, path: Path | None = None) -> bool:
+        """Re-read the config file; a bad file is refused and the running config kept."""
+        path = path or self.config_path
+        try:
+            new, _ = load_config(path)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("config reload refused, keeping the running configuration: %s", exc)
+            return False
+        self.config_error = ""
+        for key in _RESTART_KEYS:
+            if getattr(new, key) != getattr(self.cfg, key):
+                log.warning("config section [%s] changed; it takes effect after a restart", key)
+        self.cfg = new
+        self.params = segment_params(new, self.rate)
+        self.segmenter.set_params(self.params)
+        names = {ln.channel: ln for ln in new.lines}
+        for ls in self.segmenter.lines:
+            if ls.cfg.channel in names:
+                ls.cfg = names[ls.cfg.channel]
+        log.info("config reloaded from %s", path or "built-in defaults")
+        return True
+
+    # -- status -------------------------------------------------------------------------
+    def status(self) -> dict:
+        """A snapshot for the page and `nokbox status`: no personal data."""
+        now = self.clock.wall()
+        try:
+            idx = CallIndex(self.data_dir / "index.sqlite")
+            try:
+                today = idx.calls_today(now)
+            finally:
+                idx.close()
+        except Exception:  # noqa: BLE001 - status must render even if the index is busy
+            today = {}
+        r = self.reader
+        lines = []
+        for ls in self.segmenter.lines:
+            lines.append({
+                "channel": ls.cfg.channel,
+                "name": ls.cfg.name,
+                "extension": ls.cfg.extension,
+                "state": "in_call" if ls.call_key is not None else "idle",
+                "level_dbfs": round(ls.level_dbfs, 1),
+                "floor_dbfs": round(ls.seg.floor_dbfs, 1),
+                "calls_today": today.get(ls.cfg.channel, 0),
+                "overrun_frames": int(self.rings.lost[ls.idx]),
+                "overrun_seconds": round(int(self.rings.lost[ls.idx]) / self.rate, 3),
+                "lag_seconds": round((self.rings.write_pos - ls.pos) / self.rate, 3),
+            })
+        try:
+            du = shutil.disk_usage(self.data_dir)
+            disk = {"free_bytes": du.free, "total_bytes": du.total,
+                    "free_percent": round(100.0 * du.free / du.total, 1)}
+        except OSError:
+            disk = {}
+        w = self.writer.stats
+        return {
+            "time": iso_utc(now),
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 1) if self.started_at else 0.0,
+            "device": self.source.describe() | {
+                "state": r.state, "xruns": r.xruns, "losses": r.losses, "reopens": r.reopens,
+                "gap_seconds": round(r.gap_seconds, 3), "last_error": r.last_error,
+            },
+            "lines": lines,
+            "writer": {"calls_open": w.calls_open, "calls_finished": w.calls_finished,
+                       "write_errors": w.write_errors, "last_error": w.last_error,
+                       "queue": self.queue.qsize(), "queue_max": self.queue.maxsize,
+                       "segmenter_waits": self.segmenter.waits},
+            "workers": {t.name: {"alive": t.is_alive(), "error": getattr(t, "error", "") or ""}
+                        for t in (self.segmenter, self.writer)},
+            "disk": disk,
+            "config_error": self.config_error,
+        }
+
+
+class StatusMaintainer(threading.Thread):
+    """Once a second: log device events and counter changes, record gaps, write run/status.json."""
+
+    def __init__(self, rec: Recorder, interval: float = 1.0) -> None:
+        super().__init__(name="status", daemon=True)
+        self.rec = rec
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self._seen_lost = [0] * len(rec.lines)
+        self._seen_xruns = 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5.0)
+
+    def run(self) -> None:
+        idx = CallIndex(self.rec.data_dir / "index.sqlite")
+        try:
+            while True:
+                stopping = self.stop_event.wait(self.interval)
+                self.tick(idx)
+                if stopping:
+                    break
+        finally:
+            idx.close()
+
+    def tick(self, idx: CallIndex) -> None:
+        rec = self.rec
+        while True:
+            try:
+                kind, ts, arg = rec.events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "lost":
+                log.error("audio device lost: %s; retrying with back-off", arg)
+                idx.add_event(ts, "lost", detail=str(arg))
+            elif kind == "back":
+                log.warning("audio device back after %.1f s; the gap is recorded", arg)
+                idx.add_event(ts, "back", seconds=float(arg))
+            elif kind == "open_failed":
+                log.warning("audio device not available: %s", arg)
+                idx.add_event(ts, "open_failed", detail=str(arg))
+        r = rec.reader
+        if r.xruns != self._seen_xruns:
+            log.warning("capture overruns (xruns): %d (+%d)", r.xruns, r.xruns - self._seen_xruns)
+            idx.add_event(rec.clock.wall(), "xrun", seconds=None, detail=str(r.xruns - self._seen_xruns))
+            self._seen_xruns = r.xruns
+        for i, ln in enumerate(rec.lines):
+            lost = int(rec.rings.lost[i])
+            if lost != self._seen_lost[i]:
+                delta = lost - self._seen_lost[i]
+                log.error("line %d (%s): pipeline fell behind, %.2f s of audio lost (total %.2f s)",
+                          ln.channel, ln.name, delta / rec.rate, lost / rec.rate)
+                idx.add_event(rec.clock.wall(), "overrun", line=ln.channel, seconds=delta / rec.rate)
+                self._seen_lost[i] = lost
+        write_status(rec.data_dir, rec.status())
+
+
+def write_status(data_dir: Path, status: dict) -> None:
+    """Atomically replace run/status.json."""
+    run = Path(data_dir) / "run"
+    tmp = run / "status.json.tmp"
+    tmp.write_text(json.dumps(status, ensure_ascii=False, indent=1))
+    os.replace(tmp, run / "status.json")

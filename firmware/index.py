@@ -1,0 +1,161 @@
+"""SQLite (WAL) index of calls and device events. One connection per thread.
+
+Personal fields (numbers) are never stored here in clear; later issues add them
+as sealed values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+KST = ZoneInfo("Asia/Seoul")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    line INTEGER NOT NULL,            -- input channel
+    line_name TEXT NOT NULL,
+    start_utc TEXT NOT NULL,          -- ISO 8601, UTC, millisecond precision
+    end_utc TEXT,
+    start_sample INTEGER NOT NULL,    -- capture sample counter at the first sample of the call
+    frames INTEGER NOT NULL DEFAULT 0,
+    rate INTEGER NOT NULL,
+    duration REAL,                    -- frames / rate: immune to wall-clock steps
+    file TEXT NOT NULL,               -- relative to the data directory
+    size INTEGER NOT NULL DEFAULT 0,
+    codec TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('recording', 'finished', 'interrupted', 'failed')),
+    end_reason TEXT,
+    lost_frames INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS calls_start ON calls (start_utc);
+CREATE INDEX IF NOT EXISTS calls_line_start ON calls (line, start_utc);
+CREATE TABLE IF NOT EXISTS device_events (
+    id INTEGER PRIMARY KEY,
+    time_utc TEXT NOT NULL,
+    kind TEXT NOT NULL,               -- lost, back, open_failed, xrun, overrun
+    line INTEGER,
+    seconds REAL,
+    detail TEXT
+);
+"""
+
+
+def iso_utc(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds and a Z."""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_utc(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def to_kst(s: str) -> str:
+    """The same instant in Korea Standard Time, for display."""
+    return parse_utc(s).astimezone(KST).isoformat(timespec="milliseconds")
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """Open the index, creating the schema; WAL so readers never block the writer."""
+    con = sqlite3.connect(str(db_path), timeout=10.0)
+    con.row_factory = sqlite3.Row
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("PRAGMA foreign_keys=ON")
+    with con:
+        con.executescript(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    return con
+
+
+class CallIndex:
+    """Calls and device events; each thread makes its own instance."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.con = connect(self.db_path)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def open_call(self, line: int, line_name: str, start_ts: float, start_sample: int, rate: int,
+                  codec: str, file_for_id) -> tuple[int, str]:
+        """Insert a call being recorded; ``file_for_id(id)`` names its file. Returns (id, file)."""
+        with self.con:
+            cur = self.con.execute(
+                "INSERT INTO calls (line, line_name, start_utc, start_sample, rate, file, codec, state)"
+                " VALUES (?, ?, ?, ?, ?, '', ?, 'recording')",
+                (line, line_name, iso_utc(start_ts), start_sample, rate, codec),
+            )
+            call_id = int(cur.lastrowid)
+            rel = file_for_id(call_id)
+            self.con.execute("UPDATE calls SET file = ? WHERE id = ?", (rel, call_id))
+        return call_id, rel
+
+    def finish_call(self, call_id: int, frames: int, size: int, reason: str, lost_frames: int,
+                    state: str = "finished") -> None:
+        row = self.con.execute("SELECT start_utc, rate FROM calls WHERE id = ?", (call_id,)).fetchone()
+        duration = frames / row["rate"]
+        end = parse_utc(row["start_utc"]).timestamp() + duration
+        with self.con:
+            self.con.execute(
+                "UPDATE calls SET end_utc = ?, frames = ?, duration = ?, size = ?, state = ?,"
+                " end_reason = ?, lost_frames = ? WHERE id = ?",
+                (iso_utc(end), frames, duration, size, state, reason, lost_frames, call_id),
+            )
+
+    def mark_interrupted(self) -> list[int]:
+        """Calls left 'recording' by a crash or power cut become 'interrupted'."""
+        ids = [r["id"] for r in self.con.execute("SELECT id FROM calls WHERE state = 'recording'")]
+        if ids:
+            with self.con:
+                self.con.execute("UPDATE calls SET state = 'interrupted', end_reason = 'power_loss'"
+                                 " WHERE state = 'recording'")
+        return ids
+
+    def add_event(self, ts: float, kind: str, line: int | None = None, seconds: float | None = None,
+                  detail: str | None = None) -> None:
+        with self.con:
+            self.con.execute(
+                "INSERT INTO device_events (time_utc, kind, line, seconds, detail) VALUES (?, ?, ?, ?, ?)",
+                (iso_utc(ts), kind, line, seconds, detail),
+            )
+
+    def calls(self) -> list[sqlite3.Row]:
+        return list(self.con.execute("SELECT * FROM calls ORDER BY id"))
+
+    def events(self) -> list[sqlite3.Row]:
+        return list(self.con.execute("SELECT * FROM device_events ORDER BY id"))
+
+    def calls_today(self, now_ts: float) -> dict[int, int]:
+        """Calls started on the current KST day, per line."""
+        day = dt.datetime.fromtimestamp(now_ts, KST).replace(hour=0, minute=0, second=0, microsecond=0)
+        since = iso_utc(day.timestamp())
+        rows = self.con.execute("SELECT line, COUNT(*) AS n FROM calls WHERE start_utc >= ? GROUP BY line",
+                                (since,))
+        return {r["line"]: r["n"] for r in rows}
+
+
+def call_json(row: sqlite3.Row, data_dir: Path) -> dict:
+    """The public view of a call: no personal fields."""
+    return {
+        "id": row["id"],
+        "line": row["line"],
+        "line_name": row["line_name"],
+        "start": row["start_utc"],
+        "end": row["end_utc"],
+        "start_local": to_kst(row["start_utc"]),
+        "end_local": to_kst(row["end_utc"]) if row["end_utc"] else None,
+        "duration": round(row["duration"], 3) if row["duration"] is not None else None,
+        "file": str(Path(data_dir) / row["file"]),
+        "size": row["size"],
+        "codec": row["codec"],
+        "state": row["state"],
+        "end_reason": row["end_reason"],
+        "lost_frames": row["lost_frames"],
+    }

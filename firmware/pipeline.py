@@ -1,0 +1,365 @@
+"""The recording pipeline behind the rings: segmentation, then encoding/encryption/disk.
+
+SegmenterWorker (one thread, all lines) reads each line's ring, runs the dsp
+segmenter and sends call audio to the WriterWorker through a bounded queue. When the
+writer stalls (slow disk) the queue fills, the segmenter waits, and the rings absorb
+the lag; only if the lag outgrows a ring are samples lost, and then they are counted
+per line and per call (``lost_frames``), logged and shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dsp.segment import CallEnd, CallStart, EnergySegmenter, SegmentParams
+
+from .callfile import CallFile
+from .config import LineConfig
+from .index import CallIndex
+from .ring import LineRings
+
+log = logging.getLogger(__name__)
+
+
+class Worker(threading.Thread):
+    """Skeleton of a pipeline stage: a stop event, a timed loop, a join that complains."""
+
+    interval = 0.02
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.stop_event = threading.Event()
+        self.error: str = ""
+
+    def run(self) -> None:
+        try:
+            self.setup()
+            while not self.stop_event.is_set():
+                if self.step():
+                    continue
+                if self.finished():
+                    break
+                self.stop_event.wait(self.interval)
+            self.drain()
+        except Exception as exc:  # noqa: BLE001 - a dead stage must be visible, not silent
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("%s failed", self.name)
+        finally:
+            self.teardown()
+
+    def setup(self) -> None:
+        """Runs first, on the worker's own thread."""
+
+    def step(self) -> bool:
+        """Do one unit of work; return True if there may be more right away."""
+        return False
+
+    def finished(self) -> bool:
+        return False
+
+    def drain(self) -> None:
+        """Runs after the loop ends (stop or finished)."""
+
+    def teardown(self) -> None:
+        """Runs last, even after an error."""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self.join(timeout)
+        if self.is_alive():
+            log.error("%s did not stop within %.0f s", self.name, timeout)
+
+
+@dataclass
+class LineState:
+    """The segmenter worker's view of one line (owned by that thread; others only read)."""
+
+    idx: int
+    cfg: LineConfig
+    seg: EnergySegmenter
+    pos: int = 0
+    call_key: int | None = None
+    written: int = 0
+    lost_frames: int = 0  # samples the pipeline found overwritten in the ring
+    calls_started: int = 0
+    level_dbfs: float = -120.0
+    call_lost: int = 0
+
+
+@dataclass
+class WriterStats:
+    calls_open: int = 0
+    calls_finished: int = 0
+    write_errors: int = 0
+    last_error: str = ""
+    open_ids: dict[int, int] = field(default_factory=dict)  # line idx -> call id
+
+
+class SegmenterWorker(Worker):
+    """Rings -> per-line segmenter -> call audio into the writer queue."""
+
+    def __init__(self, rings: LineRings, lines: list[LineConfig], params: SegmentParams,
+                 out: queue.Queue, min_block_s: float = 0.1, max_block_s: float = 1.0) -> None:
+        super().__init__("segmenter")
+        self.rings = rings
+        self.params = params
+        self.out = out
+        self.min_block = int(min_block_s * params.rate)  # latency of call detection
+        self.block = int(max_block_s * params.rate)  # largest slice analysed at once
+        self.lines = [LineState(i, cfg, EnergySegmenter(params)) for i, cfg in enumerate(lines)]
+        self._gaps_seen = 0
+        self._next_key = 1
+        self._done = False
+        self._pending_params: SegmentParams | None = None
+        self.waits = 0  # times the writer queue was full
+
+    def set_params(self, params: SegmentParams) -> None:
+        """New segmentation settings apply from each line's next idle moment."""
+        self._pending_params = params
+
+    # -- main loop ----------------------------------------------------------------------
+    def step(self) -> bool:
+        rings = self.rings
+        eof = rings.eof
+        wp = rings.write_pos
+        if self._gaps_seen < rings.gap_count:
+            gap_at = int(rings.gap_sample[self._gaps_seen % len(rings.gap_sample)])
+            for ls in self.lines:
+                self._advance(ls, gap_at)
+                self._finish_line(ls, "device_lost")
+                ls.seg.restart(gap_at)
+                ls.pos = gap_at
+            self._gaps_seen += 1
+            return True
+        progressed = False
+        for ls in self.lines:
+            if wp - ls.pos >= self.min_block or (eof and ls.pos < wp):
+                self._advance(ls, wp)
+                progressed = True
+            self._maybe_apply_params(ls)
+        if eof and not progressed and self._gaps_seen >= rings.gap_count and rings.write_pos == wp:
+            for ls in self.lines:
+                self._finish_line(ls, rings.end_reason)
+            self._done = True
+        return progressed
+
+    def finished(self) -> bool:
+        return self._done
+
+    def drain(self) -> None:
+        if not self._done:  # stopped from outside: close what is open so files are complete
+            for ls in self.lines:
+                self._advance(ls, self.rings.write_pos)
+                self._finish_line(ls, "shutdown")
+            self._done = True
+        self._put(("stop",))
+
+    def _maybe_apply_params(self, ls: LineState) -> None:
+        new = self._pending_params
+        if new is not None and ls.call_key is None and ls.seg.p != new:
+            seg = EnergySegmenter(new, start_sample=ls.pos)
+            seg._floor = ls.seg._floor  # keep the learned noise floor
+            ls.seg = seg
+
+    # -- per line ----------------------------------------------------------------------
+    def _advance(self, ls: LineState, upto: int) -> None:
+        rings = self.rings
+        while ls.pos < upto:
+            b = min(upto, ls.pos + self.block)
+            x, got = rings.read(ls.idx, ls.pos, b)
+            if got > ls.pos:
+                self._lost(ls, got - ls.pos)
+                ls.pos = got
+                if got >= b:
+                    continue
+            for ev in ls.seg.process(x, ls.pos):
+                if isinstance(ev, CallStart):
+                    self._open(ls, ev.sample)
+                elif isinstance(ev, CallEnd):
+                    self._flush(ls, ev.sample)
+                    self._close(ls, ev.reason)
+            ls.pos = b
+            ls.level_dbfs = ls.seg.level_dbfs
+            if ls.call_key is not None:
+                self._flush(ls, ls.seg.committed_upto)
+                rings.release(ls.idx, ls.written)
+            else:
+                rings.release(ls.idx, ls.seg.keep_from)
+
+    def _lost(self, ls: LineState, n: int) -> None:
+        """Samples of this line were overwritten before the pipeline read them."""
+        ls.lost_frames += n
+        if ls.call_key is not None:
+            self._put(("lost", ls.call_key, n))
+            self._close(ls, "overrun")
+        ls.seg.restart(ls.pos + n)
+
+    def _open(self, ls: LineState, start: int) -> None:
+        key = self._next_key
+        self._next_key += 1
+        ls.call_key = key
+        ls.written = start
+        ls.calls_started += 1
+        try:
+            wall = self.rings.wall_at(start)
+        except LookupError:
+            wall = time.time()
+        self._put(("open", key, ls.idx, start, wall))
+
+    def _flush(self, ls: LineState, upto: int) -> None:
+        if ls.call_key is None or upto <= ls.written:
+            return
+        x, got = self.rings.read(ls.idx, ls.written, upto)
+        if got > ls.written:
+            ls.lost_frames += got - ls.written
+            self._put(("lost", ls.call_key, got - ls.written))
+        if len(x):
+            self._put(("audio", ls.call_key, x))
+        ls.written = upto
+
+    def _close(self, ls: LineState, reason: str) -> None:
+        if ls.call_key is not None:
+            self._put(("close", ls.call_key, reason))
+            ls.call_key = None
+
+    def _finish_line(self, ls: LineState, reason: str) -> None:
+        for ev in ls.seg.finish(reason):
+            if isinstance(ev, CallEnd):
+                self._flush(ls, ev.sample)
+                self._close(ls, ev.reason)
+        self._close(ls, reason)
+        self.rings.release(ls.idx, ls.pos)
+
+    def _put(self, item: tuple) -> None:
+        try:
+            self.out.put_nowait(item)
+            return
+        except queue.Full:
+            self.waits += 1
+        # The writer is behind (slow disk): wait; the rings absorb the lag meanwhile.
+        while True:
+            try:
+                self.out.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.stop_event.is_set() and item[0] == "stop":
+                    return
+
+
+class WriterWorker(Worker):
+    """Encodes, encrypts and writes call audio; keeps the SQLite index."""
+
+    interval = 0.0
+
+    def __init__(self, inq: queue.Queue, data_dir: Path, recipients: list[bytes], rate: int,
+                 lines: list[LineConfig], codec: str = "wav") -> None:
+        super().__init__("writer")
+        self.inq = inq
+        self.data_dir = Path(data_dir)
+        self.recipients = recipients
+        self.rate = rate
+        self.lines = lines
+        self.codec = codec
+        self.stats = WriterStats()
+        self._open: dict[int, tuple[int, CallFile | None, list[int]]] = {}
+        self._index: CallIndex | None = None
+        self._done = False
+
+    def setup(self) -> None:
+        self._index = CallIndex(self.data_dir / "index.sqlite")
+
+    def step(self) -> bool:
+        try:
+            item = self.inq.get(timeout=0.2)
+        except queue.Empty:
+            return False
+        self._handle(item)
+        return not self._done
+
+    def finished(self) -> bool:
+        return self._done
+
+    def drain(self) -> None:
+        # stopped from outside: take what is still queued until the segmenter's stop marker
+        while not self._done:
+            try:
+                self._handle(self.inq.get(timeout=2.0))
+            except queue.Empty:
+                break
+        for key in list(self._open):
+            self._close(key, "shutdown")
+
+    def teardown(self) -> None:
+        if self._index is not None:
+            self._index.close()
+
+    def _file_for(self, wall: float):
+        day = time.strftime("%Y/%m/%d", time.gmtime(wall))
+
+        def name(call_id: int) -> str:
+            return f"calls/{day}/{call_id:08d}.{self.codec}.age"
+
+        return name
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "stop":
+            self._done = True
+            return
+        key = item[1]
+        if kind == "open":
+            _, _, idx, start, wall = item
+            line = self.lines[idx]
+            call_id, rel = self._index.open_call(line.channel, line.name, wall, start, self.rate, self.codec,
+                                                 self._file_for(wall))
+            cf = None
+            try:
+                cf = CallFile(self.data_dir / rel, self.recipients, self.rate)
+            except OSError as exc:
+                self._error(call_id, exc)
+            self._open[key] = (call_id, cf, [0, idx])
+            self.stats.open_ids[idx] = call_id
+            self.stats.calls_open = len(self._open)
+        elif kind == "audio":
+            call_id, cf, extra = self._open[key]
+            if cf is None:
+                extra[0] += len(item[2])
+                return
+            try:
+                cf.write(item[2])
+            except OSError as exc:
+                self._error(call_id, exc)
+                extra[0] += len(item[2])
+                self._open[key] = (call_id, None, extra)
+        elif kind == "lost":
+            self._open[key][2][0] += item[2]
+        elif kind == "close":
+            self._close(key, item[2])
+
+    def _close(self, key: int, reason: str) -> None:
+        call_id, cf, (lost, idx) = self._open.pop(key)
+        self.stats.open_ids.pop(idx, None)
+        self.stats.calls_open = len(self._open)
+        if cf is None:
+            self._index.finish_call(call_id, 0, 0, reason, lost, state="failed")
+            return
+        try:
+            size = cf.close()
+        except OSError as exc:
+            self._error(call_id, exc)
+            self._index.finish_call(call_id, cf.frames, cf.size, reason, lost, state="failed")
+            return
+        self._index.finish_call(call_id, cf.frames, size, reason, lost)
+        self.stats.calls_finished += 1
+
+    def _error(self, call_id: int, exc: OSError) -> None:
+        self.stats.write_errors += 1
+        self.stats.last_error = f"call {call_id}: {exc.strerror or exc}"
+        log.error("recording write failed for call %s: %s", call_id, exc.strerror or exc)

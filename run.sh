@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (apt packages, venv) and run the box on its embedded default: simulated lines when
+# no capture device is configured, the recorder, and the admin page on http://127.0.0.1:8080.
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/setup.sh
+DATA=${NOKBOX_DATA:-$PWD/var/data}
+if [[ ! -f "$DATA/nokbox.json" ]]; then
+  mkdir -p "$(dirname "$DATA")"
+  # development box only: the records identity goes next to (never inside) the data directory
+  .venv/bin/nokbox init --data "$DATA" --identity-out "$(dirname "$DATA")/records-identity.txt"
+fi
+exec .venv/bin/nokbox run --data "$DATA" "$@"

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything nokbox needs on Debian / Raspberry Pi OS: apt packages and the Python venv.
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh --test   runtime + test tools (age, ALSA utils, Chromium, Playwright)
+# Idempotent: runs apt-get only for missing packages and pip only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+runtime_pkgs=(python3 python3-venv python3-dev gcc libasound2-dev libasound2 alsa-utils libsndfile1 ca-certificates)
+test_pkgs=(age sox chromium fonts-noto-cjk espeak-ng)
+
+pkgs=("${runtime_pkgs[@]}")
+((want_test)) && pkgs+=("${test_pkgs[@]}")
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv with $($PY --version)" >&2
+  $PY -m venv .venv
+fi
+extras="."
+((want_test)) && extras=".[test,bench]"
+stamp=".venv/.installed-$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
+if [[ ! -f "$stamp" ]]; then
+  echo "setup: installing Python packages ($extras)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e "$extras"
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,52 @@
+"""The local admin page (Flask), one blueprint per area. Binds to localhost unless told."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+
+def create_app(recorder) -> Flask:
+    """The admin app over a running Recorder (anything with ``status()``)."""
+    app = Flask(__name__)
+    app.config["RECORDER"] = recorder
+    app.json.ensure_ascii = False
+    from .status import bp as status_bp
+
+    app.register_blueprint(status_bp)
+
+    @app.after_request
+    def _headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; style-src 'self'")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("Cache-Control", "no-store")
+        return resp
+
+    return app
+
+
+class _Server:
+    """A waitress server on its own thread."""
+
+    def __init__(self, app: Flask, host: str, port: int) -> None:
+        from waitress.server import create_server
+
+        self._srv = create_server(app, host=host, port=port, threads=4, ident="nokbox")
+        self.port = self._srv.effective_port
+        self._thread = threading.Thread(target=self._srv.run, name="web", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._srv.close()
+        self._thread.join(5.0)
+
+
+def serve(recorder, host: str = "127.0.0.1", port: int = 8080) -> _Server:
+    """Start serving the admin page in the background; ``close()`` stops it."""
+    return _Server(create_app(recorder), host, port)

@@ -1,0 +1,43 @@
+// Live refresh of the status page once a second from /api/status.
+"use strict";
+(function () {
+  function stateText(s) { return s === "in_call" ? "통화 중 · In call" : "대기 · Idle"; }
+  function set(id, text) { var el = document.getElementById(id); if (el) el.textContent = text; }
+  function render(st) {
+    set("time", st.time);
+    set("dev-state", st.device.state);
+    document.getElementById("dev-state").dataset.state = st.device.state;
+    set("dev-xruns", String(st.device.xruns));
+    set("dev-losses", String(st.device.losses));
+    if (st.disk && st.disk.free_bytes !== undefined) {
+      set("disk-free", (st.disk.free_bytes / 1e9).toFixed(1) + " GB (" + st.disk.free_percent + " %)");
+    }
+    st.lines.forEach(function (ln) {
+      var row = document.querySelector('tr[data-channel="' + ln.channel + '"]');
+      if (!row) return;
+      row.className = ln.state;
+      row.querySelector(".state").textContent = stateText(ln.state);
+      row.querySelector("meter").value = ln.level_dbfs;
+      row.querySelector(".db").textContent = ln.level_dbfs.toFixed(1);
+      row.querySelector(".today").textContent = String(ln.calls_today);
+      var ov = row.querySelector(".overrun");
+      ov.textContent = String(ln.overrun_seconds);
+      ov.classList.toggle("bad", ln.overrun_frames > 0);
+    });
+    var alerts = document.getElementById("alerts");
+    alerts.textContent = "";
+    if (st.config_error) {
+      var p = document.createElement("p"); p.className = "alert";
+      p.textContent = "설정 다시 읽기 거부됨 · Config reload refused: " + st.config_error;
+      alerts.appendChild(p);
+    }
+  }
+  function tick() {
+    fetch("/api/status", { cache: "no-store" })
+      .then(function (r) { return r.json(); })
+      .then(render)
+      .catch(function () { set("time", "연결 끊김 · disconnected"); })
+      .finally(function () { setTimeout(tick, 1000); });
+  }
+  setTimeout(tick, 1000);
+})();
