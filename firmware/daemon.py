@@ -25,7 +25,7 @@ from .config import LineConfig, NokboxConfig, load_config
 from .errors import ConfigError
 from .hal.audio import AlsaSource, AudioSource, SimulatedSource
 from .hal.clock import Clock
-from .index import CallIndex, iso_utc
+from .index import CallIndex, iso_utc, to_kst
 from .keys import load_recipients
 from .pipeline import SegmenterWorker, WriterWorker
 from .ring import LineRings
@@ -200,6 +200,7 @@ class Recorder:
         w = self.writer.stats
         return {
             "time": iso_utc(now),
+            "time_local": to_kst(iso_utc(now)),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 1) if self.started_at else 0.0,
             "device": self.source.describe() | {

@@ -87,10 +87,10 @@ class LineState:
     pos: int = 0
     call_key: int | None = None
     written: int = 0
-    lost_frames: int = 0  # samples the pipeline found overwritten in the ring
+    lost_frames: int = 0  # samples overwritten in the ring before they were analysed
+    held_lost: int = 0  # analysed samples held for a call (pre-roll, hang-over) then overwritten
     calls_started: int = 0
     level_dbfs: float = -120.0
-    call_lost: int = 0
 
 
 @dataclass
@@ -174,6 +174,7 @@ class SegmenterWorker(Worker):
         while ls.pos < upto:
             b = min(upto, ls.pos + self.block)
             x, got = rings.read(ls.idx, ls.pos, b)
+            rings.consume(ls.idx, b)
             if got > ls.pos:
                 self._lost(ls, got - ls.pos)
                 ls.pos = got
@@ -218,7 +219,7 @@ class SegmenterWorker(Worker):
             return
         x, got = self.rings.read(ls.idx, ls.written, upto)
         if got > ls.written:
-            ls.lost_frames += got - ls.written
+            ls.held_lost += got - ls.written
             self._put(("lost", ls.call_key, got - ls.written))
         if len(x):
             self._put(("audio", ls.call_key, x))

@@ -8,6 +8,9 @@ attribute/element store atomic; there is no lock on the capture path):
   The producer stores samples first and advances ``write_pos`` after, so a consumer that
   reads ``write_pos`` first never sees samples that are not there yet.
 - ``released``: written only by the consumer: samples below it are no longer needed.
+- ``consumed``: written only by the consumer: samples below it have been analysed. Samples
+  overwritten before they were analysed are the line's ``lost`` count; samples analysed but
+  still held (pre-roll, hang-over) and then overwritten are accounted by the consumer.
 
 A live producer never waits: if it must overwrite samples a line has not released,
 it counts them in ``lost`` for that line (the consumer notices the same loss when it
@@ -37,6 +40,7 @@ class LineRings:
         self.buf = np.zeros((lines, capacity), dtype=np.int16)
         self.write_pos = 0
         self.released = np.zeros(lines, dtype=np.int64)
+        self.consumed = np.zeros(lines, dtype=np.int64)
         self.lost = np.zeros(lines, dtype=np.int64)
         self._lost_upto = np.zeros(lines, dtype=np.int64)  # producer-private
         self._scratch = np.zeros(lines, dtype=np.int64)  # producer-private
@@ -77,8 +81,8 @@ class LineRings:
         new_wp = self.write_pos + n
         floor = new_wp + self.margin - cap
         if floor > 0:
-            # samples below floor are overwritten; count those not released and not yet counted
-            lo = np.maximum(self.released, self._lost_upto, out=self._scratch)
+            # samples below floor are overwritten; count those not analysed and not yet counted
+            lo = np.maximum(self.consumed, self._lost_upto, out=self._scratch)
             over = floor - lo
             np.maximum(over, 0, out=over)
             self.lost += over
@@ -143,8 +147,14 @@ class LineRings:
             return out[cut:], start + cut
         return out, start
 
+    def consume(self, line: int, upto: int) -> None:
+        """The consumer has copied samples of ``line`` before ``upto`` out for analysis."""
+        if upto > self.consumed[line]:
+            self.consumed[line] = upto
+
     def release(self, line: int, upto: int) -> None:
         """The consumer no longer needs samples of ``line`` before ``upto``."""
+        self.consume(line, upto)
         if upto > self.released[line]:
             self.released[line] = upto
             if self._waiting:

@@ -224,10 +224,13 @@ class ArraySource(AudioSource):
 
     def __init__(self, audio: np.ndarray, rate: int, period_frames: int, realtime: bool = False,
                  lose_at: tuple[int, ...] = (), fail_opens: int = 0, xrun_at: tuple[int, ...] = (),
-                 loop: bool = False) -> None:
+                 loop: bool = False, pace: float | None = None) -> None:
         super().__init__(rate, audio.shape[1], period_frames)
         self.audio = audio
         self.realtime = realtime
+        self.pace = pace  # deliver at ``pace`` times real time, like a sound card would
+        self._t0: float | None = None
+        self._delivered = 0
         self.lose_at = sorted(lose_at)
         self.xrun_at = sorted(xrun_at)
         self.fail_opens = fail_opens
@@ -263,6 +266,14 @@ class ArraySource(AudioSource):
                 raise EndOfStream("fake source exhausted")
             self.pos = 0
         n = min(self.period_frames, len(self.audio) - self.pos)
+        if self.pace:
+            now = time.monotonic()
+            if self._t0 is None:
+                self._t0 = now
+            due = self._t0 + (self._delivered + n) / (self.rate * self.pace)
+            if due > now:
+                time.sleep(due - now)
+            self._delivered += n
         out = self.audio[self.pos:self.pos + n]
         self.pos += n
         return out

@@ -4,7 +4,7 @@
   function stateText(s) { return s === "in_call" ? "통화 중 · In call" : "대기 · Idle"; }
   function set(id, text) { var el = document.getElementById(id); if (el) el.textContent = text; }
   function render(st) {
-    set("time", st.time);
+    set("time", st.time_local.slice(0, 19).replace("T", " ") + " KST");
     set("dev-state", st.device.state);
     document.getElementById("dev-state").dataset.state = st.device.state;
     set("dev-xruns", String(st.device.xruns));

@@ -1,0 +1,136 @@
+"""`nokbox run` as the service runs it: simulated lines, live status, reload, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from firmware.index import CallIndex
+
+from .conftest import ROOT, decrypt_audio
+
+pytestmark = pytest.mark.slow
+
+FAST = """
+[audio]
+channels = 3
+[segment]
+silence_s = 3
+[simulate]
+first_call_s = 0.5
+idle_min_s = 2
+idle_max_s = 4
+talk_min_s = 3
+talk_max_s = 5
+[[line]]
+channel = 0
+name = "민원실"
+extension = "1234"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def running_box(box, tmp_path):
+    data, ident = box
+    cfg = tmp_path / "nokbox.toml"
+    cfg.write_text(FAST)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "firmware.cli", "run", "--data", str(data),
+                             "--config", str(cfg), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            get_json(base + "/api/status")
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("nokbox run did not come up: " + (proc.stdout.read() if proc.stdout else ""))
+            time.sleep(0.2)
+    yield proc, base, data, ident, cfg
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_run_records_serves_status_reloads_and_stops_cleanly(running_box, age_tool):
+    proc, base, data, ident, cfg = running_box
+    # live status: every line, its level, a call in progress on some line
+    seen_call = False
+    levels = set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (seen_call and len(levels) > 3):
+        st = get_json(base + "/api/status")
+        assert [ln["name"] for ln in st["lines"]] == ["민원실"]
+        seen_call |= any(ln["state"] == "in_call" for ln in st["lines"])
+        levels.add(st["lines"][0]["level_dbfs"])
+        time.sleep(0.3)
+    assert seen_call and len(levels) > 3
+    assert st["device"]["backend"] == "simulated" and st["device"]["state"] == "running"
+    assert st["disk"]["free_bytes"] > 0
+
+    # `nokbox status` reads the same picture from the data directory
+    r = subprocess.run([sys.executable, "-m", "firmware.cli", "status", "--data", str(data)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert r.returncode == 0 and "nokbox: running" in r.stdout and "민원실" in r.stdout
+
+    # a bad config on reload is refused; the box keeps running on the last good one
+    cfg.write_text(FAST + "\n[storage]\ncodek = \"flac\"\n")
+    proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = get_json(base + "/api/status")
+        if st["config_error"]:
+            break
+        time.sleep(0.2)
+    assert "storage.codek: unknown key" in st["config_error"]
+    assert proc.poll() is None
+
+    time.sleep(6)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "config reload refused" in out
+    idx = CallIndex(data / "index.sqlite")
+    rows = [dict(r) for r in idx.calls()]
+    idx.close()
+    assert rows, out
+    assert all(r["state"] == "finished" for r in rows)
+    for r in rows:
+        y, _ = decrypt_audio(age_tool, ident, data / r["file"])
+        assert len(y) == r["frames"]
+    # no phone number or audio in the log
+    assert "RIFF" not in out
+
+
+def test_run_refuses_a_bad_config(box, tmp_path):
+    data, _ = box
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[audio]\nrate = 12345\n")
+    r = subprocess.run([sys.executable, "-m", "firmware.cli", "run", "--data", str(data), "--config", str(cfg)],
+                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+                       timeout=30)
+    assert r.returncode == 2
+    assert "audio.rate" in r.stderr
