@@ -106,6 +106,18 @@ class StorageConfig(_Strict):
     )
 
 
+class VaultConfig(_Strict):
+    """Keys and where the device-bound secret lives."""
+
+    device_secret: Literal["file", "otp"] = Field(
+        "file", description="Device-bound secret: Raspberry Pi OTP customer key, or a key file "
+        "on a partition other than the data SSD.",
+    )
+    device_key_file: str = Field(
+        "/etc/nokbox/device.key", description="Path of the device key file (device_secret = 'file')."
+    )
+
+
 class WebConfig(_Strict):
     """The local admin page."""
 
@@ -150,6 +162,7 @@ class NokboxConfig(_Strict):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    vault: VaultConfig = Field(default_factory=VaultConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     line: list[LineConfig] = Field(

@@ -1,0 +1,111 @@
+"""The device-bound secret: 32 bytes that live on the box but not on the data SSD.
+
+Backends: the Raspberry Pi OTP customer private key (read with ``rpi-otp-private-key``,
+present on Raspberry Pi OS for Pi 4/5 once provisioned), or a key file on a separate
+partition (the SD card holding / while recordings live on the SSD). Nothing is read at
+import; the file backend creates its key only through ``provision()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..errors import DeviceError
+
+SECRET_LEN = 32
+
+
+class DeviceSecret:
+    """Interface: ``read()`` the 32-byte secret; ``provision()`` creates it where that is safe."""
+
+    name = "device-secret"
+
+    def read(self) -> bytes:
+        raise NotImplementedError
+
+    def provision(self) -> bytes:
+        raise NotImplementedError
+
+    def derive(self, info: str, length: int = 32) -> bytes:
+        """A purpose-bound key from the secret (HKDF-SHA256); the raw secret is never used directly."""
+        return HKDF(algorithm=SHA256(), length=length, salt=b"nokbox device secret v1",
+                    info=info.encode()).derive(self.read())
+
+    def fingerprint(self) -> str:
+        """A short public tag that tells which secret is in use (for logs and status)."""
+        return hashlib.sha256(b"nokbox fp" + self.derive("fingerprint")).hexdigest()[:16]
+
+
+class FileDeviceSecret(DeviceSecret):
+    """A 0600 key file, meant for a partition other than the data SSD."""
+
+    name = "file"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def read(self) -> bytes:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise DeviceError(f"device key file {self.path} is missing (was the key partition mounted?)") from None
+        except OSError as exc:
+            raise DeviceError(f"device key file {self.path}: {exc.strerror}") from None
+        if len(data) != SECRET_LEN:
+            raise DeviceError(f"device key file {self.path} is damaged ({len(data)} bytes)")
+        return data
+
+    def provision(self) -> bytes:
+        if self.path.exists():
+            return self.read()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        secret = os.urandom(SECRET_LEN)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret)
+            f.flush()
+            os.fsync(f.fileno())
+        return secret
+
+
+class OtpDeviceSecret(DeviceSecret):
+    """The Raspberry Pi OTP customer private key (256 bits, one-time programmable)."""
+
+    name = "otp"
+    TOOL = "rpi-otp-private-key"
+
+    def read(self) -> bytes:
+        tool = shutil.which(self.TOOL)
+        if tool is None:
+            raise DeviceError("rpi-otp-private-key is not installed; this is not a Raspberry Pi OS box")
+        out = subprocess.run([tool], capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            raise DeviceError(f"reading the OTP private key failed: {out.stderr.strip()}")
+        hexkey = out.stdout.strip()
+        try:
+            secret = bytes.fromhex(hexkey)
+        except ValueError:
+            raise DeviceError("the OTP private key is not hex") from None
+        if len(secret) != SECRET_LEN or secret == bytes(SECRET_LEN):
+            raise DeviceError("the OTP private key is not provisioned")
+        return secret
+
+    def provision(self) -> bytes:
+        # Writing OTP is irreversible; it is done on purpose by the installer, never implicitly.
+        return self.read()
+
+
+def device_secret(backend: str, key_file: str | os.PathLike) -> DeviceSecret:
+    """The backend the config names ('file' or 'otp')."""
+    if backend == "otp":
+        return OtpDeviceSecret()
+    if backend == "file":
+        return FileDeviceSecret(key_file)
+    raise DeviceError(f"unknown device secret backend {backend!r}")
