@@ -90,9 +90,15 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_init(args) -> int:
+    from .hal.devicekey import device_secret
     from .keys import init_data_dir
 
-    identity, recipient = init_data_dir(args.data, args.identity_out)
+    cfg, _ = load_config(args.config)
+    device = device_secret(cfg.vault.device_secret, cfg.vault.device_key_file)
+    if args.config is None and cfg.vault.device_secret == "file" and not os.access(
+            Path(cfg.vault.device_key_file).parent, os.W_OK):
+        device = None  # no /etc/nokbox to write to: a development box keeps the key beside the data
+    identity, recipient = init_data_dir(args.data, args.identity_out, device)
     print(f"initialised {args.data}")
     print(f"records recipient (public): {recipient}")
     if args.identity_out:

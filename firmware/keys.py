@@ -12,16 +12,50 @@ import os
 import time
 from pathlib import Path
 
-from .age import generate_identity, parse_recipient
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives import serialization
+
+from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
 from .errors import DataDirError, VaultError
+from .hal.devicekey import DeviceSecret, FileDeviceSecret
 from .index import connect
 
 MARKER = "nokbox.json"
 
 
-def init_data_dir(data: Path, identity_out: Path | None = None) -> tuple[str, str]:
-    """Create the data directory and a new records key pair. Returns (identity, recipient)."""
+DEVICE_RECOVERY_INFO = "nokbox/v1/device-recovery"
+
+
+def device_recovery_identity(secret: DeviceSecret) -> str:
+    """The box's own recovery identity, derived from the device-bound secret.
+
+    It opens only crash journals of calls in progress (never a finished call), so the
+    box can finish interrupted recordings after a power cut without the approver.
+    """
+    raw = X25519PrivateKey.from_private_bytes(secret.derive(DEVICE_RECOVERY_INFO)).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return _bech32_encode("age-secret-key-", raw).upper()
+
+
+def load_device_recovery_recipient(data: Path) -> bytes:
+    """The public half of the device recovery identity (written at init)."""
+    path = Path(data) / "keys" / "device-recovery.txt"
+    try:
+        return parse_recipient(path.read_text().strip())
+    except FileNotFoundError:
+        raise DataDirError(f"{path} is missing; the data directory was not initialised by this version") from None
+
+
+def init_data_dir(data: Path, identity_out: Path | None = None,
+                  device: DeviceSecret | None = None) -> tuple[str, str]:
+    """Create the data directory and a new records key pair. Returns (identity, recipient).
+
+    ``device`` is the device-bound secret (provisioned here if it is a new key file);
+    by default a key file beside the data directory, as on a development machine.
+    """
     data = Path(data)
+    if device is None:
+        device = FileDeviceSecret(data.parent / (data.name + "-device.key"))
     if (data / MARKER).exists():
         raise VaultError(f"{data} is already initialised; refusing to replace its records key")
     for sub in ("keys", "calls", "run"):
@@ -37,6 +71,8 @@ def init_data_dir(data: Path, identity_out: Path | None = None) -> tuple[str, st
             f.write(f"# nokbox records identity, created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
             f.write(f"# public key: {recipient}\n{identity}\n")
     (data / "keys" / "recipient.txt").write_text(recipient + "\n")
+    device.provision()
+    (data / "keys" / "device-recovery.txt").write_text(recipient_of(device_recovery_identity(device)) + "\n")
     connect(data / "index.sqlite").close()
     (data / MARKER).write_text(json.dumps({"format": 1, "created": time.time()}) + "\n")
     return identity, recipient
