@@ -1,50 +1,110 @@
-"""One call's recording: 16-bit PCM WAV streamed through an age encryptor into a file.
+"""One call's recording, encrypted as it is written, that survives a power cut.
 
-The WAV header is written in its streaming form (RIFF and data sizes 0xFFFFFFFF,
-"to the end of the file") so that a header sealed early in a long call is still
-valid; libsndfile's final size patch is applied whenever the header's chunk is
-not sealed yet (calls shorter than one 64 KiB chunk).
+Two files per call while it is recorded (see docs/vault-format.md):
+
+- ``<id>.<codec>.age.part`` — the age v1 file to the records recipient(s). Chunks 1, 2, …
+  are sealed and written the moment they fill; chunk 0 (which holds the codec header) is
+  kept in memory and written into a reserved hole at the end, so the encoder's final
+  header patch (WAV sizes, Ogg/FLAC headers) always lands. At hang-up the file is
+  completed, fsynced and renamed to ``<id>.<codec>.age``.
+- ``<id>.<codec>.age.journal`` — the crash journal: every plaintext byte (and patch) as
+  small age records to the *device recovery recipient*, fsynced at least every
+  ``checkpoint_s`` seconds of audio. After a power cut, ``recover_call`` rebuilds the
+  plaintext from it and writes a complete file to the records recipient; the journal is
+  deleted when a call is finished or recovered. See docs/threat-model.md for what the
+  device key exposes (calls in progress only).
+
+All file operations go through ``Disk`` so the crash tests can record and replay them.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
-from .age import AgeWriter
+from .age import (CHUNK, TAG, VERSION_LINE, AgeError, AgeWriter, X25519Identity, _b64, _hkdf, _nonce,
+                  _x25519_stanza, decrypt_bytes)
+from .errors import VaultError
 
+ENC_CHUNK = CHUNK + TAG
+CODECS = {"opus": ("OGG", "OPUS", "opus"), "wav": ("WAV", "PCM_16", "wav")}
 _STREAMING_SIZE = b"\xff\xff\xff\xff"
+_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # libsndfile >= 1.2: longest audio held in an Ogg page
 
 
-class _PlainSink:
-    """The file object libsndfile writes into: appends feed the age stream, back-patches
-    land while their bytes are unsealed and are otherwise counted and dropped."""
+class Disk:
+    """The file operations a call file needs (real backend)."""
 
-    def __init__(self, age: AgeWriter) -> None:
-        self.age = age
+    def create(self, path: Path) -> int:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def sync(self, fd: int) -> None:
+        os.fdatasync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def rename(self, src: Path, dst: Path) -> None:
+        os.replace(src, dst)
+
+    def unlink(self, path: Path) -> None:
+        os.unlink(path)
+
+    def sync_dir(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def opus_level(kbps: float) -> float:
+    """libsndfile maps compression level 0..1 linearly onto a 256..6 kbit/s Opus target."""
+    return min(1.0, max(0.0, (256.0 - kbps) / 250.0))
+
+
+def codec_of(path: Path) -> str:
+    """The codec a call file's name says (``00000001.opus.age`` -> ``opus``)."""
+    parts = Path(path).name.split(".")
+    for c in CODECS:
+        if c in parts:
+            return c
+    raise VaultError(f"{path}: unknown codec in file name")
+
+
+class _Encoder:
+    """The file object libsndfile writes the codec stream into."""
+
+    def __init__(self, owner: "CallFile") -> None:
+        self.o = owner
         self.pos = 0
         self.finalizing = False
-        self.dropped_patches = 0
 
     def write(self, data) -> int:
         b = bytes(data)
-        n = len(b)
-        if self.pos == 0 and not self.finalizing and n >= 44 and b[:4] == b"RIFF" and b[36:40] == b"data":
+        if self.pos == 0 and not self.finalizing and len(b) >= 44 and b[:4] == b"RIFF" and b[36:40] == b"data":
+            # streaming WAV sizes ("to the end of the file") until the real ones are known
             b = b[:4] + _STREAMING_SIZE + b[8:40] + _STREAMING_SIZE + b[44:]
-        length = self.age.length
-        if self.pos > length:
-            raise io.UnsupportedOperation("write beyond end of stream")
-        overlap = min(n, length - self.pos)
-        if overlap and not self.age.patch(self.pos, b[:overlap]):
-            self.dropped_patches += 1
-        if overlap < n:
-            self.age.write(b[overlap:])
-        self.pos += n
-        return n
+        self.o._plain_write(self.pos, b)
+        self.pos += len(b)
+        return len(b)
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         if whence == io.SEEK_SET:
@@ -52,7 +112,7 @@ class _PlainSink:
         elif whence == io.SEEK_CUR:
             self.pos += offset
         else:
-            self.pos = self.age.length + offset
+            self.pos = self.o.length + offset
         return self.pos
 
     def tell(self) -> int:
@@ -62,59 +122,292 @@ class _PlainSink:
         return b""
 
 
-class CallFile:
-    """Writes one call to ``<final>.part``; ``close`` seals, fsyncs and renames it to ``final``."""
+def _journal_record(device_recipient: bytes, payload: bytes) -> bytes:
+    blob = io.BytesIO()
+    w = AgeWriter(blob, [device_recipient])
+    w.write(payload)
+    w.close()
+    data = blob.getvalue()
+    return struct.pack(">I", len(data)) + data
 
-    def __init__(self, final: Path, recipients: list[bytes], rate: int) -> None:
+
+class CallFile:
+    """Writes one call; ``close`` completes it, ``abandon`` leaves it for recovery."""
+
+    def __init__(self, final: Path, recipients: list[bytes], rate: int, device_recipient: bytes,
+                 codec: str = "opus", opus_kbps: float = 16.0, checkpoint_s: float = 0.5,
+                 disk: Disk | None = None) -> None:
+        if codec not in CODECS:
+            raise VaultError(f"unknown codec {codec!r}")
         self.final = Path(final)
         self.part = self.final.with_name(self.final.name + ".part")
-        self.part.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.part, "xb")
-        self._age = AgeWriter(self._f, recipients)
-        self._sink = _PlainSink(self._age)
-        self._snd = sf.SoundFile(self._sink, "w", samplerate=rate, channels=1, format="WAV",
-                                 subtype="PCM_16")
+        self.journal_path = self.final.with_name(self.final.name + ".journal")
         self.rate = rate
+        self.codec = codec
+        self.disk = disk or Disk()
+        self._dev = device_recipient
         self.frames = 0
-        self._flushed = 0
+        self.dropped_patches = 0
+        self._ckpt_every = max(1, int(checkpoint_s * rate))
+        self._ckpt_frames = 0
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        # main file: header, payload nonce, hole for chunk 0
+        file_key = os.urandom(16)
+        header = VERSION_LINE + b"".join(_x25519_stanza(file_key, r) for r in recipients) + b"---"
+        import hashlib
+        import hmac
 
+        mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
+        nonce = os.urandom(16)
+        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+        head = header + b" " + _b64(mac) + b"\n" + nonce
+        self._payload_off = len(head)
+        self._first = bytearray()  # chunk 0 plaintext, kept until close
+        self._tail = bytearray()  # plaintext after the last sealed chunk (chunks >= 1)
+        self._sealed = 0  # chunks >= 1 already written
+        self._pending: list[tuple[int, bytes]] = []  # journal data not yet checkpointed
+        self._fd = self.disk.create(self.part)
+        self._jfd = self.disk.create(self.journal_path)
+        self._jsize = 0
+        self.disk.pwrite(self._fd, head, 0)
+        meta = json.dumps({"v": 1, "codec": codec, "rate": rate}).encode()
+        self._journal_append(b"K" + meta)
+        self.disk.sync(self._fd)
+        self.disk.sync(self._jfd)
+        self.disk.sync_dir(self.part.parent)
+        self.size = self._payload_off
+        major, sub, _ = CODECS[codec]
+        kw = {"compression_level": opus_level(opus_kbps)} if codec == "opus" else {}
+        self._enc = _Encoder(self)
+        self._snd = sf.SoundFile(self._enc, "w", samplerate=rate, channels=1, format=major, subtype=sub, **kw)
+        if codec == "opus":
+            from soundfile import _ffi, _snd
+
+            latency = _ffi.new("double*", 1000.0 * checkpoint_s)
+            _snd.sf_command(self._snd._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, _ffi.sizeof("double"))
+
+    # -- plaintext side -------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return len(self._first) + self._sealed * CHUNK + len(self._tail)
+
+    def _plain_write(self, pos: int, b: bytes) -> None:
+        length = self.length
+        if pos > length:
+            raise VaultError("codec wrote past the end of its stream")
+        overlap = min(len(b), length - pos)
+        if overlap:
+            self._patch(pos, b[:overlap])
+        if overlap < len(b):
+            self._append(b[overlap:])
+
+    def _patch(self, pos: int, b: bytes) -> None:
+        end = pos + len(b)
+        tail_start = CHUNK + self._sealed * CHUNK
+        if end <= len(self._first):
+            self._first[pos:end] = b
+        elif pos >= tail_start:
+            self._tail[pos - tail_start:end - tail_start] = b
+        else:
+            self.dropped_patches += 1  # inside an already sealed chunk: cannot change
+            return
+        self._pending.append((pos, b))
+
+    def _append(self, b: bytes) -> None:
+        self._pending.append((self.length, b))
+        room = CHUNK - len(self._first)
+        if room > 0:
+            self._first += b[:room]
+            b = b[room:]
+        if b:
+            self._tail += b
+            while len(self._tail) > CHUNK:  # a full chunk is sealed once more data follows it
+                idx = 1 + self._sealed
+                ct = self._aead.encrypt(_nonce(idx, False), bytes(self._tail[:CHUNK]), None)
+                self.disk.pwrite(self._fd, ct, self._payload_off + idx * ENC_CHUNK)
+                del self._tail[:CHUNK]
+                self._sealed += 1
+                self.size = self._payload_off + (idx + 1) * ENC_CHUNK
+
+    # -- journal ----------------------------------------------------------------------------
+    def _journal_append(self, payload: bytes) -> None:
+        rec = _journal_record(self._dev, payload)
+        self.disk.pwrite(self._jfd, rec, self._jsize)
+        self._jsize += len(rec)
+
+    def checkpoint(self) -> None:
+        """Make everything written so far survive a power cut (journal record + fdatasync)."""
+        if self._pending:
+            payload = b"D" + b"".join(struct.pack(">QI", off, len(b)) + b for off, b in self._pending)
+            self._pending.clear()
+            self._journal_append(payload)
+        self.disk.sync(self._fd)
+        self.disk.sync(self._jfd)
+        self._ckpt_frames = self.frames
+
+    # -- public ---------------------------------------------------------------------------
     def write(self, samples: np.ndarray) -> None:
-        """Append int16 mono samples; every sealed chunk is handed to the OS at once."""
+        """Append int16 mono samples; checkpoints every ``checkpoint_s`` of audio."""
         if len(samples):
             self._snd.write(samples)
             self.frames += len(samples)
-            if self._age.bytes_out != self._flushed:
-                self._f.flush()
-                self._flushed = self._age.bytes_out
-
-    @property
-    def size(self) -> int:
-        return self._age.bytes_out
+            if self.frames - self._ckpt_frames >= self._ckpt_every:
+                self.checkpoint()
 
     def close(self) -> int:
-        """Finish the call: final chunk, fsync, atomic rename. Returns the file size."""
-        self._sink.finalizing = True
+        """Finish the call: encoder trailer, chunk 0 into its hole, final chunk, fsync, rename."""
+        self._enc.finalizing = True
         self._snd.close()
-        self._age.close()
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        os.replace(self.part, self.final)
-        _fsync_dir(self.final.parent)
-        return self._age.bytes_out
+        disk = self.disk
+        if self._sealed == 0 and not self._tail:
+            ct = self._aead.encrypt(_nonce(0, True), bytes(self._first), None)
+            disk.truncate(self._fd, self._payload_off)
+            disk.pwrite(self._fd, ct, self._payload_off)
+            end = self._payload_off + len(ct)
+        else:
+            disk.pwrite(self._fd, self._aead.encrypt(_nonce(0, False), bytes(self._first), None),
+                        self._payload_off)
+            idx = 1 + self._sealed
+            ct = self._aead.encrypt(_nonce(idx, True), bytes(self._tail), None)
+            off = self._payload_off + idx * ENC_CHUNK
+            disk.pwrite(self._fd, ct, off)
+            end = off + len(ct)
+            disk.truncate(self._fd, end)
+        disk.sync(self._fd)
+        disk.close(self._fd)
+        disk.rename(self.part, self.final)
+        disk.sync_dir(self.final.parent)
+        disk.close(self._jfd)
+        disk.unlink(self.journal_path)
+        disk.sync_dir(self.final.parent)
+        self.size = end
+        return end
 
     def abandon(self) -> None:
-        """Stop writing without finishing (shutdown mid-call): the .part stays for recovery."""
+        """Stop without finishing (the process is going down): keep what the journal holds."""
         try:
-            self._f.flush()
-            os.fsync(self._f.fileno())
+            self.checkpoint()
         finally:
-            self._f.close()
+            self.disk.close(self._fd)
+            self.disk.close(self._jfd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+# -- recovery ---------------------------------------------------------------------------------
+@dataclass
+class Recovered:
+    """What recovery made of an interrupted call."""
+
+    final: Path
+    frames: int
+    size: int
+    plaintext_bytes: int
+    journal_records: int
+
+
+def read_journal(path: Path, device_identity: str) -> tuple[dict, bytearray, int]:
+    """The call's metadata and plaintext rebuilt from its journal; a torn last record is ignored."""
+    ident = [X25519Identity(device_identity)]
+    raw = Path(path).read_bytes()
+    pos = 0
+    meta: dict | None = None
+    plain = bytearray()
+    records = 0
+    while pos + 4 <= len(raw):
+        (n,) = struct.unpack(">I", raw[pos:pos + 4])
+        blob = raw[pos + 4:pos + 4 + n]
+        if len(blob) < n:
+            break  # torn write at the cut
+        try:
+            payload = decrypt_bytes(bytes(blob), ident)
+        except AgeError:
+            break
+        pos += 4 + n
+        records += 1
+        if payload[:1] == b"K":
+            meta = json.loads(payload[1:])
+        elif payload[:1] == b"D" and meta is not None:
+            p = 1
+            while p < len(payload):
+                off, ln = struct.unpack(">QI", payload[p:p + 12])
+                data = payload[p + 12:p + 12 + ln]
+                p += 12 + ln
+                if off > len(plain):
+                    raise VaultError(f"{path}: journal skips plaintext bytes {len(plain)}..{off}")
+                plain[off:off + ln] = data
+    if meta is None:
+        raise VaultError(f"{path}: journal has no readable start record")
+    return meta, plain, records
+
+
+def _decodable(codec: str, plain: bytes, rate: int) -> tuple[bytes, int]:
+    """Cut the rebuilt stream to what decodes cleanly; returns (bytes, frames)."""
+    if codec == "wav":
+        if len(plain) < 44:
+            return b"", 0
+        frames = (len(plain) - 44) // 2
+        data = bytearray(plain[:44 + 2 * frames])
+        if data[:4] == b"RIFF" and data[36:40] == b"data":  # the real sizes, now that they are known
+            data[4:8] = struct.pack("<I", 36 + 2 * frames)
+            data[40:44] = struct.pack("<I", 2 * frames)
+        return bytes(data), frames
+    # Ogg: keep whole pages only (each page says its own length)
+    end = 0
+    p = 0
+    while p + 27 <= len(plain) and plain[p:p + 4] == b"OggS":
+        nseg = plain[p + 26]
+        if p + 27 + nseg > len(plain):
+            break
+        body = sum(plain[p + 27:p + 27 + nseg])
+        q = p + 27 + nseg + body
+        if q > len(plain):
+            break
+        p = end = q
+    data = bytes(plain[:end])
+    if not data:
+        return b"", 0
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            frames = sum(len(b) for b in f.blocks(blocksize=rate * 10, dtype="int16"))
+    except (sf.LibsndfileError, RuntimeError):
+        return b"", 0
+    return data, frames
+
+
+def recover_call(final: Path, recipients: list[bytes], device_identity: str,
+                 disk: Disk | None = None) -> Recovered | None:
+    """Finish an interrupted call from its journal; None if there is nothing to recover."""
+    disk = disk or Disk()
+    final = Path(final)
+    part = final.with_name(final.name + ".part")
+    journal = final.with_name(final.name + ".journal")
+    if final.exists():
+        # the call was finished; only the journal's deletion was cut short
+        if journal.exists():
+            disk.unlink(journal)
+            disk.sync_dir(final.parent)
+        return None
+    if not journal.exists():
+        return None
+    meta, plain, records = read_journal(journal, device_identity)
+    data, frames = _decodable(meta["codec"], plain, meta["rate"])
+    tmp = final.with_name(final.name + ".recovering")
+    if tmp.exists():
+        disk.unlink(tmp)
+    fd = disk.create(tmp)
+    buf = io.BytesIO()
+    w = AgeWriter(buf, recipients)
+    w.write(data)
+    w.close()
+    blob = buf.getvalue()
+    disk.pwrite(fd, blob, 0)
+    disk.sync(fd)
+    disk.close(fd)
+    disk.rename(tmp, final)
+    disk.sync_dir(final.parent)
+    if part.exists():
+        disk.unlink(part)
+    disk.unlink(journal)
+    disk.sync_dir(final.parent)
+    return Recovered(final, frames, len(blob), len(data), records)

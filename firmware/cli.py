@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--describe", action="store_true", help="list every key with default and meaning")
 
+    p = sub.add_parser("recover", help="finish calls cut by a power loss (needs no approver secret)")
+    _common(p)
+
+    p = sub.add_parser("verify", help="check that every file parses and index and files agree")
+    _common(p)
+
+    p = sub.add_parser("decrypt", help="decrypt one recording with the records identity (audited)")
+    _common(p)
+    p.add_argument("id", type=int, help="call id (from nokbox calls)")
+    p.add_argument("--identity", type=Path, required=True, help="age identity file")
+    p.add_argument("--out", type=Path, help="write the audio here (default: standard output)")
+
     p = sub.add_parser("status", help="state of the running recorder")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
@@ -78,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "verbose", False))
     handler = {
         "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls,
-        "check-config": cmd_check_config, "status": cmd_status,
+        "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
+        "verify": cmd_verify, "decrypt": cmd_decrypt,
     }[args.cmd]
     try:
         return handler(args)
@@ -235,6 +248,77 @@ def cmd_calls(args) -> int:
         else:
             print(f"{c['id']:>8}  {c['start_local'][:19]}  {c['line_name']:<12} "
                   f"{(c['duration'] or 0):>8.1f} s  {c['state']:<11} {c['end_reason'] or ''}")
+    return EXIT_OK
+
+
+def _require_data(data: Path) -> None:
+    from .keys import MARKER
+
+    if not (data / MARKER).exists():
+        raise DataDirErrorCli(f"{data} is not an initialised data directory")
+
+
+class DataDirErrorCli(NokboxError):
+    """The data directory given on the command line is not a nokbox one."""
+
+
+def cmd_recover(args) -> int:
+    from .recovery import recover_data_dir
+
+    _require_data(args.data)
+    done = recover_data_dir(args.data)
+    for d in done:
+        print(json.dumps(d, ensure_ascii=False))
+    print(f"recovered {sum(1 for d in done if d['outcome'] == 'recovered')} call(s); "
+          f"{sum(1 for d in done if d['outcome'] == 'failed')} failed")
+    return EXIT_ERROR if any(d["outcome"] == "failed" for d in done) else EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    from .recovery import verify_data_dir
+
+    _require_data(args.data)
+    rep = verify_data_dir(args.data)
+    for p in rep.problems:
+        print(f"PROBLEM: {p}")
+    print(f"verify: {rep.files} file(s), {rep.finished} finished call(s), {len(rep.problems)} problem(s)")
+    return EXIT_ERROR if rep.problems else EXIT_OK
+
+
+def cmd_decrypt(args) -> int:
+    import getpass
+
+    from .age import X25519Identity, decrypt
+    from .audit import AuditLog
+    from .index import CallIndex
+
+    _require_data(args.data)
+    idx = CallIndex(args.data / "index.sqlite")
+    try:
+        row = idx.con.execute("SELECT file, state FROM calls WHERE id = ?", (args.id,)).fetchone()
+    finally:
+        idx.close()
+    if row is None:
+        print(f"nokbox decrypt: no call {args.id}", file=sys.stderr)
+        return EXIT_ERROR
+    lines = [ln.strip() for ln in args.identity.read_text().splitlines()]
+    idents = [X25519Identity(ln) for ln in lines if ln.startswith("AGE-SECRET-KEY-1")]
+    audit = AuditLog(args.data)
+    who = getpass.getuser()
+    out = open(args.out, "xb") if args.out else sys.stdout.buffer
+    try:
+        with open(args.data / row["file"], "rb") as f:
+            for chunk in decrypt(f, idents):
+                out.write(chunk)
+    except NokboxError as exc:
+        audit.append("recording.decrypt", actor=who, role="cli", obj=f"call:{args.id}", outcome="refused",
+                     reason=str(exc))
+        raise
+    finally:
+        if args.out:
+            out.close()
+    audit.append("recording.decrypt", actor=who, role="cli", obj=f"call:{args.id}", outcome="ok",
+                 reason="offline decryption with the records identity")
     return EXIT_OK
 
 

@@ -98,8 +98,14 @@ class SegmentConfig(_Strict):
 class StorageConfig(_Strict):
     """How finished audio is stored."""
 
-    codec: Literal["wav"] = Field(
-        "wav", description="Audio container inside the encrypted file (16-bit PCM WAV)."
+    codec: Literal["opus", "wav"] = Field(
+        "opus", description="Audio inside the encrypted file: Opus in Ogg (long retention) or "
+        "16-bit PCM WAV (lossless).",
+    )
+    opus_kbps: float = Field(16.0, ge=6.0, le=64.0, description="Opus target bit rate in kbit/s.")
+    checkpoint_s: float = Field(
+        0.5, ge=0.1, le=1.0, description="Audio a power cut may cost at most, per call in progress "
+        "(journal fsync interval).",
     )
     queue_blocks: int = Field(
         256, ge=8, le=65536, description="Blocks the writer queue holds before segmentation waits."

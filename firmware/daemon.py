@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .hal.audio import AlsaSource, AudioSource, SimulatedSource
 from .hal.clock import Clock
 from .index import CallIndex, iso_utc, to_kst
-from .keys import load_recipients
+from .keys import load_device_recovery_recipient, load_recipients
 from .pipeline import SegmenterWorker, WriterWorker
 from .ring import LineRings
 
@@ -87,7 +87,8 @@ class Recorder:
                                     cfg.audio.reopen_max_s, self.events)
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.storage.queue_blocks)
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
-        self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage.codec)
+        self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
+                                   load_device_recovery_recipient(self.data_dir))
         self.maintainer = StatusMaintainer(self)
         self.config_error = ""
         self.started_at = 0.0
@@ -96,13 +97,9 @@ class Recorder:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         (self.data_dir / "run").mkdir(exist_ok=True)
-        idx = CallIndex(self.data_dir / "index.sqlite")
-        try:
-            interrupted = idx.mark_interrupted()
-        finally:
-            idx.close()
-        if interrupted:
-            log.warning("%d call(s) were cut by a stop without shutdown; marked interrupted", len(interrupted))
+        from .recovery import recover_data_dir
+
+        recover_data_dir(self.data_dir)
         self.started_at = self.clock.wall()
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],
                  len(self.lines), self.rate)

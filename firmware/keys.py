@@ -74,8 +74,26 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
     device.provision()
     (data / "keys" / "device-recovery.txt").write_text(recipient_of(device_recovery_identity(device)) + "\n")
     connect(data / "index.sqlite").close()
-    (data / MARKER).write_text(json.dumps({"format": 1, "created": time.time()}) + "\n")
+    where = {"backend": device.name}
+    if isinstance(device, FileDeviceSecret):
+        where["path"] = str(Path(device.path).resolve())
+    (data / MARKER).write_text(json.dumps({"format": 1, "created": time.time(), "device": where}) + "\n")
     return identity, recipient
+
+
+def device_for(data: Path) -> DeviceSecret:
+    """The device-bound secret this data directory was initialised with."""
+    from .hal.devicekey import OtpDeviceSecret
+
+    try:
+        where = json.loads((Path(data) / MARKER).read_text()).get("device") or {}
+    except FileNotFoundError:
+        raise DataDirError(f"{data} is not an initialised nokbox data directory") from None
+    if where.get("backend") == "otp":
+        return OtpDeviceSecret()
+    if where.get("backend") == "file" and where.get("path"):
+        return FileDeviceSecret(where["path"])
+    raise DataDirError(f"{data}: the device secret is not recorded in {MARKER}")
 
 
 def load_recipients(data: Path) -> list[bytes]:

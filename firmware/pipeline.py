@@ -21,7 +21,7 @@ import numpy as np
 from dsp.segment import CallEnd, CallStart, EnergySegmenter, SegmentParams
 
 from .callfile import CallFile
-from .config import LineConfig
+from .config import LineConfig, StorageConfig
 from .index import CallIndex
 from .ring import LineRings
 
@@ -260,14 +260,16 @@ class WriterWorker(Worker):
     interval = 0.0
 
     def __init__(self, inq: queue.Queue, data_dir: Path, recipients: list[bytes], rate: int,
-                 lines: list[LineConfig], codec: str = "wav") -> None:
+                 lines: list[LineConfig], storage: StorageConfig, device_recipient: bytes) -> None:
         super().__init__("writer")
         self.inq = inq
         self.data_dir = Path(data_dir)
         self.recipients = recipients
         self.rate = rate
         self.lines = lines
-        self.codec = codec
+        self.storage = storage
+        self.codec = storage.codec
+        self.device_recipient = device_recipient
         self.stats = WriterStats()
         self._open: dict[int, tuple[int, CallFile | None, list[int]]] = {}
         self._index: CallIndex | None = None
@@ -322,7 +324,9 @@ class WriterWorker(Worker):
                                                  self._file_for(wall))
             cf = None
             try:
-                cf = CallFile(self.data_dir / rel, self.recipients, self.rate)
+                st = self.storage
+                cf = CallFile(self.data_dir / rel, self.recipients, self.rate, self.device_recipient,
+                              codec=st.codec, opus_kbps=st.opus_kbps, checkpoint_s=st.checkpoint_s)
             except OSError as exc:
                 self._error(call_id, exc)
             self._open[key] = (call_id, cf, [0, idx])

@@ -20,6 +20,7 @@ from firmware.index import CallIndex, parse_utc
 from .conftest import decrypt_audio, place_calls
 
 RATE = 8000
+WAV = parse_config({"storage": {"codec": "wav"}})  # lossless, so samples can be compared exactly
 
 
 def calls_of(data):
@@ -36,7 +37,7 @@ def test_device_lost_mid_call_and_back(box, age_tool):
     lose = int(20.0 * RATE)  # in the middle of line 0's call
     src = ArraySource(audio, RATE, 160, lose_at=(lose,), fail_opens=3)
     clock = FakeClock()
-    rec = Recorder(NokboxConfig(), data, source=src, clock=clock)
+    rec = Recorder(WAV, data, source=src, clock=clock)
     rec.start()
     assert rec.wait(60)
     r = rec.reader
@@ -94,7 +95,7 @@ def stalled_run(data, audio, stall_audio_s, pace=20.0):
     """Play ``audio`` live at ``pace`` x real time; hold the writer for ``stall_audio_s`` of audio."""
     src = ArraySource(audio, RATE, 160, realtime=True, pace=pace)
     # a short writer queue, so that the rings (not the queue) absorb the stall
-    rec = Recorder(parse_config({"storage": {"queue_blocks": 8}}), data, source=src)
+    rec = Recorder(parse_config({"storage": {"queue_blocks": 8, "codec": "wav"}}), data, source=src)
     q = StallingQueue(rec.queue.maxsize)
     rec.queue = rec.segmenter.out = rec.writer.inq = q
     rec.start()
@@ -174,7 +175,7 @@ def test_shutdown_mid_call_closes_a_complete_file(box, age_tool):
     data, ident = box
     audio, _ = place_calls(RATE, 200.0, [[(2.0, 150.0)]])
     src = ArraySource(audio, RATE, 160, realtime=True, pace=10.0)
-    rec = Recorder(NokboxConfig(), data, source=src)
+    rec = Recorder(WAV, data, source=src)
     rec.start()
     time.sleep(1.5)  # 15 s of audio: the call is in progress
     rec.stop()
@@ -185,7 +186,7 @@ def test_shutdown_mid_call_closes_a_complete_file(box, age_tool):
     assert len(y) == calls[0]["frames"] > 5 * RATE
 
 
-def test_interrupted_calls_are_marked_at_start(box):
+def test_a_call_with_nothing_on_disk_is_marked_failed_at_start(box):
     data, _ = box
     idx = CallIndex(data / "index.sqlite")
     idx.open_call(0, "회선 1", time.time(), 0, RATE, "wav", lambda i: f"calls/x/{i}.wav.age")
@@ -194,7 +195,7 @@ def test_interrupted_calls_are_marked_at_start(box):
     rec.start()
     assert rec.wait(10)
     calls, _ = calls_of(data)
-    assert calls[0]["state"] == "interrupted" and calls[0]["end_reason"] == "power_loss"
+    assert calls[0]["state"] == "failed" and calls[0]["end_reason"] == "power_loss"
 
 
 def test_reload_keeps_last_good_config(box, tmp_path, caplog):

@@ -28,7 +28,9 @@ def test_replay_records_each_call_whole_and_decryptable(tmp_path, box, age_tool)
     wav = tmp_path / "lines.wav"
     sf.write(wav, audio, RATE, subtype="PCM_16")
 
-    r = run_cli("replay", str(wav), "--data", str(data), "--start", "2026-03-03T09:00:00+09:00")
+    cfg = tmp_path / "lossless.toml"
+    cfg.write_text('[storage]\ncodec = "wav"\n')
+    r = run_cli("replay", str(wav), "--data", str(data), "--config", str(cfg), "--start", "2026-03-03T09:00:00+09:00")
     assert r.returncode == 0, r.stderr
     assert "0 sample(s) lost" in r.stdout
 

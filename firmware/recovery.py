@@ -1,0 +1,139 @@
+"""Recovery after a power cut or a killed process, and the consistency check of the store.
+
+Runs at every daemon start and as ``nokbox recover``; needs only the device-bound secret,
+never the approver's.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .age import CHUNK, TAG, HeaderError, read_header
+from .audit import AuditLog
+from .callfile import recover_call
+from .errors import VaultError
+from .index import CallIndex
+from .keys import device_for, device_recovery_identity, load_recipients
+
+log = logging.getLogger(__name__)
+
+
+def recover_data_dir(data: Path) -> list[dict]:
+    """Finish every call left 'recording'; returns what was done (no personal data)."""
+    data = Path(data)
+    idx = CallIndex(data / "index.sqlite")
+    done: list[dict] = []
+    try:
+        rows = list(idx.con.execute("SELECT id, file, rate FROM calls WHERE state = 'recording'"))
+        if not rows:
+            return done
+        identity = device_recovery_identity(device_for(data))
+        recipients = load_recipients(data)
+        audit = AuditLog(data)
+        for row in rows:
+            final = data / row["file"]
+            try:
+                res = recover_call(final, recipients, identity)
+            except (VaultError, OSError) as exc:
+                log.error("call %s could not be recovered: %s", row["id"], exc)
+                idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
+                done.append({"id": row["id"], "outcome": "failed", "reason": str(exc)})
+                continue
+            if res is None and final.exists():
+                # finished on disk; the index update was what the cut interrupted
+                from .callfile import codec_of  # noqa: F401 - documents the naming rule
+
+                size = final.stat().st_size
+                frames = _frames_from_index_or_zero(idx, row["id"])
+                idx.finish_call(row["id"], frames, size, "power_loss", 0, state="finished")
+                done.append({"id": row["id"], "outcome": "already complete"})
+            elif res is None:
+                idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
+                done.append({"id": row["id"], "outcome": "nothing recorded"})
+            else:
+                idx.finish_call(row["id"], res.frames, res.size, "power_loss", 0, state="finished")
+                done.append({"id": row["id"], "outcome": "recovered", "seconds": round(res.frames / row["rate"], 3)})
+            audit.append("recording.recover", obj=f"call:{row['id']}", outcome=done[-1]["outcome"],
+                         reason="interrupted by power loss or a killed process")
+        log.warning("recovered %d interrupted call(s)", len(done))
+    finally:
+        idx.close()
+    return done
+
+
+def _frames_from_index_or_zero(idx: CallIndex, call_id: int) -> int:
+    row = idx.con.execute("SELECT frames FROM calls WHERE id = ?", (call_id,)).fetchone()
+    return int(row["frames"] or 0)
+
+
+@dataclass
+class VerifyReport:
+    """Result of ``verify_data_dir``."""
+
+    files: int = 0
+    finished: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def check_age_structure(path: Path) -> None:
+    """Without any key: the header parses and the payload is a whole number of STREAM chunks."""
+    with open(path, "rb") as f:
+        try:
+            read_header(f)
+        except HeaderError as exc:
+            raise VaultError(f"{path.name}: {exc}") from None
+        start = f.tell()
+        nonce = f.read(16)
+        if len(nonce) != 16:
+            raise VaultError(f"{path.name}: payload nonce missing")
+        size = path.stat().st_size - start - 16
+    enc = CHUNK + TAG
+    full, rest = divmod(size, enc)
+    if size < TAG or (rest and rest < TAG) or (rest == 0 and full == 0):
+        raise VaultError(f"{path.name}: payload is not a complete STREAM ({size} bytes)")
+
+
+def verify_data_dir(data: Path) -> VerifyReport:
+    """Every file parses, every finished call is complete, index and files agree."""
+    data = Path(data)
+    rep = VerifyReport()
+    idx = CallIndex(data / "index.sqlite")
+    try:
+        rows = list(idx.con.execute("SELECT id, file, size, state FROM calls"))
+    finally:
+        idx.close()
+    known = set()
+    for row in rows:
+        f = data / row["file"]
+        known.add(f.resolve())
+        if row["state"] == "recording":
+            rep.problems.append(f"call {row['id']}: still marked recording (run 'nokbox recover' if no recorder runs)")
+            continue
+        if row["state"] != "finished":
+            continue
+        rep.finished += 1
+        if not f.exists():
+            rep.problems.append(f"call {row['id']}: file {row['file']} is missing")
+            continue
+        if f.stat().st_size != row["size"]:
+            rep.problems.append(f"call {row['id']}: size {f.stat().st_size} differs from the index ({row['size']})")
+        try:
+            check_age_structure(f)
+        except VaultError as exc:
+            rep.problems.append(f"call {row['id']}: {exc}")
+    calls = data / "calls"
+    if calls.exists():
+        for f in sorted(calls.rglob("*")):
+            if not f.is_file():
+                continue
+            rep.files += 1
+            if f.name.endswith((".part", ".journal", ".recovering")):
+                base = f.with_name(f.name.rsplit(".", 1)[0]).resolve()
+                if base not in known:
+                    rep.problems.append(f"{f.relative_to(data)}: leftover file of no known call")
+                continue
+            if f.resolve() not in known:
+                rep.problems.append(f"{f.relative_to(data)}: file not in the index")
+    return rep
