@@ -306,8 +306,12 @@ class Recovered:
     journal_records: int
 
 
-def read_journal(path: Path, device_identity: str) -> tuple[dict, bytearray, int]:
-    """The call's metadata and plaintext rebuilt from its journal; a torn last record is ignored."""
+def read_journal(path: Path, device_identity: str) -> tuple[dict | None, bytearray, int]:
+    """The call's metadata and plaintext rebuilt from its journal; a torn last record is ignored.
+
+    The metadata is None when even the start record did not reach the disk (the cut came
+    before the call's first audio was handed to the writer).
+    """
     ident = [X25519Identity(device_identity)]
     raw = Path(path).read_bytes()
     pos = 0
@@ -336,8 +340,6 @@ def read_journal(path: Path, device_identity: str) -> tuple[dict, bytearray, int
                 if off > len(plain):
                     raise VaultError(f"{path}: journal skips plaintext bytes {len(plain)}..{off}")
                 plain[off:off + ln] = data
-    if meta is None:
-        raise VaultError(f"{path}: journal has no readable start record")
     return meta, plain, records
 
 
@@ -391,7 +393,13 @@ def recover_call(final: Path, recipients: list[bytes], device_identity: str,
     if not journal.exists():
         return None
     meta, plain, records = read_journal(journal, device_identity)
-    data, frames = _decodable(meta["codec"], plain, meta["rate"])
+    data, frames = _decodable(meta["codec"], plain, meta["rate"]) if meta else (b"", 0)
+    if frames == 0:  # the cut came before any audio reached the disk
+        for f in (part, journal):
+            if f.exists():
+                disk.unlink(f)
+        disk.sync_dir(final.parent)
+        return None
     tmp = final.with_name(final.name + ".recovering")
     if tmp.exists():
         disk.unlink(tmp)
