@@ -124,6 +124,32 @@ class VaultConfig(_Strict):
     )
 
 
+class NoticeConfig(_Strict):
+    """The "this call is recorded" announcement played on every call (seed 001 art. 6)."""
+
+    enabled: bool = Field(True, description="Play the notice on every call (per line: line[].notice).")
+    gpio: Literal["auto", "lgpio", "mock"] = Field(
+        "auto", description="GPIO backend: lgpio on a Raspberry Pi, mock for the simulated box; "
+        "auto picks lgpio when a GPIO chip is present.",
+    )
+    outputs: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="ALSA playback devices switched onto lines by the relays; several serve "
+        "simultaneous calls in parallel. Empty: the simulated output.",
+    )
+    rate: Literal[8000, 16000, 48000] = Field(8000, description="Sample rate of the notice output.")
+    settle_ms: int = Field(50, ge=0, le=1000, description="Wait after the relay closes before audio.")
+    max_wait_s: float = Field(
+        10.0, ge=0.5, le=60.0, description="A notice that cannot start within this long is given up "
+        "(failure 'output_busy').",
+    )
+    status_led_pin: int | None = Field(None, ge=2, le=27, description="GPIO of the status LED.")
+    button_pin: int | None = Field(
+        None, ge=2, le=27, description="GPIO of the push button (short: test notice; long: shutdown)."
+    )
+    test_line: int = Field(0, ge=0, le=31, description="Channel the button's test notice plays on.")
+
+
 class WebConfig(_Strict):
     """The local admin page."""
 
@@ -160,6 +186,16 @@ class LineConfig(_Strict):
     extension: str = Field(
         "", pattern=r"^[0-9*#]{0,16}$", description="Extension number of the line, digits only."
     )
+    notice: Literal["on", "off", "beep"] = Field(
+        "on", description="Recording notice on this line: the announcement, nothing, or a beep only."
+    )
+    relay_pin: int | None = Field(None, ge=2, le=27, description="GPIO driving this line's notice relay.")
+    feedback_pin: int | None = Field(
+        None, ge=2, le=27, description="GPIO reading the relay's contact (optional fault detection)."
+    )
+    sense_pin: int | None = Field(
+        None, ge=2, le=27, description="GPIO of an off-hook / loop-current detector (optional)."
+    )
 
 
 class NokboxConfig(_Strict):
@@ -171,6 +207,7 @@ class NokboxConfig(_Strict):
     vault: VaultConfig = Field(default_factory=VaultConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    notice: NoticeConfig = Field(default_factory=NoticeConfig)
     line: list[LineConfig] = Field(
         default_factory=list,
         description="Declared lines; when empty, one line per channel named 회선 N.",
@@ -190,9 +227,23 @@ class NokboxConfig(_Strict):
                     f"line[{i}].channel: channel {ln.channel} already used by line[{seen[ln.channel]}]"
                 )
             seen[ln.channel] = i
+        pins: dict[int, str] = {}
+        for key, pin in self._pins():
+            if pin in pins:
+                raise ValueError(f"{key}: GPIO {pin} already used by {pins[pin]}")
+            pins[pin] = key
         if self.audio.backend == "alsa" and not self.audio.device:
             raise ValueError("audio.device: required when audio.backend = 'alsa'")
         return self
+
+    def _pins(self):
+        for i, ln in enumerate(self.line):
+            for attr in ("relay_pin", "feedback_pin", "sense_pin"):
+                if getattr(ln, attr) is not None:
+                    yield f"line[{i}].{attr}", getattr(ln, attr)
+        for attr in ("status_led_pin", "button_pin"):
+            if getattr(self.notice, attr) is not None:
+                yield f"notice.{attr}", getattr(self.notice, attr)
 
     @property
     def lines(self) -> list[LineConfig]:

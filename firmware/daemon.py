@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -89,10 +90,33 @@ class Recorder:
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
                                    load_device_recovery_recipient(self.data_dir))
+        from .audit import AuditLog
+        from .hal.audio_out import SimulatedSink
+        from .notice import NoticeService, check_pins
+
+        check_pins(cfg)
+        self.audit = AuditLog(self.data_dir)
+        self.notice = NoticeService(
+            cfg, lines, self.data_dir,
+            on_result=lambda key, res: self.queue.put(("notice", key, res.as_dict())),
+            mode_of=self._notice_mode,
+            # a finite source is replayed as fast as it goes: so is its simulated notice output
+            sinks=None if self.source.realtime or cfg.notice.outputs else [SimulatedSink(cfg.notice.rate, speed=0)],
+            audit=self.audit,
+        )
+        self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        self.segmenter.on_call_start = self.notice.request
         self.maintainer = StatusMaintainer(self)
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
+
+    def _notice_mode(self, channel: int) -> str | None:
+        idx = CallIndex(self.data_dir / "index.sqlite")
+        try:
+            return idx.notice_mode(channel)
+        finally:
+            idx.close()
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -115,10 +139,11 @@ class Recorder:
         self._stopped = True
         self.reader.stop()
         self.reader.join(10.0)
-        # the segmenter sees eof, finishes open calls, and passes 'stop' to the writer
+        # the segmenter sees eof and finishes open calls; notices in progress complete
         self.segmenter.join(30.0)
         if self.segmenter.is_alive():
             self.segmenter.stop()
+        self._finish_writer()
         self.writer.join(60.0)
         if self.writer.is_alive():
             self.writer.stop()
@@ -130,12 +155,22 @@ class Recorder:
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in (self.reader, self.segmenter, self.writer):
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if t is self.writer:
+                self._finish_writer()
             t.join(left)
             if t.is_alive():
                 return False
         self.maintainer.stop()
         self._stopped = True
         return True
+
+    def _finish_writer(self) -> None:
+        """After the segmenter: let queued notices finish, then tell the writer to stop."""
+        if getattr(self, "_writer_told", False):
+            return
+        self._writer_told = True
+        self.notice.close()
+        self.queue.put(("stop",))
 
     # -- configuration ------------------------------------------------------------------
     def reload(self, path: Path | None = None) -> bool:
@@ -174,6 +209,7 @@ class Recorder:
         except Exception:  # noqa: BLE001 - status must render even if the index is busy
             today = {}
         r = self.reader
+        notice = self.notice.status()
         lines = []
         for ls in self.segmenter.lines:
             lines.append({
@@ -187,6 +223,7 @@ class Recorder:
                 "overrun_frames": int(self.rings.lost[ls.idx]),
                 "overrun_seconds": round(int(self.rings.lost[ls.idx]) / self.rate, 3),
                 "lag_seconds": round((self.rings.write_pos - ls.pos) / self.rate, 3),
+                "notice": notice.get(ls.idx),
             })
         try:
             du = shutil.disk_usage(self.data_dir)
@@ -212,6 +249,7 @@ class Recorder:
             "workers": {t.name: {"alive": t.is_alive(), "error": getattr(t, "error", "") or ""}
                         for t in (self.segmenter, self.writer)},
             "disk": disk,
+            "gpio": self.notice.backend,
             "config_error": self.config_error,
         }
 
@@ -271,6 +309,7 @@ class StatusMaintainer(threading.Thread):
                           ln.channel, ln.name, delta / rec.rate, lost / rec.rate)
                 idx.add_event(rec.clock.wall(), "overrun", line=ln.channel, seconds=delta / rec.rate)
                 self._seen_lost[i] = lost
+        rec.notice.update_led(any(ls.call_key is not None for ls in rec.segmenter.lines))
         write_status(rec.data_dir, rec.status())
 
 

@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_start ON calls (start_utc);
 CREATE INDEX IF NOT EXISTS calls_line_start ON calls (line, start_utc);
+CREATE TABLE IF NOT EXISTS notice_modes (
+    line INTEGER PRIMARY KEY,         -- input channel
+    mode TEXT NOT NULL CHECK (mode IN ('on', 'off', 'beep')),
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    time_utc TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS device_events (
     id INTEGER PRIMARY KEY,
     time_utc TEXT NOT NULL,
@@ -60,6 +67,21 @@ def to_kst(s: str) -> str:
     return parse_utc(s).astimezone(KST).isoformat(timespec="milliseconds")
 
 
+# Columns added after the first schema: (name, SQL type); added to older databases at open.
+_CALL_COLUMNS = (
+    ("notice_mode", "TEXT"), ("notice_played", "INTEGER"), ("notice_started", "TEXT"),
+    ("notice_ended", "TEXT"), ("notice_delay_ms", "REAL"), ("notice_relay_ms", "REAL"),
+    ("notice_wait_ms", "REAL"), ("notice_failure", "TEXT"),
+)
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    have = {r["name"] for r in con.execute("PRAGMA table_info(calls)")}
+    for name, kind in _CALL_COLUMNS:
+        if name not in have:
+            con.execute(f"ALTER TABLE calls ADD COLUMN {name} {kind}")
+
+
 def connect(db_path: Path) -> sqlite3.Connection:
     """Open the index, creating the schema; WAL so readers never block the writer."""
     con = sqlite3.connect(str(db_path), timeout=10.0)
@@ -69,6 +91,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
     con.execute("PRAGMA foreign_keys=ON")
     with con:
         con.executescript(_SCHEMA)
+        _migrate(con)
         con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     return con
 
@@ -108,6 +131,25 @@ class CallIndex:
                 " end_reason = ?, lost_frames = ? WHERE id = ?",
                 (iso_utc(end), frames, duration, size, state, reason, lost_frames, call_id),
             )
+
+    def set_notice(self, call_id: int, res: dict) -> None:
+        """Store what happened to a call's recording notice."""
+        with self.con:
+            self.con.execute(
+                "UPDATE calls SET notice_mode = ?, notice_played = ?, notice_started = ?, notice_ended = ?,"
+                " notice_delay_ms = ?, notice_relay_ms = ?, notice_wait_ms = ?, notice_failure = ? WHERE id = ?",
+                (res["mode"], int(res["played"]), res["started"], res["ended"], res["delay_ms"],
+                 res["relay_ms"], res["wait_ms"], res["failure"], call_id),
+            )
+
+    def notice_mode(self, line: int) -> str | None:
+        row = self.con.execute("SELECT mode FROM notice_modes WHERE line = ?", (line,)).fetchone()
+        return row["mode"] if row else None
+
+    def set_notice_mode(self, line: int, mode: str, actor: str, reason: str, now_ts: float) -> None:
+        with self.con:
+            self.con.execute("INSERT OR REPLACE INTO notice_modes (line, mode, actor, reason, time_utc)"
+                             " VALUES (?, ?, ?, ?, ?)", (line, mode, actor, reason, iso_utc(now_ts)))
 
     def mark_interrupted(self) -> list[int]:
         """Calls left 'recording' by a crash or power cut become 'interrupted'."""
@@ -158,4 +200,13 @@ def call_json(row: sqlite3.Row, data_dir: Path) -> dict:
         "state": row["state"],
         "end_reason": row["end_reason"],
         "lost_frames": row["lost_frames"],
+        "notice": None if row["notice_mode"] is None else {
+            "mode": row["notice_mode"],
+            "played": bool(row["notice_played"]),
+            "started": row["notice_started"],
+            "ended": row["notice_ended"],
+            "delay_ms": row["notice_delay_ms"],
+            "wait_ms": row["notice_wait_ms"],
+            "failure": row["notice_failure"],
+        },
     }

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,8 @@ class SegmenterWorker(Worker):
         self._done = False
         self._pending_params: SegmentParams | None = None
         self.waits = 0  # times the writer queue was full
+        # called (never blocking) when a call starts: (line index, call key, monotonic start)
+        self.on_call_start: Callable[[int, int, float], None] | None = None
 
     def set_params(self, params: SegmentParams) -> None:
         """New segmentation settings apply from each line's next idle moment."""
@@ -159,7 +162,7 @@ class SegmenterWorker(Worker):
                 self._advance(ls, self.rings.write_pos)
                 self._finish_line(ls, "shutdown")
             self._done = True
-        self._put(("stop",))
+        # the Recorder sends the writer its 'stop' once the notice results are in too
 
     def _maybe_apply_params(self, ls: LineState) -> None:
         new = self._pending_params
@@ -213,6 +216,8 @@ class SegmenterWorker(Worker):
         except LookupError:
             wall = time.time()
         self._put(("open", key, ls.idx, start, wall))
+        if self.on_call_start is not None:
+            self.on_call_start(ls.idx, key, time.monotonic())
 
     def _flush(self, ls: LineState, upto: int) -> None:
         if ls.call_key is None or upto <= ls.written:
@@ -250,8 +255,7 @@ class SegmenterWorker(Worker):
                 self.out.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if self.stop_event.is_set() and item[0] == "stop":
-                    return
+                continue
 
 
 class WriterWorker(Worker):
@@ -272,6 +276,7 @@ class WriterWorker(Worker):
         self.device_recipient = device_recipient
         self.stats = WriterStats()
         self._open: dict[int, tuple[int, CallFile | None, list[int]]] = {}
+        self._ids: dict[int, int] = {}  # call key -> index id, kept after close for late notice results
         self._index: CallIndex | None = None
         self._done = False
 
@@ -330,6 +335,9 @@ class WriterWorker(Worker):
             except OSError as exc:
                 self._error(call_id, exc)
             self._open[key] = (call_id, cf, [0, idx])
+            self._ids[key] = call_id
+            while len(self._ids) > 4096:
+                self._ids.pop(next(iter(self._ids)))
             self.stats.open_ids[idx] = call_id
             self.stats.calls_open = len(self._open)
         elif kind == "audio":
@@ -343,6 +351,10 @@ class WriterWorker(Worker):
                 self._error(call_id, exc)
                 extra[0] += len(item[2])
                 self._open[key] = (call_id, None, extra)
+        elif kind == "notice":
+            call_id = self._ids.get(key)
+            if call_id is not None:
+                self._index.set_notice(call_id, item[2])
         elif kind == "lost":
             self._open[key][2][0] += item[2]
         elif kind == "close":

@@ -1,0 +1,77 @@
+"""GPIO through gpiozero: the pin factory is chosen by config and created on first use.
+
+Backends: ``lgpio`` (Raspberry Pi 5 and 4 on current Raspberry Pi OS), ``mock``
+(gpiozero's own MockFactory: the simulated box and the tests), ``auto`` (lgpio when a GPIO
+chip is present, else mock, which the status page then shows as simulated).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ..errors import ConfigError, DeviceError
+
+log = logging.getLogger(__name__)
+
+
+def gpio_backend(name: str) -> str:
+    """Resolve 'auto' to the backend this machine can use."""
+    if name != "auto":
+        return name
+    return "lgpio" if os.path.exists("/dev/gpiochip0") and _has_lgpio() else "mock"
+
+
+def _has_lgpio() -> bool:
+    try:
+        import lgpio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_pin_factory(name: str):
+    """A gpiozero pin factory. For 'mock', an existing global MockFactory is reused (tests set it)."""
+    from gpiozero import Device
+
+    backend = gpio_backend(name)
+    if backend == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        if isinstance(Device.pin_factory, MockFactory):
+            return Device.pin_factory
+        return MockFactory()
+    if backend == "lgpio":
+        try:
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        except Exception as exc:  # noqa: BLE001 - the message names what is missing
+            raise DeviceError(f"GPIO (lgpio) is not available: {exc}") from None
+    raise ConfigError(f"notice.gpio: unknown backend {name!r}")
+
+
+def output_device(factory, pin: int, key: str):
+    """A DigitalOutputDevice, with gpiozero's pin errors turned into errors naming the key."""
+    from gpiozero import DigitalOutputDevice
+    from gpiozero.exc import GPIOPinInUse, PinInvalidPin
+
+    try:
+        return DigitalOutputDevice(pin, pin_factory=factory, initial_value=False)
+    except PinInvalidPin:
+        raise ConfigError(f"{key}: GPIO {pin} does not exist on this board") from None
+    except GPIOPinInUse:
+        raise ConfigError(f"{key}: GPIO {pin} is already in use") from None
+
+
+def input_device(factory, pin: int, key: str):
+    """A DigitalInputDevice (pulled up; active low, as loop-current detectors and relay contacts are)."""
+    from gpiozero import DigitalInputDevice
+    from gpiozero.exc import GPIOPinInUse, PinInvalidPin
+
+    try:
+        return DigitalInputDevice(pin, pull_up=True, pin_factory=factory)
+    except PinInvalidPin:
+        raise ConfigError(f"{key}: GPIO {pin} does not exist on this board") from None
+    except GPIOPinInUse:
+        raise ConfigError(f"{key}: GPIO {pin} is already in use") from None
