@@ -79,6 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", type=Path, required=True, help="age identity file")
     p.add_argument("--out", type=Path, help="write the audio here (default: standard output)")
 
+    p = sub.add_parser("notice", help="the recording notice: per-line mode and the announcement")
+    _common(p)
+    nsub = p.add_subparsers(dest="notice_cmd", required=True)
+    q = nsub.add_parser("set", help="turn a line's notice on, off or to a beep (audited)")
+    _common(q)
+    q.add_argument("--line", type=int, required=True, help="input channel of the line")
+    q.add_argument("--mode", choices=("on", "off", "beep"), required=True)
+    q.add_argument("--reason", required=True, help="why (kept in the audit log)")
+    q.add_argument("--actor", default=None, help="who (default: the signed-in OS user)")
+    q = nsub.add_parser("upload", help="check and install a new announcement (WAV, <= 15 s)")
+    _common(q)
+    q.add_argument("file", type=Path)
+    q.add_argument("--actor", default=None)
+    q = nsub.add_parser("check", help="check an announcement file without installing it")
+    _common(q)
+    q.add_argument("file", type=Path)
+
     p = sub.add_parser("status", help="state of the running recorder")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls,
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
-        "verify": cmd_verify, "decrypt": cmd_decrypt,
+        "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
     }[args.cmd]
     try:
         return handler(args)
@@ -319,6 +336,50 @@ def cmd_decrypt(args) -> int:
             out.close()
     audit.append("recording.decrypt", actor=who, role="cli", obj=f"call:{args.id}", outcome="ok",
                  reason="offline decryption with the records identity")
+    return EXIT_OK
+
+
+def cmd_notice(args) -> int:
+    import getpass
+
+    import soundfile as sf
+
+    from .audit import AuditLog
+    from .index import CallIndex
+    from .notice import load_announcement
+
+    actor = getattr(args, "actor", None) or getpass.getuser()
+    if args.notice_cmd == "check":
+        x = load_announcement(args.file, 8000)
+        print(f"announcement OK: {len(x) / 8000:.1f} s")
+        return EXIT_OK
+    _require_data(args.data)
+    audit = AuditLog(args.data)
+    if args.notice_cmd == "set":
+        if not args.reason.strip():
+            raise DataDirErrorCli("--reason must say why")
+        idx = CallIndex(args.data / "index.sqlite")
+        try:
+            old = idx.notice_mode(args.line)
+            idx.set_notice_mode(args.line, args.mode, actor, args.reason, time.time())
+        finally:
+            idx.close()
+        audit.append("notice.mode", actor=actor, role="technician", obj=f"line:{args.line}",
+                     reason=args.reason, detail={"old": old or "config", "new": args.mode})
+        print(f"line {args.line}: notice {args.mode} (takes effect on the next call)")
+        return EXIT_OK
+    try:
+        x = load_announcement(args.file, 8000)
+    except NokboxError as exc:
+        audit.append("notice.upload", actor=actor, role="technician", outcome="refused", reason=str(exc))
+        raise
+    dest = args.data / "notice" / "announcement.wav"
+    dest.parent.mkdir(exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    sf.write(tmp, x, 8000, subtype="PCM_16", format="WAV")
+    os.replace(tmp, dest)
+    audit.append("notice.upload", actor=actor, role="technician", detail={"seconds": round(len(x) / 8000, 2)})
+    print(f"announcement installed ({len(x) / 8000:.1f} s); it plays from the next call on")
     return EXIT_OK
 
 

@@ -161,7 +161,7 @@ class NoticeService:
             self._held = False
         self.sinks = sinks if sinks is not None else (
             [make_sink(dev, n.rate) for dev in n.outputs] or [make_sink(None, n.rate)])
-        self.announcement = self._load_announcement()
+        self._load_announcement()
         self.beep = load_announcement(BEEP, n.rate)
         self._lock = threading.Lock()  # guards state and _sensed_at
         self.state = {i: LineNotice(ln.notice) for i, ln in enumerate(lines)}
@@ -173,13 +173,25 @@ class NoticeService:
             w.start()
 
     def _load_announcement(self) -> np.ndarray:
+        """The uploaded announcement (re-read when a new one is installed), else the built-in one."""
         uploaded = self.data_dir / "notice" / "announcement.wav"
-        if uploaded.exists():
+        try:
+            mtime = uploaded.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        cached = getattr(self, "_announcement_cache", None)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        samples = None
+        if mtime is not None:
             try:
-                return load_announcement(uploaded, self.cfg.rate)
+                samples = load_announcement(uploaded, self.cfg.rate)
             except AnnouncementError as exc:
                 log.error("uploaded notice unusable (%s); using the built-in one", exc)
-        return load_announcement(BUILTIN, self.cfg.rate)
+        if samples is None:
+            samples = load_announcement(BUILTIN, self.cfg.rate)
+        self._announcement_cache = (mtime, samples)
+        return samples
 
     # -- requests ---------------------------------------------------------------------------
     def request(self, line: int, key: int | None, t0: float | None = None) -> None:
@@ -247,7 +259,7 @@ class NoticeService:
         if relay is None:
             res.failure = "no_relay"
             return res
-        samples = self.beep if mode == "beep" else self.announcement
+        samples = self.beep if mode == "beep" else self._load_announcement()
         first: list[float] = []
         try:
             try:
