@@ -713,6 +713,22 @@ class AuditLog:
         return buf.getvalue(), rows
 
 
+_SECRET_KEYS = re.compile(r"password|secret|token|identity|pin\b|key$", re.I)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> dict:
+    """{key: {"old": …, "new": …}} for every changed setting; values of secret-looking keys hidden."""
+    out: dict = {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_changes(a, b, key + "."))
+        elif a != b:
+            out[key] = {"old": "(hidden)", "new": "(hidden)"} if _SECRET_KEYS.search(k) else {"old": a, "new": b}
+    return out
+
+
 def export_manifest(csv_name: str, csv_text: str, rows: int, frm: dt.date, to: dt.date, cp: Checkpoint,
                     actor: str) -> str:
     """The text that goes beside an export: what it holds, its digest, and the signed checkpoint."""

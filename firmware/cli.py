@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="state of the running recorder")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
+
+    from .admin_cli import add_parsers
+
+    add_parsers(sub, _common)  # user …, audit …
     return ap
 
 
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "verbose", False))
     handler = {
         "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls,
-        "check-config": cmd_check_config, "status": cmd_status,
+        "check-config": cmd_check_config, "status": cmd_status, "user": _admin("cmd_user"),
+        "audit": _admin("cmd_audit"),
     }[args.cmd]
     try:
         return handler(args)
@@ -86,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_CONFIG if isinstance(exc, ValueError) else EXIT_ERROR
         print(f"nokbox {args.cmd}: {exc}", file=sys.stderr)
         return code
+
+
+def _admin(name: str):
+    from . import admin_cli
+
+    return getattr(admin_cli, name)
 
 
 # -- commands ---------------------------------------------------------------------------
