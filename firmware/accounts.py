@@ -422,7 +422,8 @@ class Accounts:
             self._failed(con_row=row, now=now, source=source, purpose=purpose)
             raise AuthError("이름 또는 비밀번호가 틀렸습니다 · wrong name or password", "bad_credentials") from None
         with self._db() as con:
-            con.execute("UPDATE users SET failures = 0, lockouts = 0, locked_until = 0 WHERE id = ?", (row["id"],))
+            # lockouts stay: a repeat offender's next lock is longer until an administrator unlocks
+            con.execute("UPDATE users SET failures = 0, locked_until = 0 WHERE id = ?", (row["id"],))
             if self.ph.check_needs_rehash(row["pw_hash"]):
                 con.execute("UPDATE users SET pw_hash = ? WHERE id = ?", (self.ph.hash(password), row["id"]))
         self.audit.append("auth.signin", actor=name, role=",".join(user.roles), source=source,

@@ -7,7 +7,6 @@ the web page does, and every refusal is written to the audit log.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import getpass
 import os
@@ -38,78 +37,56 @@ CLI_PERMISSIONS: dict[str, str | None] = {
 }
 
 
-def _signin_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--as", dest="as_user", default=os.environ.get("NOKBOX_AS"),
-                   help="the person signing in for this command (default $NOKBOX_AS)")
-    p.add_argument("--as-password-file", type=Path, help="file holding that person's password (else a prompt)")
-
-
 def add_parsers(sub, common) -> None:
     """Add ``user`` and ``audit`` to the ``nokbox`` parser."""
+
+    def cmd(group, name: str, help: str, *, signin: bool = True, target: bool = False, reason: bool = False):
+        p = group.add_parser(name, help=help)
+        common(p)
+        if signin:
+            p.add_argument("--as", dest="as_user", default=os.environ.get("NOKBOX_AS"),
+                           help="the person signing in for this command (default $NOKBOX_AS)")
+            p.add_argument("--as-password-file", type=Path, help="file holding that person's password (else a prompt)")
+        if target:
+            p.add_argument("name", help="the account")
+        if reason:
+            p.add_argument("--reason", required=True, help="why (written to the audit log)")
+        return p
+
     user = sub.add_parser("user", help="accounts: first-run set-up, add, restrict, disable, roles (root only)")
     us = user.add_subparsers(dest="user_cmd", required=True)
-    p = us.add_parser("setup", help="first run: create the first administrator and show the audit key once")
-    common(p)
+    p = cmd(us, "setup", "first run: create the first administrator and show the audit key once", signin=False)
     p.add_argument("--name", required=True)
     p.add_argument("--display", default="")
     p.add_argument("--role", action="append", default=[], choices=ROLES, help="further roles besides admin")
     p.add_argument("--password-file", type=Path, help="file holding the new password (else a prompt)")
-    p = us.add_parser("add", help="create an account")
-    common(p)
-    _signin_args(p)
-    p.add_argument("name")
+    p = cmd(us, "add", "create an account", target=True)
     p.add_argument("--display", default="")
     p.add_argument("--role", action="append", required=True, choices=ROLES)
     p.add_argument("--password-file", type=Path, help="file holding the new account's password (else a prompt)")
-    p = us.add_parser("list", help="list accounts")
-    common(p)
-    _signin_args(p)
-    for name, what in (("disable", "disable (no sign-in)"), ("restrict", "restrict (every role suspended)"),
-                       ("enable", "make active again")):
-        p = us.add_parser(name, help=f"{what}; the reason is logged")
-        common(p)
-        _signin_args(p)
-        p.add_argument("name")
-        p.add_argument("--reason", required=True)
-    p = us.add_parser("roles", help="set an account's roles; the reason is logged")
-    common(p)
-    _signin_args(p)
-    p.add_argument("name")
+    cmd(us, "list", "list accounts")
+    cmd(us, "disable", "disable an account (no sign-in)", target=True, reason=True)
+    cmd(us, "restrict", "restrict an account (every role suspended; seed 001 art. 9)", target=True, reason=True)
+    cmd(us, "enable", "make an account active again", target=True, reason=True)
+    p = cmd(us, "roles", "set an account's roles", target=True, reason=True)
     p.add_argument("--role", action="append", required=True, choices=ROLES)
-    p.add_argument("--reason", required=True)
-    p = us.add_parser("unlock", help="lift a sign-in or PIN lock")
-    common(p)
-    _signin_args(p)
-    p.add_argument("name")
-    p.add_argument("--reason", required=True)
-    p = us.add_parser("revoke", help="end every session of an account")
-    common(p)
-    _signin_args(p)
-    p.add_argument("name")
-    p = us.add_parser("password", help="reset an account's password")
-    common(p)
-    _signin_args(p)
-    p.add_argument("name")
+    cmd(us, "unlock", "lift a sign-in or PIN lock", target=True, reason=True)
+    cmd(us, "revoke", "end every session of an account", target=True)
+    p = cmd(us, "password", "reset an account's password", target=True)
     p.add_argument("--password-file", type=Path)
 
     audit = sub.add_parser("audit", help="verify and export the audit trail (root only)")
     aus = audit.add_subparsers(dest="audit_cmd", required=True)
-    p = aus.add_parser("verify", help="prove the whole log intact, or name the first bad entry (exit 5)")
-    common(p)
-    _signin_args(p)
+    p = cmd(aus, "verify", "prove the whole log intact, or name the first bad entry (exit 5)")
     p.add_argument("--key", help="the auditor's verification key (proves no entry was forged)")
     p.add_argument("--key-file", type=Path, help="file holding the verification key")
     p.add_argument("--checkpoint", action="append", default=[],
                    help="a checkpoint line (or a file of them) from a review, export or syslog")
-    p = aus.add_parser("export", help="CSV of the entries between two days (KST) and a manifest")
-    common(p)
-    _signin_args(p)
+    p = cmd(aus, "export", "CSV of the entries between two days (KST) and a manifest")
     p.add_argument("--from", dest="frm", required=True, help="first day, YYYY-MM-DD")
     p.add_argument("--to", required=True, help="last day, YYYY-MM-DD")
     p.add_argument("--out", type=Path, default=Path("."), help="directory for the CSV and manifest")
-    p = aus.add_parser("checkpoint", help="seal the log and print a signed checkpoint")
-    common(p)
-    _signin_args(p)
+    cmd(aus, "checkpoint", "seal the log and print a signed checkpoint")
 
 
 def _read_secret(path: Path | None, prompt: str) -> str:
