@@ -223,7 +223,7 @@ def _export(args, audit: AuditLog, by: User) -> int:
     text, rows = audit.export_csv(frm, to, KST)
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"nokbox-audit-{frm}-{to}.csv"
-    (args.out / name).write_text(text, encoding="utf-8")
+    (args.out / name).write_bytes(text.encode("utf-8"))  # exactly the bytes the manifest digests
     manifest = export_manifest(name, text, rows, frm, to, cp, by.name)
     (args.out / f"nokbox-audit-{frm}-{to}.manifest.txt").write_text(manifest, encoding="utf-8")
     audit.append("audit.export", actor=by.name, role="auditor", obj=f"{frm}..{to}", source="cli",

@@ -128,8 +128,9 @@ def overdue_days(log: AuditLog, today: dt.date, limit: int = 366) -> list[dt.dat
     first: dt.date | None = None
     signed: set[str] = set()
     for e in log.entries():
-        if first is None:
-            first = local_day(e)
+        d = local_day(e)
+        if first is None or d < first:  # the earliest day, even if the clock once stepped back
+            first = d
         if e["action"] == SIGNOFF and e["outcome"] == "ok":
             signed.add(e["object"])
     if first is None:

@@ -14,6 +14,7 @@ from firmware.admin_cli import CLI_PERMISSIONS, EXIT_REFUSED
 from firmware.audit import AuditLog
 from firmware.daemon import Recorder
 from firmware.hal.clock import FakeClock
+from firmware.review import KST
 from web import create_app
 
 from .authutil import PASSWORD, fast_cfg, make_people
@@ -64,7 +65,7 @@ def site(box):
 
 
 def _url(rule) -> str:
-    yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+    yesterday = (dt.datetime.now(KST).date() - dt.timedelta(days=1)).isoformat()
     return rule.rule.replace("<name>", "target").replace("<day>", yesterday)
 
 
@@ -214,7 +215,7 @@ def test_every_cli_command_is_in_the_table():
 
 
 def _cli_args(cmd: str, tmp_path) -> list[str]:
-    today = dt.date.today().isoformat()
+    today = dt.datetime.now(KST).date().isoformat()
     extra = {
         "user add": ["newbie", "--role", "officer", "--password-file", str(tmp_path / "newpw")],
         "user disable": ["target", "--reason", "r"], "user restrict": ["target", "--reason", "r"],

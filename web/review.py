@@ -6,12 +6,17 @@ import datetime as dt
 
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
-from firmware.audit import AuditError
+from firmware.audit import AuditError, parse_utc
 from firmware.review import KST, SIGNOFF, review_day, overdue_days
 
 from .auth import ext, requires, source
 
 bp = Blueprint("review", __name__)
+
+
+@bp.app_template_filter("kst")
+def kst(utc: str) -> str:
+    return parse_utc(utc).astimezone(KST).strftime("%Y-%m-%d %H:%M:%S KST")
 
 
 def _today() -> dt.date:
