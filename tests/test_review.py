@@ -4,8 +4,6 @@ page in real headless Chromium (Debian chromium driven by Playwright)."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-
 import pytest
 
 from firmware.accounts import Accounts
@@ -16,7 +14,7 @@ from firmware.review import KST, overdue_days, review_day
 from web import serve
 
 from .authutil import PASSWORD, fast_cfg, make_people
-from .test_web import CHROMIUM_ARGS
+from .test_web import browser  # noqa: F401 - the shared Chromium fixture
 
 CFG = {"audio": {"channels": 1}, "review": {"office_days": [0, 1, 2, 3, 4, 5, 6], "many_searches": 20}}
 
@@ -70,19 +68,6 @@ def test_review_rules(day_of_lookups):
     assert [f.actor for f in rv.flags if f.kind == "pin_failure"] == ["approver"]
     assert rv.signoff is None
     assert overdue_days(AuditLog(data), today)[:2] == [y, y - dt.timedelta(days=1)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    exe = shutil.which("chromium")
-    if exe is None:
-        pytest.fail("Debian chromium is required (scripts/setup.sh --test installs it)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.mark.browser
