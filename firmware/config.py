@@ -10,7 +10,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -176,15 +176,20 @@ class AuditConfig(_Strict):
     syslog_ca: str | None = Field(None, description="CA file that signs the syslog server's certificate.")
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
 class ReviewConfig(_Strict):
     """What the auditor's daily review flags."""
 
-    office_start: str = Field("09:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Office hours start (KST).")
-    office_end: str = Field("18:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Office hours end (KST).")
-    office_days: list[int] = Field(
+    office_start: str = Field("09:00", pattern=_HHMM, description="Office hours start (KST).")
+    office_end: str = Field("18:00", pattern=_HHMM, description="Office hours end (KST).")
+    office_days: list[Annotated[int, Field(ge=0, le=6)]] = Field(
         [0, 1, 2, 3, 4], description="Office days, 0 = Monday … 6 = Sunday; lookups on other days are flagged."
     )
-    many_searches: int = Field(20, ge=1, le=10000, description="More searches than this by one person in a day are flagged.")
+    many_searches: int = Field(
+        20, ge=1, le=10000, description="More searches than this by one person in a day are flagged."
+    )
 
 
 class NokboxConfig(_Strict):

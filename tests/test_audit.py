@@ -314,3 +314,13 @@ def test_retention_keeps_two_years_by_default_and_a_clock_jump_does_not_age_the_
     clock.step_wall(50 * 365 * 86400)  # the clock jumps decades ahead; nothing new was logged
     assert log.prune(2) == 0
     assert sum(1 for _ in log.entries()) == before
+
+
+def test_retention_is_configurable_but_never_below_one_year():
+    from firmware.config import parse_config
+    from firmware.errors import ConfigError
+
+    assert parse_config({}).audit.retention_years == 2
+    assert parse_config({"audit": {"retention_years": 5}}).audit.retention_years == 5
+    with pytest.raises(ConfigError, match="audit.retention_years"):
+        parse_config({"audit": {"retention_years": 0}})

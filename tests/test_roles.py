@@ -269,3 +269,13 @@ def test_cli_needs_root_and_a_sign_in(box, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     assert cli.main(["user", "list", "--data", str(data), "--as", "admin"]) == 4
     assert "must be run as root" in capsys.readouterr().err
+
+
+def test_every_cli_command_takes_data_and_config():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "cmd")
+    for name, p in sub.choices.items():
+        nested = [a for a in p._actions if a.dest in ("user_cmd", "audit_cmd")]
+        leaves = nested[0].choices.items() if nested else [(name, p)]
+        for leaf, q in leaves:
+            assert "--data" in q._option_string_actions and "--config" in q._option_string_actions, (name, leaf)
