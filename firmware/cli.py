@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from .admin_cli import add_signin_args
 from .config import DEFAULT_DATA_DIR, describe_schema, load_config
 from .errors import NokboxError
 
@@ -87,11 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--line", type=int, required=True, help="input channel of the line")
     q.add_argument("--mode", choices=("on", "off", "beep"), required=True)
     q.add_argument("--reason", required=True, help="why (kept in the audit log)")
-    q.add_argument("--actor", default=None, help="who (default: the signed-in OS user)")
+    add_signin_args(q)
     q = nsub.add_parser("upload", help="check and install a new announcement (WAV, <= 15 s)")
     _common(q)
     q.add_argument("file", type=Path)
-    q.add_argument("--actor", default=None)
+    add_signin_args(q)
     q = nsub.add_parser("check", help="check an announcement file without installing it")
     _common(q)
     q.add_argument("file", type=Path)
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="state of the running recorder")
     _common(p)
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
+
+    from .admin_cli import add_parsers
+
+    add_parsers(sub, _common)  # user …, audit …
     return ap
 
 
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls,
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
+        "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
     }[args.cmd]
     try:
         return handler(args)
@@ -116,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_CONFIG if isinstance(exc, ValueError) else EXIT_ERROR
         print(f"nokbox {args.cmd}: {exc}", file=sys.stderr)
         return code
+
+
+def _admin(name: str):
+    from . import admin_cli
+
+    return getattr(admin_cli, name)
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -340,45 +352,49 @@ def cmd_decrypt(args) -> int:
 
 
 def cmd_notice(args) -> int:
-    import getpass
-
     import soundfile as sf
 
-    from .audit import AuditLog
+    from .accounts import AuthError
+    from .admin_cli import EXIT_REFUSED, signed_in
     from .index import CallIndex
     from .notice import load_announcement
 
-    actor = getattr(args, "actor", None) or getpass.getuser()
     if args.notice_cmd == "check":
         x = load_announcement(args.file, 8000)
         print(f"announcement OK: {len(x) / 8000:.1f} s")
         return EXIT_OK
     _require_data(args.data)
-    audit = AuditLog(args.data)
+    key = f"notice {args.notice_cmd}"
+    try:
+        by, audit = signed_in(args, key)
+    except AuthError as exc:
+        print(f"nokbox {key}: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    who = {"actor": by.name, "role": "technician", "source": "cli"}
     if args.notice_cmd == "set":
         if not args.reason.strip():
             raise DataDirErrorCli("--reason must say why")
         idx = CallIndex(args.data / "index.sqlite")
         try:
             old = idx.notice_mode(args.line)
-            idx.set_notice_mode(args.line, args.mode, actor, args.reason, time.time())
+            idx.set_notice_mode(args.line, args.mode, by.name, args.reason, time.time())
         finally:
             idx.close()
-        audit.append("notice.mode", actor=actor, role="technician", obj=f"line:{args.line}",
-                     reason=args.reason, detail={"old": old or "config", "new": args.mode})
+        audit.append("notice.mode", obj=f"line:{args.line}", reason=args.reason,
+                     detail={"old": old or "config", "new": args.mode}, **who)
         print(f"line {args.line}: notice {args.mode} (takes effect on the next call)")
         return EXIT_OK
     try:
         x = load_announcement(args.file, 8000)
     except NokboxError as exc:
-        audit.append("notice.upload", actor=actor, role="technician", outcome="refused", reason=str(exc))
+        audit.append("notice.upload", outcome="refused", reason=str(exc), **who)
         raise
     dest = args.data / "notice" / "announcement.wav"
     dest.parent.mkdir(exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     sf.write(tmp, x, 8000, subtype="PCM_16", format="WAV")
     os.replace(tmp, dest)
-    audit.append("notice.upload", actor=actor, role="technician", detail={"seconds": round(len(x) / 8000, 2)})
+    audit.append("notice.upload", detail={"seconds": round(len(x) / 8000, 2)}, **who)
     print(f"announcement installed ({len(x) / 8000:.1f} s); it plays from the next call on")
     return EXIT_OK
 

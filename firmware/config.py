@@ -10,7 +10,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -198,6 +198,54 @@ class LineConfig(_Strict):
     )
 
 
+class AuthConfig(_Strict):
+    """Sign-in, sessions and password hashing (ASVS level 2)."""
+
+    idle_minutes: int = Field(15, ge=1, le=240, description="Signed-in sessions end after this long without use.")
+    session_hours: int = Field(12, ge=1, le=24, description="Sessions end this long after sign-in, used or not.")
+    password_min_length: int = Field(12, ge=12, le=64, description="Shortest password accepted.")
+    lock_after: int = Field(5, ge=3, le=20, description="Failed sign-ins in a row that lock an account.")
+    lock_minutes: int = Field(
+        15, ge=1, le=1440, description="First lock length; each further lock doubles it (at most a day)."
+    )
+    pin_lock_after: int = Field(
+        5, ge=3, le=10, description="Wrong approval PINs in a row that lock the PIN until an administrator resets it."
+    )
+    argon2_time_cost: int = Field(3, ge=2, le=20, description="Argon2id passes (see benchmarks/auth.py).")
+    argon2_memory_kib: int = Field(
+        65536, ge=19456, le=1048576, description="Argon2id memory in KiB (RFC 9106 low-memory profile: 65536)."
+    )
+    argon2_parallelism: int = Field(4, ge=1, le=8, description="Argon2id lanes.")
+
+
+class AuditConfig(_Strict):
+    """The audit trail."""
+
+    seal_every: int = Field(
+        100, ge=1, le=10000, description="Entries per sealed epoch (fixed when the log is created; counted, not timed)."
+    )
+    retention_years: int = Field(2, ge=1, le=10, description="Years the audit trail is kept (never below 1).")
+    syslog_host: str | None = Field(None, description="Remote syslog server for checkpoints (RFC 5424 over TLS).")
+    syslog_port: int = Field(6514, ge=1, le=65535, description="Remote syslog TLS port.")
+    syslog_ca: str | None = Field(None, description="CA file that signs the syslog server's certificate.")
+
+
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+class ReviewConfig(_Strict):
+    """What the auditor's daily review flags."""
+
+    office_start: str = Field("09:00", pattern=_HHMM, description="Office hours start (KST).")
+    office_end: str = Field("18:00", pattern=_HHMM, description="Office hours end (KST).")
+    office_days: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        [0, 1, 2, 3, 4], description="Office days, 0 = Monday … 6 = Sunday; lookups on other days are flagged."
+    )
+    many_searches: int = Field(
+        20, ge=1, le=10000, description="More searches than this by one person in a day are flagged."
+    )
+
+
 class NokboxConfig(_Strict):
     """The whole configuration of one box."""
 
@@ -208,6 +256,9 @@ class NokboxConfig(_Strict):
     web: WebConfig = Field(default_factory=WebConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     notice: NoticeConfig = Field(default_factory=NoticeConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     line: list[LineConfig] = Field(
         default_factory=list,
         description="Declared lines; when empty, one line per channel named 회선 N.",

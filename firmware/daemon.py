@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dsp.segment import SegmentParams
 
+from .audit import AuditLog, config_changes
 from .capture import CaptureReader
 from .config import LineConfig, NokboxConfig, load_config
 from .errors import ConfigError
@@ -107,6 +108,7 @@ class Recorder:
         self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.segmenter.on_call_start = self.notice.request
         self.maintainer = StatusMaintainer(self)
+        self.audit = AuditLog(self.data_dir, clock=self.clock, every=cfg.audit.seal_every)
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
@@ -125,6 +127,7 @@ class Recorder:
 
         recover_data_dir(self.data_dir)
         self.started_at = self.clock.wall()
+        self.audit.prune(self.cfg.audit.retention_years)  # and hourly in the status thread
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],
                  len(self.lines), self.rate)
         self.writer.start()
@@ -148,6 +151,7 @@ class Recorder:
         if self.writer.is_alive():
             self.writer.stop()
         self.maintainer.stop()
+        self.audit.seal("shutdown")
         log.info("recorder stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -183,6 +187,9 @@ class Recorder:
             log.error("config reload refused, keeping the running configuration: %s", exc)
             return False
         self.config_error = ""
+        changes = config_changes(self.cfg.model_dump(), new.model_dump())
+        if changes:
+            self.audit.append("config.change", obj=str(path or "built-in defaults"), detail={"changes": changes})
         for key in _RESTART_KEYS:
             if getattr(new, key) != getattr(self.cfg, key):
                 log.warning("config section [%s] changed; it takes effect after a restart", key)
@@ -264,6 +271,7 @@ class StatusMaintainer(threading.Thread):
         self.stop_event = threading.Event()
         self._seen_lost = [0] * len(rec.lines)
         self._seen_xruns = 0
+        self._ticks = 0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -311,6 +319,9 @@ class StatusMaintainer(threading.Thread):
                 self._seen_lost[i] = lost
         rec.notice.update_led(any(ls.call_key is not None for ls in rec.segmenter.lines))
         write_status(rec.data_dir, rec.status())
+        self._ticks += 1
+        if self._ticks % 3600 == 0:
+            rec.audit.prune(rec.cfg.audit.retention_years)
 
 
 def write_status(data_dir: Path, status: dict) -> None:

@@ -280,26 +280,37 @@ def test_announcement_is_resampled_and_normalised(tmp_path):
     assert np.max(np.abs(x)) == pytest.approx(32767 * 10 ** (-3 / 20), rel=0.01)
 
 
-def test_cli_mode_change_and_upload_are_audited(box, tmp_path):
+def test_cli_mode_change_and_upload_are_signed_in_and_audited(box, tmp_path):
+    from .authutil import PASSWORD, fast_cfg, make_people
+
     data, _ = box
-    r = run_cli("notice", "set", "--data", str(data), "--line", "1", "--mode", "off", "--reason", "회선 점검 중",
-                "--actor", "tech1")
+    make_people(data, fast_cfg())
+    cfg = tmp_path / "nokbox.toml"
+    cfg.write_text("[auth]\nargon2_memory_kib = 19456\nargon2_time_cost = 2\nargon2_parallelism = 1\n")
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD["technician"] + "\n")
+    signin = ["--data", str(data), "--config", str(cfg), "--as", "technician", "--as-password-file", str(pw)]
+    r = run_cli("notice", "set", *signin, "--line", "1", "--mode", "off", "--reason", "회선 점검 중")
     assert r.returncode == 0, r.stderr
     idx = CallIndex(data / "index.sqlite")
     assert idx.notice_mode(1) == "off"
     idx.close()
     long = tmp_path / "long.wav"
     sf.write(long, np.zeros(20 * RATE, np.float32) + 0.1, RATE)
-    r = run_cli("notice", "upload", "--data", str(data), str(long), "--actor", "tech1")
+    r = run_cli("notice", "upload", *signin, str(long))
     assert r.returncode != 0 and "at most 15 s" in r.stderr
     good = tmp_path / "good.wav"
     sf.write(good, 0.2 * np.sin(np.arange(3 * RATE) / 3).astype(np.float32), RATE)
-    r = run_cli("notice", "upload", "--data", str(data), str(good), "--actor", "tech1")
+    r = run_cli("notice", "upload", *signin, str(good))
     assert r.returncode == 0, r.stderr
-    entries = list(AuditLog(data).entries())
+    entries = [e for e in AuditLog(data).entries() if e["action"].startswith("notice.")]
     assert [(e["action"], e["actor"], e["outcome"]) for e in entries] == [
-        ("notice.mode", "tech1", "ok"), ("notice.upload", "tech1", "refused"), ("notice.upload", "tech1", "ok")]
+        ("notice.mode", "technician", "ok"), ("notice.upload", "technician", "refused"),
+        ("notice.upload", "technician", "ok")]
     assert entries[0]["reason"] == "회선 점검 중" and entries[0]["detail"] == {"old": "config", "new": "off"}
+    # without a sign-in: refused
+    r = run_cli("notice", "set", "--data", str(data), "--line", "1", "--mode", "on", "--reason", "x")
+    assert r.returncode == 4 and "refused" in r.stderr
 
 
 def test_replay_end_to_end_notice_per_call_and_relay_history(box, tmp_path, factory):

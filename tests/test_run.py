@@ -9,17 +9,19 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
 from firmware.index import CallIndex
 
-from .conftest import ROOT, decrypt_audio
+from .authutil import FAST_AUTH, PASSWORD, Client
+from .conftest import ROOT, decrypt_audio, run_cli
 
 pytestmark = pytest.mark.slow
 
 FAST = """
+[auth]
+""" + "\n".join(f"{k} = {v}" for k, v in FAST_AUTH.items()) + """
 [audio]
 channels = 3
 [segment]
@@ -43,9 +45,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CLIENT: Client | None = None
+
+
 def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
+    """GET a JSON API as the signed-in technician."""
+    status, _, body = CLIENT.get(url[len(CLIENT.base):])
+    assert status == 200, (status, body)
+    return json.loads(body)
 
 
 @pytest.fixture
@@ -53,6 +60,13 @@ def running_box(box, tmp_path):
     data, ident = box
     cfg = tmp_path / "nokbox.toml"
     cfg.write_text(FAST)
+    # a scripted install: the first administrator (also technician) from a password file
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD["technician"] + "\n")
+    r = run_cli("user", "setup", "--data", str(data), "--config", str(cfg), "--name", "tech", "--role", "technician",
+                "--password-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    assert "nokbox-audit-v1-" in r.stdout
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "firmware.cli", "run", "--data", str(data),
@@ -60,15 +74,18 @@ def running_box(box, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
+    global CLIENT
+    CLIENT = Client(base)
     while True:
         try:
-            get_json(base + "/api/status")
+            assert CLIENT.get("/api/status")[0] == 401  # up, and the status needs sign-in
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 pytest.fail("nokbox run did not come up: " + (proc.stdout.read() if proc.stdout else ""))
             time.sleep(0.2)
+    assert CLIENT.sign_in("tech", PASSWORD["technician"]) == 302
     yield proc, base, data, ident, cfg
     if proc.poll() is None:
         proc.kill()
@@ -123,6 +140,13 @@ def test_run_records_serves_status_reloads_and_stops_cleanly(running_box, age_to
         assert len(y) == r["frames"]
     # no phone number or audio in the log
     assert "RIFF" not in out
+    # the audit trail holds the sign-in and was sealed at shutdown: nothing left in the open tail
+    from firmware.audit import AuditLog
+
+    audit = AuditLog(data)
+    rep = audit.verify_report()
+    assert rep.open_tail == 0 and rep.epochs_sealed >= 1
+    assert any(e["action"] == "auth.signin" and e["actor"] == "tech" for e in audit.entries())
 
 
 def test_run_refuses_a_bad_config(box, tmp_path):

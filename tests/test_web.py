@@ -1,4 +1,4 @@
-"""The status page in real headless Chromium (Debian chromium driven by Playwright)."""
+"""The status page in real headless Chromium (Debian chromium driven by Playwright), behind sign-in."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 from firmware.config import parse_config
 from firmware.daemon import Recorder
 from web import serve
+
+from .authutil import FAST_AUTH, PASSWORD, Client, make_people
 
 pytestmark = pytest.mark.browser
 
@@ -33,10 +35,12 @@ def browser():
 def live_box(box):
     data, _ = box
     cfg = parse_config({
+        "auth": FAST_AUTH,
         "audio": {"channels": 2},
         "simulate": {"first_call_s": 0.3, "idle_min_s": 2, "idle_max_s": 3, "talk_min_s": 5, "talk_max_s": 8},
         "line": [{"channel": 0, "name": "민원실", "extension": "1234"}, {"channel": 1, "name": "당직실"}],
     })
+    make_people(data, cfg)
     rec = Recorder(cfg, data)
     rec.start()
     server = serve(rec, "127.0.0.1", 0)
@@ -51,6 +55,12 @@ def test_status_page_shows_lines_live_in_korean_first(browser, live_box, tmp_pat
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
+    # signed out: the status page sends you to sign in first; any role may then see it
+    assert "/login" in page.url
+    page.fill("input[name=name]", "technician")
+    page.fill("input[name=password]", PASSWORD["technician"])
+    page.click("#login-form button[type=submit]")
+    page.wait_for_url(url)
     assert page.locator("html").get_attribute("lang") == "ko"
     h1 = page.locator("h1").inner_text()
     assert h1.index("녹음 장치 상태") < h1.index("Recorder status")
@@ -73,12 +83,16 @@ def test_status_page_shows_lines_live_in_korean_first(browser, live_box, tmp_pat
 
 def test_status_api_has_no_personal_data(live_box):
     import json
-    import urllib.request
 
     rec, url = live_box
-    with urllib.request.urlopen(url + "api/status", timeout=5) as r:
-        st = json.loads(r.read())
-        headers = r.headers
+    anonymous = Client(url)
+    assert anonymous.get("/api/status")[0] == 401
+    assert anonymous.get("/")[0] == 302
+    c = Client(url)
+    assert c.sign_in("auditor", PASSWORD["auditor"]) == 302
+    status, headers, body = c.get("/api/status")
+    assert status == 200
+    st = json.loads(body)
     assert headers["X-Frame-Options"] == "DENY" and "default-src 'self'" in headers["Content-Security-Policy"]
     text = json.dumps(st, ensure_ascii=False)
     for lab in rec.source.lines[0].labels:

@@ -10,14 +10,18 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 
-def create_app(recorder) -> Flask:
-    """The admin app over a running Recorder (anything with ``status()``)."""
+def create_app(recorder, data_dir=None, cfg=None, clock=None) -> Flask:
+    """The admin app over a running Recorder (anything with ``status()``); every page needs sign-in."""
     app = Flask(__name__)
     app.config["RECORDER"] = recorder
     app.json.ensure_ascii = False
+    from . import auth, review, users
     from .status import bp as status_bp
 
+    auth.init_app(app, data_dir or recorder.data_dir, cfg or recorder.cfg, clock)
     app.register_blueprint(status_bp)
+    app.register_blueprint(users.bp)
+    app.register_blueprint(review.bp)
 
     @app.after_request
     def _headers(resp):
@@ -47,6 +51,6 @@ class _Server:
         self._thread.join(5.0)
 
 
-def serve(recorder, host: str = "127.0.0.1", port: int = 8080) -> _Server:
+def serve(recorder, host: str = "127.0.0.1", port: int = 8080, **app_kw) -> _Server:
     """Start serving the admin page in the background; ``close()`` stops it."""
-    return _Server(create_app(recorder), host, port)
+    return _Server(create_app(recorder, **app_kw), host, port)

@@ -33,8 +33,12 @@
     }
   }
   function tick() {
-    fetch("/api/status", { cache: "no-store" })
-      .then(function (r) { return r.json(); })
+    // polling is not use: the header keeps the idle sign-out running; 401 means signed out
+    fetch("/api/status", { cache: "no-store", headers: { "X-Nokbox-Poll": "1" } })
+      .then(function (r) {
+        if (r.status === 401) { window.location.assign("/login?next=/"); throw new Error("signed out"); }
+        return r.json();
+      })
       .then(render)
       .catch(function () { set("time", "연결 끊김 · disconnected"); })
       .finally(function () { setTimeout(tick, 1000); });

@@ -1,0 +1,83 @@
+"""Helpers for tests that sign in: accounts with known passwords, and an HTTP client with cookies."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from firmware.accounts import ROLES, Accounts
+from firmware.audit import AuditLog
+from firmware.config import AuthConfig, parse_config
+
+# The OWASP/ASVS floor for Argon2id (19 MiB, 2 passes, 1 lane): real hashing, quick enough for tests.
+FAST_AUTH = {"argon2_memory_kib": 19456, "argon2_time_cost": 2, "argon2_parallelism": 1}
+PASSWORD = {r: f"Hangang-bridge-at-night-{i}{i}{i}" for i, r in enumerate(ROLES)}
+
+
+def fast_cfg(extra: dict | None = None):
+    return parse_config({"auth": FAST_AUTH, **(extra or {})})
+
+
+def make_people(data: Path, cfg=None, clock=None) -> Accounts:
+    """The first administrator ``admin`` plus one account per role, named after the role."""
+    cfg = cfg or fast_cfg()
+    acc = Accounts(data, cfg.auth, AuditLog(data, clock=clock, every=cfg.audit.seal_every), clock=clock)
+    admin, _ = acc.setup_first("admin", PASSWORD["admin"], ["admin"])
+    for r in ROLES:
+        if r != "admin":
+            acc.create(r, PASSWORD[r], [r], by=admin)
+    return acc
+
+
+def fast_auth() -> AuthConfig:
+    return AuthConfig(**FAST_AUTH)
+
+
+class Client:
+    """A tiny browser: keeps cookies, never follows redirects, finds the CSRF token in forms."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.jar = http.cookiejar.CookieJar()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *a, **kw):
+                return None
+
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect)
+        self.csrf = ""
+
+    def request(self, method: str, path: str, data: dict | None = None, headers: dict | None = None):
+        """(status, headers, body text)."""
+        body = None
+        if method == "POST":
+            fields = {"csrf": self.csrf, **(data or {})}
+            body = urllib.parse.urlencode(fields, doseq=True).encode()
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with self.opener.open(req, timeout=30) as r:
+                status, hdrs, text = r.status, r.headers, r.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as e:
+            with e:
+                status, hdrs, text = e.code, e.headers, e.read().decode("utf-8", "replace")
+        m = re.search(r'name="csrf" value="([^"]+)"', text)
+        if m:
+            self.csrf = m.group(1)
+        return status, hdrs, text
+
+    def get(self, path: str, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, data: dict | None = None):
+        return self.request("POST", path, data)
+
+    def sign_in(self, name: str, password: str) -> int:
+        self.get("/login")
+        status, hdrs, _ = self.post("/login", {"name": name, "password": password})
+        if status == 302:
+            self.get(urllib.parse.urlparse(hdrs["Location"]).path or "/")
+        return status

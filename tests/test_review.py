@@ -1,0 +1,126 @@
+"""The auditor's daily review: lookups per person, flags, overdue days, sign-off — the rules, and the
+page in real headless Chromium (Debian chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pytest
+
+from firmware.accounts import Accounts
+from firmware.audit import AuditLog
+from firmware.daemon import Recorder
+from firmware.hal.clock import FakeClock
+from firmware.review import KST, overdue_days, review_day
+from web import serve
+
+from .authutil import PASSWORD, fast_cfg, make_people
+from .test_web import browser  # noqa: F401 - the shared Chromium fixture
+
+CFG = {"audio": {"channels": 1}, "review": {"office_days": [0, 1, 2, 3, 4, 5, 6], "many_searches": 20}}
+
+
+def _at(day: dt.date, hh: int, mm: int = 0) -> float:
+    return dt.datetime(day.year, day.month, day.day, hh, mm, tzinfo=KST).timestamp()
+
+
+@pytest.fixture
+def day_of_lookups(box):
+    """Yesterday (KST): an officer's searches (one at 03:10, 22 in the morning, one without a request),
+    a playback, an approver's wrong PINs, and the notice switched off. One entry the day before."""
+    data, _ = box
+    cfg = fast_cfg(CFG)
+    make_people(data, cfg)
+    today = dt.datetime.now(KST).date()
+    y = today - dt.timedelta(days=1)
+    clock = FakeClock(wall=_at(y - dt.timedelta(days=1), 12))
+    log = AuditLog(data, clock=clock)
+    log.append("auth.signin", actor="officer", role="officer", source="192.0.2.21")
+    clock._wall = _at(y, 3, 10)
+    log.append("request.search", actor="officer", role="officer", obj="line 1, 2 calls", source="192.0.2.21",
+               detail={"request": "R-2026-001"})
+    for i in range(22):
+        clock._wall = _at(y, 10, i)
+        log.append("request.search", actor="officer", role="officer", obj=f"line 2, {i} calls",
+                   source="192.0.2.21", detail={"request": "R-2026-002"})
+    clock._wall = _at(y, 11)
+    log.append("request.search", actor="officer", role="officer", obj="line 3", source="192.0.2.21", detail={})
+    clock._wall = _at(y, 16)
+    log.append("call.play", actor="officer", role="officer", obj="call 42", source="192.0.2.21",
+               detail={"request": "R-2026-002"})
+    acc = Accounts(data, cfg.auth, AuditLog(data, clock=clock), clock=clock)
+    acc.set_pin("approver", "482915", by=acc.get("approver"), password=PASSWORD["approver"])
+    clock._wall = _at(y, 14)
+    assert not acc.check_pin("approver", "000111", obj="request R-2026-002")
+    clock._wall = _at(y, 15)
+    log.append("config.change", actor="technician", role="technician", obj="/etc/nokbox/nokbox.toml",
+               detail={"changes": {"notice.enabled": {"old": True, "new": False}}})
+    return data, cfg, y, today
+
+
+def test_review_rules(day_of_lookups):
+    data, cfg, y, today = day_of_lookups
+    rv = review_day(AuditLog(data), y, cfg.review)
+    assert rv.people["officer"]["request.search"] == 24 and rv.people["officer"]["call.play"] == 1
+    kinds = {f.kind for f in rv.flags}
+    assert {"outside_hours", "many_searches", "no_request", "pin_failure", "notice_disabled"} <= kinds
+    outside = [f for f in rv.flags if f.kind == "outside_hours"]
+    assert [f.time_local for f in outside] == ["03:10:00"]
+    assert [f.actor for f in rv.flags if f.kind == "pin_failure"] == ["approver"]
+    assert rv.signoff is None
+    assert overdue_days(AuditLog(data), today)[:2] == [y, y - dt.timedelta(days=1)]
+
+
+@pytest.mark.browser
+def test_auditor_reviews_and_signs_off_a_day_in_chromium(browser, day_of_lookups, tmp_path):
+    data, cfg, y, today = day_of_lookups
+    server = serve(Recorder(cfg, data), "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base + "/review")
+        assert "/login" in page.url
+        page.fill("input[name=name]", "auditor")
+        page.fill("input[name=password]", PASSWORD["auditor"])
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#day")
+        # the review opens on the oldest overdue day
+        assert page.locator("#day").inner_text() == (y - dt.timedelta(days=1)).isoformat()
+        assert y.isoformat() in page.locator("#overdue").inner_text()
+        page.click("#next-day")
+        page.wait_for_selector(f"#day[datetime='{y.isoformat()}']")
+        h1 = page.locator("h1").inner_text()
+        assert h1.index("일일 접근 기록 검토") < h1.index("Daily review of access")
+        flags = page.locator("#flags").inner_text()
+        for label in ("근무시간 외 조회", "과다 검색", "신청 없는 검색", "PIN 실패", "고지 안내 꺼짐"):
+            assert label in flags, label
+        assert "03:10:00" in flags
+        row = page.locator("#people tr[data-person=officer]").inner_text()
+        assert row.split()[1:3] == ["24", "1"]
+        assert page.locator("#checkpoint").inner_text().startswith("NOKBOX-CHECKPOINT v1 size=")
+        assert "audit log intact" in page.locator("#chain").inner_text()
+        page.screenshot(path=str(tmp_path / "review-before.png"), full_page=True)
+        # sign off the day
+        page.fill("#signoff-form input[name=note]", "03:10 조회는 당직 민원 건으로 확인함")
+        page.click("#signoff-button")
+        page.wait_for_selector("#signed")
+        assert "auditor" in page.locator("#signed").inner_text()
+        assert y.isoformat() not in page.locator("#overdue").inner_text()
+        page.screenshot(path=str(tmp_path / "review-after.png"), full_page=True)
+        # the auditor changes nothing: the accounts page is refused (and the refusal logged)
+        page.goto(base + "/users")
+        assert "권한이 없습니다" in page.locator("#refusal").inner_text()
+        assert not errors
+        page.close()
+    finally:
+        server.close()
+    log = AuditLog(data)
+    signoffs = [e for e in log.entries() if e["action"] == "review.signoff"]
+    assert len(signoffs) == 1
+    s = signoffs[0]
+    assert (s["actor"], s["role"], s["object"]) == ("auditor", "auditor", y.isoformat())
+    assert s["reason"] == "03:10 조회는 당직 민원 건으로 확인함" and s["detail"]["flags"] >= 5
+    assert s["detail"]["checkpoint"].startswith("NOKBOX-CHECKPOINT v1")
+    assert any(e["action"] == "access.denied" and e["actor"] == "auditor" for e in log.entries())
+    assert log.verify_report().entries > 30

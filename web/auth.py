@@ -1,0 +1,235 @@
+"""Sign-in for the admin page: first-run set-up, sign-in/out, own account, and the permission gate.
+
+Sessions are server-side (``accounts.sqlite``); the cookie holds only a random token. Every
+POST carries a CSRF token (the session's, or before sign-in a double-submit cookie). Every view
+declares the permission it needs with ``@requires`` or ``@public``; a refusal is logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import ipaddress
+import secrets
+from functools import wraps
+from types import SimpleNamespace
+
+from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, url_for
+
+from firmware.accounts import ROLE_LABELS, ROLES, Accounts, AuthError, PasswordPolicyError, can
+from firmware.audit import AuditLog
+from firmware.syslog import SyslogForwarder
+
+log = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__)
+COOKIE = "nokbox_session"
+PRE_CSRF = "nokbox_csrf"
+
+
+def init_app(app: Flask, data_dir, cfg, clock=None) -> None:
+    """Attach accounts and the audit log to ``app`` and gate every request."""
+    audit = AuditLog(data_dir, clock=clock, every=cfg.audit.seal_every,
+                     on_seal=SyslogForwarder.from_config(cfg.audit))
+    app.extensions["nokbox"] = SimpleNamespace(accounts=Accounts(data_dir, cfg.auth, audit, clock), audit=audit,
+                                               cfg=cfg, data_dir=data_dir)
+    app.before_request(_load)
+    app.after_request(_set_pre_csrf)
+    app.jinja_env.globals.update(csrf_token=csrf_token, can=lambda perm: can(g.get("user"), perm),
+                                 ROLE_LABELS=ROLE_LABELS)
+    app.register_blueprint(bp)
+    if app.extensions["nokbox"].accounts.count() == 0:
+        log.warning("no accounts yet: open /setup on the box itself or run 'nokbox user setup' first")
+
+
+def ext() -> SimpleNamespace:
+    return current_app.extensions["nokbox"]
+
+
+def source() -> str:
+    return request.remote_addr or "unknown"
+
+
+def csrf_token() -> str:
+    sess = g.get("sess")
+    if sess is not None:
+        return sess.csrf
+    return request.cookies.get(PRE_CSRF) or g.setdefault("pre_csrf", secrets.token_urlsafe(32))
+
+
+def _set_pre_csrf(resp):
+    if g.get("pre_csrf"):
+        resp.set_cookie(PRE_CSRF, g.pre_csrf, httponly=True, samesite="Strict", secure=request.is_secure)
+    return resp
+
+
+def _load():
+    """Before every request: who is signed in; first-run redirect; CSRF on POST."""
+    g.user = g.sess = None
+    if request.endpoint == "static":
+        return None
+    x = ext()
+    token = request.cookies.get(COOKIE, "")
+    found = x.accounts.session(token, source=source(), touch=not request.headers.get("X-Nokbox-Poll"))
+    if found:
+        g.user, g.sess = found
+    if request.method == "POST":
+        expected = g.sess.csrf if g.sess else request.cookies.get(PRE_CSRF, "")
+        given = request.form.get("csrf", "")
+        if not expected or not hmac.compare_digest(expected, given):
+            x.audit.append("access.csrf", actor=g.user.name if g.user else "-", role="-", obj=request.path,
+                           outcome="refused", reason="missing or wrong CSRF token", source=source())
+            return render_template("error.html", code=400, message="요청이 만료되었습니다. 다시 시도하십시오 · "
+                                   "the form expired or did not come from this page; try again"), 400
+    if request.endpoint != "auth.setup" and x.accounts.count() == 0:
+        if request.path.startswith("/api/"):
+            return jsonify(error="first-run set-up required"), 503
+        return redirect(url_for("auth.setup"))
+    return None
+
+
+def public(view):
+    view._nokbox_perm = None
+    return view
+
+
+def requires(perm: str):
+    """The view needs ``perm``: 401/redirect when signed out, 403 (logged) when not allowed."""
+
+    def deco(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            user = g.get("user")
+            if user is None:
+                if request.path.startswith("/api/"):
+                    return jsonify(error="sign in required"), 401
+                nxt = request.full_path if request.method == "GET" else None
+                return redirect(url_for("auth.login", next=nxt))
+            try:
+                ext().accounts.authorize(user, perm, obj=f"{request.method} {request.path}", source=source())
+            except AuthError:
+                if request.path.startswith("/api/"):
+                    return jsonify(error="forbidden"), 403
+                return render_template("error.html", code=403, message="권한이 없습니다 · you may not open this "
+                                       f"page ({perm})"), 403
+            return view(*args, **kwargs)
+
+        wrapper._nokbox_perm = perm
+        return wrapper
+
+    return deco
+
+
+def _landing(user) -> str:
+    if can(user, "audit.review") and not can(user, "users.manage"):
+        return url_for("review.index")
+    return url_for("status.page")
+
+
+def _signed_in(user, target: str):
+    token, _ = ext().accounts.start_session(user, source())
+    resp = redirect(target)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+    return resp
+
+
+def _is_loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+@public
+def setup():
+    x = ext()
+    if x.accounts.count():
+        return redirect(url_for("auth.login"))
+    if not _is_loopback(source()):
+        x.audit.append("user.setup", actor="-", role="-", outcome="refused", reason="not from the box itself",
+                       source=source())
+        return render_template("error.html", code=403, message="첫 설정은 장치 자체(127.0.0.1)에서 하거나 "
+                               "'nokbox user setup'으로 하십시오 · first-run set-up only from the box itself or "
+                               "with 'nokbox user setup'"), 403
+    error = ""
+    if request.method == "POST":
+        f = request.form
+        roles = ["admin"] + [r for r in f.getlist("roles") if r != "admin"]
+        if f.get("password", "") != f.get("password2", ""):
+            error = "비밀번호가 서로 다릅니다 · the passwords differ"
+        else:
+            try:
+                user, key = x.accounts.setup_first(f.get("name", "").strip(), f.get("password", ""), roles,
+                                                   source=source(), display=f.get("display", "").strip())
+            except (PasswordPolicyError, AuthError) as exc:
+                error = str(exc)
+            else:
+                token, _ = x.accounts.start_session(user, source())
+                resp = current_app.make_response(render_template(
+                    "setup_done.html", key=key, signer=x.audit.signer_id(), user=user))
+                resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+                return resp
+    return render_template("setup.html", error=error, roles=ROLES, min_length=x.cfg.auth.password_min_length)
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@public
+def login():
+    error = ""
+    nxt = request.args.get("next") or ""
+    if not nxt.startswith("/") or nxt.startswith("//"):
+        nxt = ""
+    if request.method == "POST":
+        try:
+            user = ext().accounts.authenticate(request.form.get("name", "").strip(), request.form.get("password", ""),
+                                               source=source())
+        except AuthError as exc:
+            error = str(exc)
+        else:
+            return _signed_in(user, nxt or _landing(user))
+    return render_template("login.html", error=error), (401 if error else 200)
+
+
+@bp.post("/logout")
+@public
+def logout():
+    if g.user is not None:
+        ext().accounts.end_session(request.cookies.get(COOKIE, ""), user=g.user, source=source())
+    resp = redirect(url_for("auth.login"))
+    resp.delete_cookie(COOKIE)
+    return resp
+
+
+@bp.get("/account")
+@requires("account.self")
+def account():
+    return render_template("account.html", message="", error="")
+
+
+@bp.post("/account/password")
+@requires("account.self")
+def account_password():
+    f = request.form
+    x = ext()
+    if f.get("new", "") != f.get("new2", ""):
+        return render_template("account.html", error="새 비밀번호가 서로 다릅니다 · the new passwords differ",
+                               message=""), 400
+    try:
+        x.accounts.set_password(g.user.name, f.get("new", ""), by=g.user, old=f.get("old", ""), source=source())
+    except (PasswordPolicyError, AuthError) as exc:
+        return render_template("account.html", error=str(exc), message=""), 400
+    resp = redirect(url_for("auth.login"))
+    resp.delete_cookie(COOKIE)
+    return resp
+
+
+@bp.post("/account/pin")
+@requires("approver.pin")
+def account_pin():
+    f = request.form
+    try:
+        ext().accounts.set_pin(g.user.name, f.get("pin", ""), by=g.user, password=f.get("password", ""),
+                               source=source())
+    except (PasswordPolicyError, AuthError) as exc:
+        return render_template("account.html", error=str(exc), message=""), 400
+    return render_template("account.html", message="PIN이 설정되었습니다 · PIN set", error="")
