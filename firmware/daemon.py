@@ -5,6 +5,7 @@ Threads (see docs/architecture.md):
   segmenter   SegmenterWorker: rings -> dsp segmenter -> writer queue (bounded)
   writer      WriterWorker: encode + encrypt + disk + SQLite index
   status      StatusMaintainer: logs counters and device events, writes run/status.json
+  retention   RetentionMaintainer: disk watch each minute; daily key-epoch rotation and crypto-erase
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from .hal.clock import Clock
 from .index import CallIndex, iso_utc, to_kst
 from .keys import load_recipients
 from .pipeline import SegmenterWorker, WriterWorker
+from .retention import RetentionMaintainer, disk_report
 from .ring import LineRings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class Recorder:
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage.codec)
         self.maintainer = StatusMaintainer(self)
+        # live recording only: a replay's calls carry past times and must not be expired mid-replay
+        self.retention = RetentionMaintainer(self)
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
@@ -109,6 +112,8 @@ class Recorder:
         self.writer.start()
         self.segmenter.start()
         self.maintainer.start()
+        if self.source.realtime:
+            self.retention.start()
         self.reader.start()
 
     def stop(self) -> None:
@@ -126,6 +131,7 @@ class Recorder:
         if self.writer.is_alive():
             self.writer.stop()
         self.maintainer.stop()
+        self.retention.stop()
         log.info("recorder stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -192,10 +198,8 @@ class Recorder:
                 "lag_seconds": round((self.rings.write_pos - ls.pos) / self.rate, 3),
             })
         try:
-            du = shutil.disk_usage(self.data_dir)
-            disk = {"free_bytes": du.free, "total_bytes": du.total,
-                    "free_percent": round(100.0 * du.free / du.total, 1)}
-        except OSError:
+            disk = disk_report(self.data_dir, self.cfg, now)
+        except Exception:  # noqa: BLE001 - status must render even if the index is busy
             disk = {}
         w = self.writer.stats
         return {
@@ -213,7 +217,7 @@ class Recorder:
                        "queue": self.queue.qsize(), "queue_max": self.queue.maxsize,
                        "segmenter_waits": self.segmenter.waits},
             "workers": {t.name: {"alive": t.is_alive(), "error": getattr(t, "error", "") or ""}
-                        for t in (self.segmenter, self.writer)},
+                        for t in (self.segmenter, self.writer, self.retention)},
             "disk": disk,
             "config_error": self.config_error,
         }
