@@ -454,6 +454,11 @@ class PinGuard:
                 self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
                                   reason="no PIN slot for this approver", detail={"method": "pin"})
                 raise NoPinSlot(f"no PIN is set for approver {approver!r} (nokbox keys add-pin)") from None
+            if slot.get("device") != self.device.fingerprint():
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason="PIN slot sealed with another device secret", detail={"method": "pin"})
+                raise DeviceMismatch("this PIN slot was sealed on another box (device secret differs); "
+                                     "use the recovery passphrase")
             st, tamper = self.load(approver)
             if tamper:
                 st.locked, st.reason, st.seq = True, tamper, st.seq + 1
@@ -473,11 +478,6 @@ class PinGuard:
                                   detail={"method": "pin", "seq": st.seq})
                 raise PinRateLimited(f"too soon after a wrong PIN: wait {wait:.0f} s (this try was not counted)",
                                      wait)
-            if slot.get("device") != self.device.fingerprint():
-                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
-                                  reason="PIN slot sealed with another device secret", detail={"method": "pin"})
-                raise DeviceMismatch("this PIN slot was sealed on another box (device secret differs); "
-                                     "use the recovery passphrase")
             head = {k: slot[k] for k in ("format", "approver", "recipient", "kdf", "device")}
             try:
                 identity = ChaCha20Poly1305(_pin_key(pin.strip(), slot["kdf"], approver, self.device)).decrypt(
