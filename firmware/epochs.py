@@ -119,13 +119,13 @@ def epoch_due(con: sqlite3.Connection, now: float, epoch_days: float) -> bool:
     return row is None or now - parse_utc(row["created_utc"]).timestamp() >= epoch_days * 86400
 
 
-def destroyable(con: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Retired epochs that no call still in the index can depend on."""
+def destroyable(con: sqlite3.Connection, ignore: set[int] = frozenset()) -> list[sqlite3.Row]:
+    """Retired epochs that no call still in the index (other than ``ignore``, for a dry run) can depend on."""
     out = []
     for e in con.execute("SELECT * FROM key_epochs WHERE retired_utc IS NOT NULL AND destroyed_utc IS NULL"
                          " ORDER BY id"):
         limit = iso_utc(parse_utc(e["retired_utc"]).timestamp() + EPOCH_SLACK_S)
-        if con.execute("SELECT 1 FROM calls WHERE start_utc <= ? LIMIT 1", (limit,)).fetchone() is None:
+        if not any(r["id"] not in ignore for r in con.execute("SELECT id FROM calls WHERE start_utc <= ?", (limit,))):
             out.append(e)
     return out
 

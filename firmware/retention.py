@@ -186,7 +186,7 @@ def destroy_call(data: Path, con: sqlite3.Connection, row: sqlite3.Row, reason: 
 
 
 def _destroy_epochs(data: Path, con: sqlite3.Connection, by: str, now: float, report: RetentionReport) -> None:
-    for e in destroyable(con):
+    for e in destroyable(con, {d["call"] for d in report.destroyed} if report.dry_run else set()):
         reason = f"key epoch retired {e['retired_utc']}; no recording that depends on it remains"
         if report.dry_run:
             report.epochs_destroyed.append(e["id"])
