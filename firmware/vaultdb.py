@@ -63,5 +63,6 @@ def ensure_schema(con: sqlite3.Connection) -> None:
 def connect_vault(data: Path) -> sqlite3.Connection:
     """The index with the vault tables present."""
     con = connect(Path(data) / "index.sqlite")
+    con.execute("PRAGMA secure_delete=ON")  # rows of destroyed calls are zeroed in the file, not just unlinked
     ensure_schema(con)
     return con
