@@ -148,9 +148,14 @@ def _age_seal(plaintext: bytes, stanza: bytes, file_key: bytes) -> bytes:
 
 
 def _unb64(s: bytes) -> bytes:
-    if b"=" in s:
-        raise VaultError("age header: padded base64")
-    return base64.b64decode(s + b"=" * (-len(s) % 4), validate=True)
+    """Unpadded canonical base64, as the age header requires."""
+    try:
+        out = base64.b64decode(s + b"=" * (-len(s) % 4), validate=True)
+    except ValueError:
+        raise VaultError("age header: bad base64") from None
+    if b"=" in s or _b64(out) != s:
+        raise VaultError("age header: non-canonical base64")
+    return out
 
 
 def _age_parse(blob: bytes) -> tuple[list[tuple[list[bytes], bytes]], bytes, bytes, bytes]:
@@ -216,10 +221,12 @@ def open_with_passphrase(blob: bytes, passphrase: str, max_log_n: int = 22) -> b
     if len(stanzas) != 1 or stanzas[0][0][0] != b"scrypt" or len(stanzas[0][0]) != 3:
         raise VaultError("not a passphrase-sealed age file")
     args, body = stanzas[0]
-    salt, log_n = _unb64(args[1]), int(args[2])
-    if len(salt) != 16 or not 1 <= log_n <= max_log_n:
+    salt = _unb64(args[1])
+    if len(salt) != 16 or not args[2].isdigit() or args[2].startswith(b"0") or not 1 <= int(args[2]) <= max_log_n:
         raise VaultError("scrypt stanza parameters out of range")
-    wrap = _scrypt(passphrase, _SCRYPT_LABEL + salt, log_n)
+    if len(body) != 32:
+        raise VaultError("scrypt stanza body has the wrong length")
+    wrap = _scrypt(passphrase, _SCRYPT_LABEL + salt, int(args[2]))
     try:
         file_key = ChaCha20Poly1305(wrap).decrypt(bytes(12), body, None)
     except InvalidTag:
@@ -238,6 +245,8 @@ def open_with_identity(blob: bytes, identity: str) -> bytes:
         share = _unb64(args[1])
         shared = key.exchange(X25519PublicKey.from_public_bytes(share))
         wrap = _hkdf(shared, share + ours, _X25519_INFO)
+        if len(body) != 32:
+            raise VaultError("X25519 stanza body has the wrong length")
         try:
             file_key = ChaCha20Poly1305(wrap).decrypt(bytes(12), body, None)
         except InvalidTag:

@@ -324,3 +324,33 @@ def test_recipient_list_is_the_current_epoch_not_the_records_key(tmp_path):
     assert recips[0] != parse_recipient(recipient_of(identity))
     buf = io.BytesIO()
     AgeWriter(buf, recips).close()
+
+
+def _testkit_dir():
+    from .conftest import ROOT
+
+    for d in (ROOT / "tests" / "vectors" / "age-testkit", ROOT / "tests" / "age-testkit",
+              ROOT.parent / "shared" / "vectors" / "age-testkit"):
+        if d.is_dir():
+            return d
+    return None
+
+
+def test_the_passphrase_reader_passes_the_age_testkit_scrypt_vectors():
+    """Our small reader for sealed files against every scrypt vector of the C2SP age testkit."""
+    import hashlib
+
+    d = _testkit_dir()
+    if d is None:
+        pytest.skip("age testkit vectors not found")
+    names = sorted(p for p in d.glob("scrypt*"))
+    assert names
+    for p in names:
+        head, _, body = p.read_bytes().partition(b"\n\n")
+        meta = dict(ln.split(": ", 1) for ln in head.decode().splitlines())
+        if meta["expect"] == "success":
+            out = open_with_passphrase(body, meta["passphrase"])
+            assert hashlib.sha256(out).hexdigest() == meta["payload"], p.name
+        else:
+            with pytest.raises(VaultError):
+                open_with_passphrase(body, meta.get("passphrase", ""))

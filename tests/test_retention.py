@@ -271,3 +271,17 @@ def test_a_rotation_reaches_the_running_writer(tmp_path, age_tool):
     y, rate = sf.read(io.BytesIO(subprocess.run(
         ["age", "-d", "-i", str(both), str(path)], capture_output=True, check=True).stdout), dtype="int16")
     assert rate == 8000 and len(y) > 8 * 8000  # ... and whole
+
+
+def test_retention_groups_are_checked():
+    from firmware.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already in group"):
+        parse_config({"retention": {"group": [{"name": "a", "channels": [0], "days": 30},
+                                              {"name": "b", "channels": [0], "days": 90}]}})
+    with pytest.raises(ConfigError, match="not an input channel"):
+        parse_config({"audio": {"channels": 2}, "retention": {"group": [{"name": "a", "channels": [5], "days": 9}]}})
+    with pytest.raises(ConfigError, match="when_full"):
+        parse_config({"retention": {"when_full": "newest_first"}})
+    cfg = cfg_with()
+    assert cfg.retention.days_for(1) == (1095, "민원") and cfg.retention.days_for(0) == (30, "default")
