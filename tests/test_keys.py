@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import pty
 import select
 import shutil
 import stat
@@ -57,30 +56,35 @@ def audit_actions(data):
 
 
 def age_with_passphrase(args: list[str], passphrase: str) -> tuple[int, bytes]:
-    """Run the stock age CLI on a pseudo-terminal (it reads passphrases only from a terminal)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # child: age with the pty as its controlling terminal
-        os.execvp(shutil.which("age"), ["age", *args])
+    """Run the stock age CLI on a pseudo-terminal (it reads passphrases only from a terminal).
+
+    ``setsid --ctty`` makes the pty the child's controlling terminal, so no fork() happens in
+    this (multi-threaded) test process.
+    """
+    master, slave = os.openpty()
+    proc = subprocess.Popen([shutil.which("setsid"), "--wait", "--ctty", shutil.which("age"), *args],
+                            stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
     out, sent = b"", False
     try:
         while True:
-            ready, _, _ = select.select([fd], [], [], 30)
+            ready, _, _ = select.select([master], [], [], 30)
             if not ready:
                 break
             try:
-                chunk = os.read(fd, 1024)
+                chunk = os.read(master, 1024)
             except OSError:  # EIO: the child closed the terminal
                 break
             if not chunk:
                 break
             out += chunk
             if not sent and b"passphrase" in out.lower():
-                os.write(fd, passphrase.encode() + b"\n")
+                os.write(master, passphrase.encode() + b"\n")
                 sent = True
     finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status), out
+        code = proc.wait(30)
+        os.close(master)
+    return code, out
 
 
 def record_call(data, payload: bytes, name="call.age"):
