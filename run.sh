@@ -7,7 +7,9 @@ scripts/setup.sh
 DATA=${NOKBOX_DATA:-$PWD/var/data}
 if [[ ! -f "$DATA/nokbox.json" ]]; then
   mkdir -p "$(dirname "$DATA")"
-  # development box only: the records identity goes next to (never inside) the data directory
-  .venv/bin/nokbox init --data "$DATA" --identity-out "$(dirname "$DATA")/records-identity.txt"
+  # development box only: the identities and the generated recovery passphrase go next to (never
+  # inside) the data directory; no approver PIN is asked (add one: nokbox keys add-pin)
+  .venv/bin/nokbox init --data "$DATA" --identity-out "$(dirname "$DATA")/records-identity.txt" \
+    --passphrase-file "$(dirname "$DATA")/recovery-passphrase.txt" </dev/null
 fi
 exec .venv/bin/nokbox run --data "$DATA" "$@"

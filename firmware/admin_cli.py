@@ -32,6 +32,9 @@ CLI_PERMISSIONS: dict[str, str | None] = {
     # decrypting needs the records identity file itself (the approver's secret); it is audited
     "decrypt": "service",
     "notice check": "service", "notice set": "config.edit", "notice upload": "config.edit",
+    # the vault's key commands are gated by the secret they need (recovery passphrase or PIN)
+    "keys add-pin": "service", "keys check-pin": "service", "keys unlock": "service",
+    "keys export-identity": "service", "keys status": "service", "retention run": "service",
     "user setup": None,
     "user add": "users.manage", "user list": "users.manage", "user disable": "users.manage",
     "user restrict": "users.manage", "user enable": "users.manage", "user roles": "users.manage",

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .admin_cli import add_signin_args
+from . import cli_vault
 from .config import DEFAULT_DATA_DIR, describe_schema, load_config
 from .errors import NokboxError
 
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create the data directory and the records key pair")
     _common(p)
-    p.add_argument("--identity-out", type=Path, help="write the age identity (secret) to this file")
+    p.add_argument("--identity-out", type=Path, help="also write the age identities (secret) to this new file, "
+                   "outside the data directory (development; use 'keys export-identity' on a real box)")
+    cli_vault.init_options(p)
 
     p = sub.add_parser("run", help="record the lines and serve the admin page")
     _common(p)
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .admin_cli import add_parsers
 
     add_parsers(sub, _common)  # user …, audit …
+    cli_vault.add_parsers(sub, _common)
     return ap
 
 
@@ -115,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
+        "keys": cli_vault.run, "retention": cli_vault.run,
     }[args.cmd]
     try:
         return handler(args)
@@ -140,14 +145,26 @@ def cmd_init(args) -> int:
     if args.config is None and cfg.vault.device_secret == "file" and not os.access(
             Path(cfg.vault.device_key_file).parent, os.W_OK):
         device = None  # no /etc/nokbox to write to: a development box keeps the key beside the data
-    identity, recipient = init_data_dir(args.data, args.identity_out, device)
+    from .keys import MARKER
+
+    if (args.data / MARKER).exists():  # before any secret is generated or asked for
+        raise NokboxError(f"{args.data} is already initialised; refusing to replace its records key")
+    passphrase, pin, how = cli_vault.init_secrets(args)
+    _, recipient = init_data_dir(args.data, args.identity_out, device, passphrase=passphrase, pin=pin,
+                                 approver=args.approver, pin_log_n=cfg.vault.pin_scrypt_log_n)
     print(f"initialised {args.data}")
     print(f"records recipient (public): {recipient}")
+    if how == "shown":
+        print("RECOVERY PASSPHRASE, shown once and not stored on the box; write it down for the office safe:")
+        print(f"    {passphrase}")
+    elif how == "new-file":
+        print(f"recovery passphrase generated and written to {args.passphrase_file} (0600); move it to the office safe")
+    else:
+        print(f"recovery passphrase taken from {args.passphrase_file}")
+    print(f"approver PIN set for {args.approver!r}" if pin else
+          "no approver PIN set yet: nokbox keys add-pin --approver NAME")
     if args.identity_out:
         print(f"records identity (secret) written to {args.identity_out}; keep it off the box")
-    else:
-        print("records identity (secret), shown once and not stored on the box; keep it in the office safe:")
-        print(identity)
     return EXIT_OK
 
 
@@ -265,13 +282,21 @@ def cmd_calls(args) -> int:
     if not (args.data / MARKER).exists():
         print(f"nokbox calls: {args.data} is not an initialised data directory", file=sys.stderr)
         return EXIT_ERROR
+    from .retention import open_holds
+    from .vaultdb import connect_vault
+
     idx = CallIndex(args.data / "index.sqlite")
     try:
         rows = idx.calls()
     finally:
         idx.close()
+    con = connect_vault(args.data)
+    try:
+        holds = open_holds(con)
+    finally:
+        con.close()
     for row in rows:
-        c = call_json(row, args.data)
+        c = call_json(row, args.data) | {"hold": holds.get(row["id"])}
         if args.json:
             print(json.dumps(c, ensure_ascii=False))
         else:
@@ -420,7 +445,11 @@ def cmd_status(args) -> int:
               f"calls today={ln['calls_today']} overrun={ln['overrun_seconds']} s")
     disk = st.get("disk") or {}
     if disk:
-        print(f"disk: {disk['free_bytes'] / 1e9:.1f} GB free ({disk['free_percent']} %)")
+        days = f", {disk['days_left']} days left at the current volume" if disk.get("days_left") is not None else ""
+        print(f"disk: {disk['free_bytes'] / 1e9:.1f} GB free ({disk['free_percent']} %){days}"
+              + (f" [{disk['state'].upper()}]" if disk.get("state", "ok") != "ok" else ""))
+        if disk.get("alarm"):
+            print(f"  {disk['alarm']}")
     if st.get("config_error"):
         print(f"config reload refused: {st['config_error']}")
     return EXIT_OK if alive else EXIT_NOT_RUNNING

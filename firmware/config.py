@@ -122,6 +122,68 @@ class VaultConfig(_Strict):
     device_key_file: str = Field(
         "/etc/nokbox/device.key", description="Path of the device key file (device_secret = 'file')."
     )
+    pin_backoff_s: float = Field(
+        2.0, ge=0.0, le=300.0, description="Wait after the first wrong PIN; doubles with each further one "
+        "(the fifth locks the PIN until the recovery passphrase is given).",
+    )
+    pin_scrypt_log_n: int = Field(
+        16, ge=10, le=20, description="scrypt cost (log2 N, r=8) of a new PIN slot; 16 = 64 MiB, ~1 s a try on a Pi 4.",
+    )
+
+
+class RetentionGroup(_Strict):
+    """Lines that share one retention period."""
+
+    name: str = Field(..., min_length=1, max_length=64, description="Name of the group (in logs and the ledger).")
+    channels: list[int] = Field(..., min_length=1, description="Input channels of the lines in this group.")
+    days: int = Field(..., ge=1, le=36500, description="Days a recording of these lines is kept, then destroyed.")
+
+
+class RetentionConfig(_Strict):
+    """How long recordings are kept, and what happens when the disk fills."""
+
+    default_days: int = Field(
+        30, ge=1, le=36500, description="Days a recording is kept when its line is in no group "
+        "(Icheon rule art. 8: 30 days).",
+    )
+    group: list[RetentionGroup] = Field(
+        default_factory=list, description="Line groups with their own retention ([[retention.group]]).",
+    )
+    epoch_days: int = Field(
+        7, ge=1, le=366, description="Days between new key epochs; an epoch's key is erased once "
+        "every call that can depend on it is gone.",
+    )
+    interval_h: float = Field(24.0, ge=0.1, le=168.0, description="Hours between retention runs.")
+    disk_warn_free_percent: float = Field(
+        10.0, ge=0.0, le=90.0, description="Warn (page, log) when free space falls below this percentage.",
+    )
+    disk_full_free_mb: int = Field(
+        512, ge=16, le=1048576, description="The disk counts as full below this many MB free: alarm.",
+    )
+    when_full: Literal["keep", "oldest_first"] = Field(
+        "keep", description="When full: 'keep' never deletes a recording within retention (recording "
+        "fails loudly); 'oldest_first' destroys the oldest unheld recordings (audited).",
+    )
+    trim: Literal["auto", "off"] = Field(
+        "auto", description="Run fstrim on the data filesystem after destroying recordings.",
+    )
+
+    @model_validator(mode="after")
+    def _groups(self) -> "RetentionConfig":
+        seen: dict[int, str] = {}
+        for i, g in enumerate(self.group):
+            for ch in g.channels:
+                if ch in seen:
+                    raise ValueError(f"retention.group[{i}].channels: channel {ch} is already in group {seen[ch]!r}")
+                seen[ch] = g.name
+        return self
+
+    def days_for(self, channel: int) -> tuple[int, str]:
+        """(days, group name) of a line."""
+        for g in self.group:
+            if channel in g.channels:
+                return g.days, g.name
+        return self.default_days, "default"
 
 
 class NoticeConfig(_Strict):
@@ -253,6 +315,7 @@ class NokboxConfig(_Strict):
     segment: SegmentConfig = Field(default_factory=SegmentConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     vault: VaultConfig = Field(default_factory=VaultConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     web: WebConfig = Field(default_factory=WebConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     notice: NoticeConfig = Field(default_factory=NoticeConfig)
@@ -283,6 +346,11 @@ class NokboxConfig(_Strict):
             if pin in pins:
                 raise ValueError(f"{key}: GPIO {pin} already used by {pins[pin]}")
             pins[pin] = key
+        for i, g in enumerate(self.retention.group):
+            bad = [c for c in g.channels if c >= self.audio.channels]
+            if bad:
+                raise ValueError(f"retention.group[{i}].channels: {bad[0]} is not an input channel "
+                                 f"(audio.channels = {self.audio.channels})")
         if self.audio.backend == "alsa" and not self.audio.device:
             raise ValueError("audio.device: required when audio.backend = 'alsa'")
         return self
@@ -383,4 +451,5 @@ def describe_schema() -> list[tuple[str, str, str]]:
 
     walk(NokboxConfig, "")
     walk(LineConfig, "line[].")
+    walk(RetentionGroup, "retention.group[].")
     return rows

@@ -5,6 +5,7 @@ Threads (see docs/architecture.md):
   segmenter   SegmenterWorker: rings -> dsp segmenter -> writer queue (bounded)
   writer      WriterWorker: encode + encrypt + disk + SQLite index
   status      StatusMaintainer: logs counters and device events, writes run/status.json
+  retention   RetentionMaintainer: disk watch each minute; daily key-epoch rotation and crypto-erase
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .hal.clock import Clock
 from .index import CallIndex, iso_utc, to_kst
 from .keys import load_device_recovery_recipient, load_recipients
 from .pipeline import SegmenterWorker, WriterWorker
+from .retention import RetentionMaintainer, disk_report
 from .ring import LineRings
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,11 @@ class Recorder:
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
                                    load_device_recovery_recipient(self.data_dir))
-        from .audit import AuditLog
         from .hal.audio_out import SimulatedSink
         from .notice import NoticeService, check_pins
 
         check_pins(cfg)
-        self.audit = AuditLog(self.data_dir)
+        self.audit = AuditLog(self.data_dir, clock=self.clock, every=cfg.audit.seal_every)
         self.notice = NoticeService(
             cfg, lines, self.data_dir,
             on_result=lambda key, res: self.queue.put(("notice", key, res.as_dict())),
@@ -108,7 +109,8 @@ class Recorder:
         self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.segmenter.on_call_start = self.notice.request
         self.maintainer = StatusMaintainer(self)
-        self.audit = AuditLog(self.data_dir, clock=self.clock, every=cfg.audit.seal_every)
+        # live recording only: a replay's calls carry past times and must not be expired mid-replay
+        self.retention = RetentionMaintainer(self)
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
@@ -133,6 +135,8 @@ class Recorder:
         self.writer.start()
         self.segmenter.start()
         self.maintainer.start()
+        if self.source.realtime:
+            self.retention.start()
         self.reader.start()
 
     def stop(self) -> None:
@@ -152,6 +156,7 @@ class Recorder:
             self.writer.stop()
         self.maintainer.stop()
         self.audit.seal("shutdown")
+        self.retention.stop()
         log.info("recorder stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -233,10 +238,8 @@ class Recorder:
                 "notice": notice.get(ls.idx),
             })
         try:
-            du = shutil.disk_usage(self.data_dir)
-            disk = {"free_bytes": du.free, "total_bytes": du.total,
-                    "free_percent": round(100.0 * du.free / du.total, 1)}
-        except OSError:
+            disk = disk_report(self.data_dir, self.cfg, now)
+        except Exception:  # noqa: BLE001 - status must render even if the index is busy
             disk = {}
         w = self.writer.stats
         return {
@@ -254,7 +257,7 @@ class Recorder:
                        "queue": self.queue.qsize(), "queue_max": self.queue.maxsize,
                        "segmenter_waits": self.segmenter.waits},
             "workers": {t.name: {"alive": t.is_alive(), "error": getattr(t, "error", "") or ""}
-                        for t in (self.segmenter, self.writer)},
+                        for t in (self.segmenter, self.writer, self.retention)},
             "disk": disk,
             "gpio": self.notice.backend,
             "config_error": self.config_error,

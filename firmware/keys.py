@@ -1,8 +1,10 @@
-"""The data directory and the records key pair.
+"""The data directory, the records key pair, and who can unlock it.
 
-Until the vault issue seals the identity, the box keeps only the public recipient
-(``keys/recipient.txt``); the identity goes to ``--identity-out`` (or is shown once)
-and is never written under the data directory.
+The box keeps only the public recipient (``keys/recipient.txt``) in clear. The records
+identity is sealed under the recovery passphrase (``keys/identity.recovery.age``, stock
+age scrypt) and under each approver's PIN combined with the device-bound secret
+(``keys/pin/``), see ``sealing.py``. Calls are encrypted to key epochs (``epochs.py``).
+``--identity-out`` (development, tests) additionally writes the identities outside DATA.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .age import _bech32_encode, generate_identity, parse_recipient, recipient_o
 from .errors import DataDirError, VaultError
 from .hal.devicekey import DeviceSecret, FileDeviceSecret
 from .index import connect
+from .sealing import DEFAULT_APPROVER, PIN_LOG_N, RECOVERY_LOG_N
 
 MARKER = "nokbox.json"
 
@@ -47,32 +50,60 @@ def load_device_recovery_recipient(data: Path) -> bytes:
 
 
 def init_data_dir(data: Path, identity_out: Path | None = None,
-                  device: DeviceSecret | None = None) -> tuple[str, str]:
+                  device: DeviceSecret | None = None, *, passphrase: str | None = None,
+                  pin: str | None = None, approver: str = DEFAULT_APPROVER,
+                  recovery_log_n: int = RECOVERY_LOG_N, pin_log_n: int = PIN_LOG_N) -> tuple[str, str]:
     """Create the data directory and a new records key pair. Returns (identity, recipient).
 
     ``device`` is the device-bound secret (provisioned here if it is a new key file);
     by default a key file beside the data directory, as on a development machine.
+    ``passphrase`` seals the identity for recovery (stock age scrypt); ``pin`` opens a PIN
+    slot for ``approver``. Without a passphrase nothing sealed is kept (the caller holds
+    the identity: tests, development). The first key epoch is created here, so
+    ``identity_out`` (records identity, then the epoch identity) reads the first calls.
     """
+    from .epochs import new_epoch
+    from .sealing import PinGuard, seal_pin_slot, seal_recovery
+
     data = Path(data)
     if device is None:
         device = FileDeviceSecret(data.parent / (data.name + "-device.key"))
     if (data / MARKER).exists():
         raise VaultError(f"{data} is already initialised; refusing to replace its records key")
+    if identity_out is not None and _inside(identity_out, data):
+        raise VaultError("the identity must not be stored inside the data directory")
+    if identity_out is not None and Path(identity_out).exists():
+        raise VaultError(f"{identity_out} exists; refusing to overwrite it")
+    if pin is not None and passphrase is None:
+        raise VaultError("a PIN slot needs the recovery passphrase too (it unlocks a PIN lockout)")
     for sub in ("keys", "calls", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o750)
+    os.chmod(data / "keys", 0o750)
     identity, recipient = generate_identity()
+    (data / "keys" / "recipient.txt").write_text(recipient + "\n")
+    device.provision()
+    (data / "keys" / "device-recovery.txt").write_text(recipient_of(device_recovery_identity(device)) + "\n")
+    if passphrase is not None:
+        seal_recovery(data, identity, passphrase, recovery_log_n)
+    if pin is not None:
+        seal_pin_slot(data, identity, approver, pin, device, pin_log_n)
+        PinGuard(data, device).reset(approver)
+    from .vaultdb import connect_vault
+
+    con = connect_vault(data)
+    try:
+        with con:
+            _, epoch_recipient, epoch_identity = new_epoch(data, con, time.time())
+    finally:
+        con.close()
     if identity_out is not None:
-        identity_out = Path(identity_out)
-        if identity_out.resolve().is_relative_to(data.resolve()):
-            raise VaultError("the identity must not be stored inside the data directory")
         fd = os.open(identity_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(f"# nokbox records identity, created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
             f.write(f"# public key: {recipient}\n{identity}\n")
-    (data / "keys" / "recipient.txt").write_text(recipient + "\n")
-    device.provision()
-    (data / "keys" / "device-recovery.txt").write_text(recipient_of(device_recovery_identity(device)) + "\n")
+            f.write(f"# key epoch 1 (calls until the first rotation): public key {epoch_recipient}\n")
+            f.write(f"{epoch_identity}\n")
     connect(data / "index.sqlite").close()
     where = {"backend": device.name}
     if isinstance(device, FileDeviceSecret):
@@ -96,17 +127,113 @@ def device_for(data: Path) -> DeviceSecret:
     raise DataDirError(f"{data}: the device secret is not recorded in {MARKER}")
 
 
+def _inside(path: Path, data: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(data).resolve())
+
+
 def load_recipients(data: Path) -> list[bytes]:
-    """The public keys recordings are encrypted to."""
+    """The public keys new recordings are encrypted to: the current key epoch's recipient.
+
+    The returned list is the one the writer keeps; ``RetentionMaintainer`` rotates epochs by
+    replacing its contents in place. Creates the first epoch for a directory made before epochs.
+    """
+    from .epochs import current_recipients
+
     data = Path(data)
     path = data / "keys" / "recipient.txt"
     if not (data / MARKER).exists() or not path.exists():
         raise DataDirError(f"{data} is not an initialised nokbox data directory (run: nokbox init --data {data})")
-    out = []
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
-            out.append(parse_recipient(line))
-    if not out:
+            parse_recipient(line)
+            break
+    else:
         raise VaultError(f"{path}: no recipient")
-    return out
+    return current_recipients(data)
+
+
+# -- who can read: the API the approval workflow calls -----------------------------------
+def box_device(data: Path, cfg) -> DeviceSecret:
+    """The device-bound secret the config names; on a development box whose configured key
+    file does not exist, the key file ``init`` put beside the data directory."""
+    from .hal.devicekey import device_secret
+
+    dev = device_secret(cfg.vault.device_secret, cfg.vault.device_key_file)
+    data = Path(data)
+    beside = data.parent / (data.name + "-device.key")
+    if isinstance(dev, FileDeviceSecret) and not dev.path.exists() and beside.exists():
+        return FileDeviceSecret(beside)
+    return dev
+
+
+def unlock_with_pin(data: Path, cfg, approver: str, pin: str, *, now: float | None = None) -> str:
+    """The records identity, opened with the approver's PIN and this box's device secret.
+
+    Raises WrongPin (tries left), PinRateLimited (retry_after), PinLockedOut, NoPinSlot or
+    DeviceMismatch; every attempt is audited, the fifth wrong PIN locks the slot for good.
+    """
+    from .sealing import PinGuard
+
+    return PinGuard(data, box_device(data, cfg), cfg.vault.pin_backoff_s).attempt(approver, pin, now)
+
+
+def unlock_with_passphrase(data: Path, passphrase: str, *, actor: str = "operator", reason: str = "") -> str:
+    """The records identity, opened with the recovery passphrase; audited either way."""
+    from .audit import AuditLog
+    from .sealing import UnlockError, open_recovery
+
+    audit = AuditLog(data)
+    try:
+        identity = open_recovery(data, passphrase)
+    except (UnlockError, VaultError) as exc:
+        audit.append("keys.unlock", actor=actor, role="operator", obj="records-identity", outcome="denied",
+                     reason=str(exc), detail={"method": "passphrase"})
+        raise
+    audit.append("keys.unlock", actor=actor, role="operator", obj="records-identity", outcome="ok",
+                 reason=reason, detail={"method": "passphrase"})
+    return identity
+
+
+def add_pin(data: Path, cfg, approver: str, passphrase: str, pin: str, *, actor: str = "operator") -> None:
+    """Seal the identity for another approver (or a new PIN), proving the recovery passphrase."""
+    from .audit import AuditLog
+    from .sealing import PinGuard, pin_slots, seal_pin_slot
+
+    identity = unlock_with_passphrase(data, passphrase, actor=actor, reason=f"add PIN for {approver}")
+    replaced = approver in pin_slots(data)
+    device = box_device(data, cfg)
+    seal_pin_slot(data, identity, approver, pin, device, cfg.vault.pin_scrypt_log_n)
+    guard = PinGuard(data, device, cfg.vault.pin_backoff_s)
+    with guard.locked_slot():
+        guard.reset(approver)
+    AuditLog(data).append("keys.pin.add", actor=actor, role="operator", obj=f"pin-slot:{approver}",
+                          reason="PIN replaced" if replaced else "new approver PIN")
+
+
+def clear_lockout(data: Path, cfg, approver: str, passphrase: str, *, actor: str = "operator") -> None:
+    """Lift a PIN lockout with the recovery passphrase (audited)."""
+    from .sealing import PinGuard
+
+    unlock_with_passphrase(data, passphrase, actor=actor, reason=f"lift the PIN lockout of {approver}")
+    PinGuard(data, box_device(data, cfg), cfg.vault.pin_backoff_s).clear(approver, actor, "recovery passphrase given")
+
+
+def export_identity(data: Path, passphrase: str, out: Path | None, *, actor: str = "operator") -> str:
+    """The age identity file (records + live epoch identities); written 0600 to ``out`` when given."""
+    from .audit import AuditLog
+    from .epochs import export_text
+    from .sealing import write_private
+
+    data = Path(data)
+    if out is not None and _inside(out, data):
+        raise VaultError("the exported identity must not be written inside the data directory")
+    if out is not None and Path(out).exists():
+        raise VaultError(f"{out} exists; refusing to overwrite it")
+    identity = unlock_with_passphrase(data, passphrase, actor=actor, reason="export identity")
+    text = export_text(data, identity, recipient_of(identity))
+    if out is not None:
+        write_private(Path(out), text.encode())
+    AuditLog(data).append("keys.export-identity", actor=actor, role="operator", obj="records-identity",
+                          reason=f"written to {out}" if out is not None else "written to standard output")
+    return text

@@ -202,7 +202,7 @@ def _cli_commands() -> set[str]:
     sub = next(a for a in parser._actions if a.dest == "cmd")
     out = set()
     for name, p in sub.choices.items():
-        nested = [a for a in p._actions if a.dest in ("user_cmd", "audit_cmd", "notice_cmd")]
+        nested = [a for a in p._actions if a.dest in ("user_cmd", "audit_cmd", "notice_cmd", "keys_cmd", "retention_cmd")]
         if nested:
             out |= {f"{name} {n}" for n in nested[0].choices}
         else:
@@ -287,7 +287,7 @@ def test_every_cli_command_takes_data_and_config():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "cmd")
     for name, p in sub.choices.items():
-        nested = [a for a in p._actions if a.dest in ("user_cmd", "audit_cmd", "notice_cmd")]
+        nested = [a for a in p._actions if a.dest in ("user_cmd", "audit_cmd", "notice_cmd", "keys_cmd", "retention_cmd")]
         leaves = nested[0].choices.items() if nested else [(name, p)]
         for leaf, q in leaves:
             assert "--data" in q._option_string_actions and "--config" in q._option_string_actions, (name, leaf)

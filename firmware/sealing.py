@@ -1,0 +1,524 @@
+"""Sealing the records identity: a recovery passphrase (stock-age scrypt file) and approver PIN slots.
+
+The records identity (the X25519 secret that opens the key epochs, see ``epochs.py``) is
+never stored in clear. Two sealed copies live under ``DATA/keys/``:
+
+- ``identity.recovery.age``: an age v1 file with a single scrypt recipient stanza
+  (age-encryption.org/v1 spec, "scrypt recipient type"), so the stock ``age -d`` opens it
+  with the recovery passphrase generated at set-up (>= 80 bits, shown once, kept in the
+  office safe).
+- ``pin/<slot>.slot``: the identity under a key derived from the approver's PIN *and*
+  the device-bound secret: ``HKDF(scrypt(PIN, salt) || device.derive("nokbox/v1/pin"))``.
+  Without the device secret (which is not on the SSD) the slot gives no PIN oracle.
+
+Wrong PINs are counted in ``pin/<slot>.state``: a JSON record MACed with a key derived
+from the device secret, its sequence number mirrored in the index (``pin_state``), so
+editing it, deleting it or restoring an older copy of it alone is detected and treated as
+a lockout. Five wrong PINs lock the slot persistently; the recovery passphrase unlocks it.
+Every attempt, lockout and unlock is appended to the audit log.
+
+All primitives come from ``cryptography`` (scrypt, HKDF-SHA256, HMAC-SHA256,
+ChaCha20-Poly1305, X25519); the age framing reuses ``firmware.age``'s helpers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from .age import _X25519_INFO, CHUNK, VERSION_LINE, _b64, _hkdf, _nonce, parse_identity, recipient_of
+from .audit import AuditLog
+from .errors import VaultError
+from .hal.devicekey import DeviceSecret
+
+log = logging.getLogger(__name__)
+
+RECOVERY_FILE = "identity.recovery.age"
+PIN_DIR = "pin"
+DEFAULT_APPROVER = "approver"
+MAX_PIN_TRIES = 5
+RECOVERY_LOG_N = 18      # the stock age default work factor (~1 s on a desktop, a few s on a Pi 4)
+PIN_LOG_N = 16           # 64 MiB, ~0.2 s a try on a desktop core, ~1 s on a Pi 4 (benchmarks/vault_keys.py)
+MIN_PASSPHRASE_CHARS = 16
+_PASS_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32: 5 bits a character
+_PASS_GROUPS = 4
+_PASS_GROUP_LEN = 5      # 20 characters = 100 bits
+_SCRYPT_LABEL = b"age-encryption.org/v1/scrypt"
+_PIN_INFO = "nokbox/v1/pin"
+_STATE_INFO = "nokbox/v1/pin-state"
+
+
+# -- errors ------------------------------------------------------------------------------
+class UnlockError(VaultError):
+    """An unlock failed; the message says why and what to do."""
+
+
+class WrongPassphrase(UnlockError):
+    """The recovery passphrase does not open the sealed identity."""
+
+
+class WrongPin(UnlockError):
+    """The PIN is wrong; ``tries_left`` more are allowed before the lockout."""
+
+    def __init__(self, msg: str, tries_left: int) -> None:
+        super().__init__(msg)
+        self.tries_left = tries_left
+
+
+class PinLockedOut(UnlockError):
+    """Five wrong PINs (or tampering with the counter): only the recovery passphrase unlocks."""
+
+
+class PinRateLimited(UnlockError):
+    """Too soon after a wrong PIN; try again after ``retry_after`` seconds (not counted)."""
+
+    def __init__(self, msg: str, retry_after: float) -> None:
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+class NoPinSlot(UnlockError):
+    """No PIN was set for that approver."""
+
+
+class DeviceMismatch(UnlockError):
+    """The PIN slot was sealed with another device secret (SSD moved to another box?)."""
+
+
+# -- secrets ----------------------------------------------------------------------------
+def generate_passphrase() -> str:
+    """A 100-bit recovery passphrase: four groups of five Crockford base32 characters."""
+    groups = ["".join(secrets.choice(_PASS_ALPHABET) for _ in range(_PASS_GROUP_LEN)) for _ in range(_PASS_GROUPS)]
+    return "-".join(groups)
+
+
+def check_passphrase(passphrase: str) -> str:
+    """The passphrase as used (surrounding whitespace removed); refuse short ones."""
+    p = passphrase.strip()
+    if len(p) < MIN_PASSPHRASE_CHARS:
+        raise VaultError(f"the recovery passphrase must have at least {MIN_PASSPHRASE_CHARS} characters "
+                         "(a generated one has 100 bits)")
+    return p
+
+
+def check_pin(pin: str) -> str:
+    """Refuse PINs shorter than 6 characters or trivially guessable (one digit repeated, a run)."""
+    p = pin.strip()
+    if len(p) < 6:
+        raise VaultError("a PIN needs at least 6 characters")
+    if p.isdigit():
+        steps = {(int(b) - int(a)) % 10 for a, b in zip(p, p[1:])}
+        if steps in ({0}, {1}, {9}):
+            raise VaultError("that PIN is too easy to guess (repeated digit or a run)")
+    return p
+
+
+def _scrypt(secret: str, salt: bytes, log_n: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=1 << log_n, r=8, p=1).derive(secret.encode("utf-8"))
+
+
+# -- a minimal age v1 container for small secrets ----------------------------------------
+def _age_seal(plaintext: bytes, stanza: bytes, file_key: bytes) -> bytes:
+    """An age v1 file around ``plaintext`` with one given recipient stanza."""
+    header = VERSION_LINE + stanza + b"---"
+    mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
+    nonce = os.urandom(16)
+    aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    chunks = [plaintext[i:i + CHUNK] for i in range(0, len(plaintext), CHUNK)] or [b""]
+    body = b"".join(aead.encrypt(_nonce(i, i == len(chunks) - 1), c, None) for i, c in enumerate(chunks))
+    return header + b" " + _b64(mac) + b"\n" + nonce + body
+
+
+def _unb64(s: bytes) -> bytes:
+    """Unpadded canonical base64, as the age header requires."""
+    try:
+        out = base64.b64decode(s + b"=" * (-len(s) % 4), validate=True)
+    except ValueError:
+        raise VaultError("age header: bad base64") from None
+    if b"=" in s or _b64(out) != s:
+        raise VaultError("age header: non-canonical base64")
+    return out
+
+
+def _age_parse(blob: bytes) -> tuple[list[tuple[list[bytes], bytes]], bytes, bytes, bytes]:
+    """(stanzas [(args, body)], header bytes covered by the MAC, mac, payload)."""
+    if not blob.startswith(VERSION_LINE):
+        raise VaultError("not an age v1 file")
+    pos = len(VERSION_LINE)
+    stanzas = []
+    while True:
+        end = blob.find(b"\n", pos)
+        if end < 0:
+            raise VaultError("age header is truncated")
+        line = blob[pos:end]
+        if line.startswith(b"--- "):
+            return stanzas, blob[:pos + 3], _unb64(line[4:]), blob[end + 1:]
+        if not line.startswith(b"-> "):
+            raise VaultError("age header: malformed stanza")
+        args = line[3:].split(b" ")
+        pos = end + 1
+        body = b""
+        while True:
+            end = blob.find(b"\n", pos)
+            if end < 0:
+                raise VaultError("age header is truncated")
+            chunk = blob[pos:end]
+            pos = end + 1
+            body += chunk
+            if len(chunk) < 64:
+                break
+        stanzas.append((args, _unb64(body)))
+
+
+def _age_open(blob: bytes, file_key: bytes, header: bytes, mac: bytes, payload: bytes) -> bytes:
+    want = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
+    if not hmac.compare_digest(want, mac):
+        raise VaultError("age header MAC does not match (file damaged or edited)")
+    nonce, rest = payload[:16], payload[16:]
+    aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    out = bytearray()
+    step = CHUNK + 16
+    n = max(1, -(-len(rest) // step))
+    try:
+        for i in range(n):
+            out += aead.decrypt(_nonce(i, i == n - 1), rest[i * step:(i + 1) * step], None)
+    except InvalidTag:
+        raise VaultError("age payload is damaged or truncated") from None
+    return bytes(out)
+
+
+def seal_with_passphrase(plaintext: bytes, passphrase: str, log_n: int = RECOVERY_LOG_N) -> bytes:
+    """An age v1 file with one scrypt stanza: ``age -d`` asks for the passphrase and opens it."""
+    file_key = os.urandom(16)
+    salt = os.urandom(16)
+    wrap = _scrypt(passphrase, _SCRYPT_LABEL + salt, log_n)
+    body = ChaCha20Poly1305(wrap).encrypt(bytes(12), file_key, None)
+    stanza = b"-> scrypt " + _b64(salt) + b" " + str(log_n).encode() + b"\n" + _b64(body) + b"\n"
+    return _age_seal(plaintext, stanza, file_key)
+
+
+def open_with_passphrase(blob: bytes, passphrase: str, max_log_n: int = 22) -> bytes:
+    """Decrypt a scrypt-recipient age file (as stock age does, the stanza must be alone)."""
+    stanzas, header, mac, payload = _age_parse(blob)
+    if len(stanzas) != 1 or stanzas[0][0][0] != b"scrypt" or len(stanzas[0][0]) != 3:
+        raise VaultError("not a passphrase-sealed age file")
+    args, body = stanzas[0]
+    salt = _unb64(args[1])
+    if len(salt) != 16 or not args[2].isdigit() or args[2].startswith(b"0") or not 1 <= int(args[2]) <= max_log_n:
+        raise VaultError("scrypt stanza parameters out of range")
+    if len(body) != 32:
+        raise VaultError("scrypt stanza body has the wrong length")
+    wrap = _scrypt(passphrase, _SCRYPT_LABEL + salt, int(args[2]))
+    try:
+        file_key = ChaCha20Poly1305(wrap).decrypt(bytes(12), body, None)
+    except InvalidTag:
+        raise WrongPassphrase("wrong recovery passphrase") from None
+    return _age_open(blob, file_key, header, mac, payload)
+
+
+def open_with_identity(blob: bytes, identity: str) -> bytes:
+    """Decrypt an age file addressed (among others) to an X25519 identity."""
+    key = X25519PrivateKey.from_private_bytes(parse_identity(identity))
+    ours = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    stanzas, header, mac, payload = _age_parse(blob)
+    for args, body in stanzas:
+        if args[0] != b"X25519" or len(args) != 2:
+            continue
+        share = _unb64(args[1])
+        shared = key.exchange(X25519PublicKey.from_public_bytes(share))
+        wrap = _hkdf(shared, share + ours, _X25519_INFO)
+        if len(body) != 32:
+            raise VaultError("X25519 stanza body has the wrong length")
+        try:
+            file_key = ChaCha20Poly1305(wrap).decrypt(bytes(12), body, None)
+        except InvalidTag:
+            continue
+        return _age_open(blob, file_key, header, mac, payload)
+    raise VaultError("no stanza of this age file is addressed to that identity")
+
+
+# -- files ------------------------------------------------------------------------------
+def write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """Write a 0600 file durably: new files with O_EXCL, replacements through a renamed temp file."""
+    path = Path(path)
+    target = path.with_name(path.name + ".tmp") if replace else path
+    if replace:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    if replace:
+        os.replace(target, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def identity_text(identity: str, recipient: str, what: str = "nokbox records identity") -> bytes:
+    """An age identity file (what ``age -i`` reads)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return f"# {what}, sealed {stamp}\n# public key: {recipient}\n{identity}\n".encode()
+
+
+def _identity_from(plain: bytes) -> str:
+    for line in plain.decode("utf-8", "replace").splitlines():
+        if line.startswith("AGE-SECRET-KEY-1"):
+            parse_identity(line)
+            return line.strip()
+    raise VaultError("the sealed file holds no age identity")
+
+
+def seal_recovery(data: Path, identity: str, passphrase: str, log_n: int = RECOVERY_LOG_N) -> Path:
+    """Write ``keys/identity.recovery.age`` (refuses to replace an existing one)."""
+    path = Path(data) / "keys" / RECOVERY_FILE
+    blob = seal_with_passphrase(identity_text(identity, recipient_of(identity)), check_passphrase(passphrase), log_n)
+    write_private(path, blob)
+    return path
+
+
+def _records_recipient(data: Path) -> str:
+    return (Path(data) / "keys" / "recipient.txt").read_text().split()[0]
+
+
+def open_recovery(data: Path, passphrase: str) -> str:
+    """The records identity from the recovery file (no audit: see ``unlock_with_passphrase``)."""
+    path = Path(data) / "keys" / RECOVERY_FILE
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise UnlockError(f"{path} is missing: this box has no recovery-sealed identity") from None
+    identity = _identity_from(open_with_passphrase(blob, passphrase.strip()))
+    if recipient_of(identity) != _records_recipient(data):
+        raise VaultError("the recovery file does not match keys/recipient.txt (files swapped?)")
+    return identity
+
+
+# -- PIN slots --------------------------------------------------------------------------
+def _slot_name(approver: str) -> str:
+    if not approver or len(approver) > 64 or any(c in approver for c in "/\\\0\n"):
+        raise VaultError("an approver name is 1-64 characters without slashes or newlines")
+    return hashlib.sha256(("nokbox approver\0" + approver).encode()).hexdigest()[:16]
+
+
+def _canon(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _pin_key(pin: str, kdf: dict, approver: str, device: DeviceSecret) -> bytes:
+    stretched = _scrypt(pin, base64.b64decode(kdf["salt"]), int(kdf["log_n"]))
+    return HKDF(algorithm=SHA256(), length=32, salt=base64.b64decode(kdf["salt"]),
+                info=b"nokbox/v1/pin-slot\0" + approver.encode()).derive(stretched + device.derive(_PIN_INFO))
+
+
+def seal_pin_slot(data: Path, identity: str, approver: str, pin: str, device: DeviceSecret,
+                  log_n: int = PIN_LOG_N) -> Path:
+    """Write (or replace) the approver's PIN slot and reset its counter."""
+    pin = check_pin(pin)
+    d = Path(data) / "keys" / PIN_DIR
+    d.mkdir(mode=0o700, exist_ok=True)
+    kdf = {"alg": "scrypt", "log_n": log_n, "r": 8, "p": 1, "salt": base64.b64encode(os.urandom(16)).decode()}
+    head = {"format": "nokbox-pin-slot/1", "approver": approver, "recipient": recipient_of(identity),
+            "kdf": kdf, "device": device.fingerprint()}
+    nonce = os.urandom(12)
+    sealed = ChaCha20Poly1305(_pin_key(pin, kdf, approver, device)).encrypt(nonce, identity.encode(), _canon(head))
+    slot = head | {"nonce": base64.b64encode(nonce).decode(), "sealed": base64.b64encode(sealed).decode()}
+    path = d / (_slot_name(approver) + ".slot")
+    write_private(path, _canon(slot) + b"\n", replace=True)
+    return path
+
+
+def pin_slots(data: Path) -> list[str]:
+    """Approver names that have a PIN slot."""
+    out = []
+    for p in sorted((Path(data) / "keys" / PIN_DIR).glob("*.slot")):
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            out.append(json.loads(p.read_text())["approver"])
+    return out
+
+
+@dataclass
+class PinState:
+    """The wrong-PIN counter of one slot."""
+
+    approver: str
+    failures: int = 0
+    locked: bool = False
+    reason: str = ""
+    not_before: float = 0.0
+    seq: int = 0
+
+    def body(self) -> dict:
+        return {"approver": self.approver, "failures": self.failures, "locked": self.locked,
+                "reason": self.reason, "not_before": self.not_before, "seq": self.seq}
+
+
+class PinGuard:
+    """Counts, delays and locks PIN attempts of one data directory (one flock serialises attempts)."""
+
+    def __init__(self, data: Path, device: DeviceSecret, backoff_s: float = 1.0) -> None:
+        self.data = Path(data)
+        self.dir = self.data / "keys" / PIN_DIR
+        self.device = device
+        self.backoff_s = backoff_s
+        self.audit = AuditLog(self.data)
+
+    # state file + its mirror in the index
+    def _state_path(self, approver: str) -> Path:
+        return self.dir / (_slot_name(approver) + ".state")
+
+    def _mac(self, body: dict) -> str:
+        return hmac.new(self.device.derive(_STATE_INFO), _canon(body), hashlib.sha256).hexdigest()
+
+    def _db(self):
+        from .vaultdb import connect_vault
+
+        return connect_vault(self.data)
+
+    def _mirror_seq(self, approver: str) -> int:
+        con = self._db()
+        try:
+            row = con.execute("SELECT seq FROM pin_state WHERE slot = ?", (_slot_name(approver),)).fetchone()
+        finally:
+            con.close()
+        return int(row["seq"]) if row else 0
+
+    def save(self, st: PinState) -> None:
+        """File first, then the mirror: a crash between them leaves file >= mirror, which is accepted."""
+        body = st.body()
+        write_private(self._state_path(st.approver), _canon(body | {"mac": self._mac(body)}) + b"\n", replace=True)
+        con = self._db()
+        try:
+            with con:
+                con.execute("INSERT INTO pin_state (slot, approver, seq) VALUES (?, ?, ?) ON CONFLICT(slot)"
+                            " DO UPDATE SET seq = excluded.seq, approver = excluded.approver",
+                            (_slot_name(st.approver), st.approver, st.seq))
+        finally:
+            con.close()
+
+    def load(self, approver: str) -> tuple[PinState, str]:
+        """The verified state, or ('', tamper reason) folded into a locked state."""
+        mirror = self._mirror_seq(approver)
+        try:
+            raw = json.loads(self._state_path(approver).read_text())
+            mac = raw.pop("mac")
+            st = PinState(**raw)
+        except FileNotFoundError:
+            return PinState(approver, seq=mirror), "the wrong-PIN counter file was deleted"
+        except (ValueError, TypeError, KeyError):
+            return PinState(approver, seq=mirror), "the wrong-PIN counter file is unreadable"
+        if not hmac.compare_digest(mac, self._mac(st.body())) or st.approver != approver:
+            return PinState(approver, seq=max(mirror, st.seq)), "the wrong-PIN counter file was edited"
+        if st.seq < mirror:
+            return PinState(approver, seq=mirror), "the wrong-PIN counter file was replaced by an older copy"
+        return st, ""
+
+    @contextlib.contextmanager
+    def locked_slot(self):
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def reset(self, approver: str, *, seq_floor: int | None = None) -> PinState:
+        st, _ = self.load(approver)
+        new = PinState(approver, seq=max(st.seq, seq_floor or 0) + 1)
+        self.save(new)
+        return new
+
+    def attempt(self, approver: str, pin: str, now: float | None = None) -> str:
+        """Try a PIN; the identity on success, else a clear UnlockError. Every outcome is audited."""
+        now = time.time() if now is None else now
+        obj = f"pin-slot:{approver}"
+        with self.locked_slot():
+            slot_path = self.dir / (_slot_name(approver) + ".slot")
+            try:
+                slot = json.loads(slot_path.read_text())
+            except FileNotFoundError:
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason="no PIN slot for this approver", detail={"method": "pin"})
+                raise NoPinSlot(f"no PIN is set for approver {approver!r} (nokbox keys add-pin)") from None
+            if slot.get("device") != self.device.fingerprint():
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason="PIN slot sealed with another device secret", detail={"method": "pin"})
+                raise DeviceMismatch("this PIN slot was sealed on another box (device secret differs); "
+                                     "use the recovery passphrase")
+            st, tamper = self.load(approver)
+            if tamper:
+                st.locked, st.reason, st.seq = True, tamper, st.seq + 1
+                self.save(st)
+                log.error("PIN slot %s locked: %s", obj, tamper)
+                self.audit.append("keys.pin.lockout", actor="system", obj=obj, outcome="locked", reason=tamper,
+                                  detail={"seq": st.seq})
+            if st.locked:
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason=f"locked out: {st.reason}", detail={"method": "pin", "seq": st.seq})
+                raise PinLockedOut(f"the PIN of {approver!r} is locked ({st.reason}); "
+                                   "unlock it with the recovery passphrase: nokbox keys unlock")
+            if now < st.not_before:
+                wait = st.not_before - now
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason=f"too soon after a wrong PIN; retry in {wait:.0f} s",
+                                  detail={"method": "pin", "seq": st.seq})
+                raise PinRateLimited(f"too soon after a wrong PIN: wait {wait:.0f} s (this try was not counted)",
+                                     wait)
+            head = {k: slot[k] for k in ("format", "approver", "recipient", "kdf", "device")}
+            try:
+                identity = ChaCha20Poly1305(_pin_key(pin.strip(), slot["kdf"], approver, self.device)).decrypt(
+                    base64.b64decode(slot["nonce"]), base64.b64decode(slot["sealed"]), _canon(head)).decode()
+            except InvalidTag:
+                st.failures += 1
+                st.seq += 1
+                st.not_before = now + self.backoff_s * (2 ** (st.failures - 1))
+                left = MAX_PIN_TRIES - st.failures
+                if left <= 0:
+                    st.locked, st.reason = True, f"{MAX_PIN_TRIES} wrong PINs"
+                self.save(st)
+                self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                                  reason=f"wrong PIN ({st.failures} of {MAX_PIN_TRIES})",
+                                  detail={"method": "pin", "seq": st.seq})
+                if st.locked:
+                    log.error("PIN slot %s locked after %d wrong PINs", obj, MAX_PIN_TRIES)
+                    self.audit.append("keys.pin.lockout", actor="system", obj=obj, outcome="locked",
+                                      reason=st.reason, detail={"seq": st.seq})
+                    raise PinLockedOut(f"wrong PIN; the PIN of {approver!r} is now locked after {MAX_PIN_TRIES} "
+                                       "wrong tries; unlock it with the recovery passphrase: nokbox keys unlock")
+                raise WrongPin(f"wrong PIN ({left} tries left before the lockout)", left) from None
+            if st.failures or st.not_before:
+                st.failures, st.not_before, st.seq = 0, 0.0, st.seq + 1
+                self.save(st)
+            self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="ok",
+                              detail={"method": "pin", "seq": st.seq})
+            return identity
+
+    def clear(self, approver: str, actor: str, reason: str) -> None:
+        """Lift a lockout (the caller has proven the recovery passphrase)."""
+        with self.locked_slot():
+            st = self.reset(approver)
+        self.audit.append("keys.pin.unlock-lockout", actor=actor, role="operator", obj=f"pin-slot:{approver}",
+                          reason=reason or "recovery passphrase given", detail={"seq": st.seq})
