@@ -31,6 +31,8 @@ from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
+_SUSTAIN_WIN = 20  # frames
+_SUSTAIN_MIN = 5
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,11 @@ class LineSegmenter:
         self._ref = SILENCE_DBFS
         self._last_act = _NEG  # frame index of the last activity in the call
         self._raised = False
+        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, np.int32)
+        self._call_min = np.inf  # lowest noise floor seen in the call (after its first seconds)
+        lag = self._fr(self.p.idle_hold_s + self.p.floor_window_s + 0.5)
+        self._callmin_tape = _Tape(lag, np.float64, np.inf)
+        self._callmin_tape.a = np.full(lag, np.inf)
         self._hangup: tuple[int, int, str] | None = None  # (confirmed at frame, group, name)
         self._digits: list[tuple[int, str]] = []
         self._talk_after_digits = False
@@ -287,6 +294,15 @@ class LineSegmenter:
             self._end(max(end, self.call_start), reason, events)
         return events
 
+    def handover(self, params: SegmentParams) -> "LineSegmenter":
+        """A segmenter with new settings that continues this idle one without losing a sample."""
+        if self.in_call:
+            raise ValueError("settings change only between calls")
+        seg = LineSegmenter(params, start_sample=self.analysed_upto)
+        if self._pending_n:
+            seg.process(np.concatenate(self._pending), self.analysed_upto)
+        return seg
+
     def restart(self, at_sample: int) -> None:
         """Continue after a gap in the input (device lost and back): forget partial state."""
         self._reset_stream(at_sample)
@@ -348,9 +364,10 @@ class LineSegmenter:
         codes = dtmf_codes(cf_ext[2:], ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
         dt = codes >= 0
-        dtmf_frame = dt.copy()
-        dtmf_frame[:-1] |= dt[1:]
-        dtmf_frame[1:] |= dt[:-1]
+        dtmf_frame = dt.copy()  # frames under a valid window, and the 3 on each side (the edges)
+        for d in (1, 2, 3):
+            dtmf_frame[:-d] |= dt[d:]
+            dtmf_frame[d:] |= dt[:-d]
         # call-progress tones: 40 ms windows (frames i-3 .. i)
         cs = np.cumsum(cf_ext, axis=0)
         cf4 = cs[3:] - np.concatenate((np.zeros((1, cs.shape[1])), cs[:-4]))
@@ -485,7 +502,12 @@ class LineSegmenter:
         fa0 = f0 + i
         idx = np.arange(fa0, fa0 + n)
         thr = np.maximum(floor, self._ref) + p.release_db
-        act = ((lv >= thr) & (lv >= p.min_level_dbfs)) | (tl >= 0) | F["dtmf"][i:]
+        loud = ((lv >= thr) & (lv >= p.min_level_dbfs)) | (tl >= 0) | F["dtmf"][i:]
+        # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
+        ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
+        cs = np.concatenate(([0], np.cumsum(ext)))
+        t = len(self._act_tail)
+        act = (cs[t + 1:] - cs[t + 1 - _SUSTAIN_WIN:len(cs) - _SUSTAIN_WIN]) >= _SUSTAIN_MIN
         last = np.maximum.accumulate(np.where(act, idx, _NEG))
         last = np.maximum(last, self._last_act)
         cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
@@ -496,17 +518,25 @@ class LineSegmenter:
             kk = int(k[0])
             cands.append((kk, "silence", self._sample(int(last[kk]) + 1)))
         # 2. back at the idle floor after the off-hook noise had risen above it
-        raised = np.logical_or.accumulate(floor >= self._ref + p.idle_step_db) | self._raised
+        # the call's own noise floor: the lowest floor seen since floor_window_s after its first sign
+        settled = idx >= self._call_frame0 + self._fr(p.floor_window_s + 0.5)
+        callmin = np.minimum.accumulate(np.where(settled, floor, np.inf))
+        callmin = np.minimum(callmin, self._call_min)
+        # judged on the call's floor as it was before the quiet second being tested (and before
+        # the floor window could take in that quiet)
+        lagged = self._callmin_tape.extend(callmin)[:n]
+        raised = np.isfinite(lagged) & (lagged >= self._ref + p.idle_step_db)
         if raised.any():
             hold = self._fr(p.idle_hold_s)
             le = F["lvl_ext"]
             hist = len(le) - nf
             seg = le[max(0, hist + i - hold + 1):]
             if len(seg) >= hold:
-                from numpy.lib.stride_tricks import sliding_window_view
-                rmax = sliding_window_view(seg, hold).max(axis=1)
-                rmax = np.concatenate((np.full(n - len(rmax), np.inf), rmax))[-n:]
-                q = np.flatnonzero(raised & (rmax <= self._ref + p.idle_margin_db))
+                # >= 90 % of the last idle_hold_s within idle_margin_db of the idle floor
+                cq = np.concatenate(([0], np.cumsum(seg <= self._ref + p.idle_margin_db)))
+                near = (cq[hold:] - cq[:-hold]) / hold
+                near = np.concatenate((np.zeros(max(0, n - len(near))), near))[-n:]
+                q = np.flatnonzero(raised & (near >= 0.9))
                 if len(q):
                     kk = int(q[0])
                     # the last activity before the quiet second (the on-hook click)
@@ -546,8 +576,9 @@ class LineSegmenter:
                 self._talk_after_digits = True
                 self._digit_cut = fa0 + int(t[0])
         if not cands:
+            self._act_tail = ext[-(_SUSTAIN_WIN - 1):]
             self._last_act = int(last[-1])
-            self._raised = bool(raised[-1]) if len(raised) else self._raised
+            self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
             self.last_active_end = self._sample(self._last_act + 1)
             for g in range(len(self._groups)):
@@ -556,7 +587,7 @@ class LineSegmenter:
                     self._last_group_frame[g] = fa0 + int(hit[-1])
             return nf
         kk, reason, end = min(cands, key=lambda c: c[0])
-        keep = (self._ref, bool(raised[kk]) if len(raised) else self._raised)
+        keep = (self._ref, float(callmin[kk]))
         self.last_active_end = self._sample(int(last[kk]) + 1)
         if reason in ("silence", "idle"):
             end = min(end + p.tail, self._sample(fa0 + kk + 1))
@@ -567,7 +598,7 @@ class LineSegmenter:
         end = max(end, self.call_start)
         self._end(end, reason, events)
         if reason == "max_length":
-            self._ref, self._raised = keep
+            self._ref, self._call_min = keep
             self.in_call = True
             self.call_start = end
             self.onset = end

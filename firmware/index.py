@@ -1,7 +1,7 @@
 """SQLite (WAL) index of calls and device events. One connection per thread.
 
-Personal fields (numbers) are never stored here in clear; later issues add them
-as sealed values.
+Personal fields (dialled number, caller ID) are never stored here in clear: the
+``numbers_sealed`` column holds them as an age file to the records recipients.
 """
 
 from __future__ import annotations
@@ -70,7 +70,22 @@ def connect(db_path: Path) -> sqlite3.Connection:
     with con:
         con.executescript(_SCHEMA)
         con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        _migrate_calls(con)
     return con
+
+
+# Columns added to ``calls`` after the first schema: (name, SQL type). Existing databases get
+# them by ALTER TABLE ... ADD COLUMN (NULL for the calls recorded before).
+_CALLS_ADDED = (
+    ("numbers_sealed", "BLOB"),  # age file of {"dialed": ..., "caller_id": ...}; NULL when none
+)
+
+
+def _migrate_calls(con: sqlite3.Connection) -> None:
+    have = {r["name"] for r in con.execute("PRAGMA table_info(calls)")}
+    for name, sqltype in _CALLS_ADDED:
+        if name not in have:
+            con.execute(f"ALTER TABLE calls ADD COLUMN {name} {sqltype}")
 
 
 class CallIndex:
@@ -108,6 +123,11 @@ class CallIndex:
                 " end_reason = ?, lost_frames = ? WHERE id = ?",
                 (iso_utc(end), frames, duration, size, state, reason, lost_frames, call_id),
             )
+
+    def set_sealed_numbers(self, call_id: int, sealed: bytes) -> None:
+        """Store the call's numbers, already encrypted to the records recipients."""
+        with self.con:
+            self.con.execute("UPDATE calls SET numbers_sealed = ? WHERE id = ?", (sealed, call_id))
 
     def mark_interrupted(self) -> list[int]:
         """Calls left 'recording' by a crash or power cut become 'interrupted'."""
@@ -158,4 +178,5 @@ def call_json(row: sqlite3.Row, data_dir: Path) -> dict:
         "state": row["state"],
         "end_reason": row["end_reason"],
         "lost_frames": row["lost_frames"],
+        "has_number": row["numbers_sealed"] is not None,
     }
