@@ -33,6 +33,8 @@ FRAME_S = 0.01
 _NEG = -(1 << 60)
 _SUSTAIN_WIN = 20  # frames
 _SUSTAIN_MIN = 5
+_DIAL_GAP_S = 3.0
+_MOVING_DB = 1.5
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,8 @@ class SegmentParams:
     confirm_s: float = 5.0  # how far before its confirmation a call's first sign may lie
     floor_window_s: float = 3.0  # minimum-statistics window of the noise floor
     hangover_s: float = 0.3  # activity is held this long (the quiet end of a word)
-    idle_step_db: float = 6.0  # off-hook noise this far above the idle floor makes its return hang-up evidence
-    idle_margin_db: float = 3.0  # "back at the idle floor": every frame within this of it ...
+    idle_step_db: float = 7.0  # off-hook noise this far above the idle floor makes its return hang-up evidence
+    idle_margin_db: float = 4.5  # "back at the idle floor": 90 % of frames within this of its minimum ...
     idle_hold_s: float = 1.0  # ... for this long
     hangup_hold_s: float = 3.0  # a confirmed busy/reorder tone ends the call at most this much later
     max_call_s: float = 14400.0
@@ -197,6 +199,8 @@ class LineSegmenter:
         self._spc.a = np.zeros(fr(1.0) - 1, np.int32)
         self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
         self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
+        self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
+        self._dl.a = np.zeros(_SUSTAIN_WIN - 1)
         self._act_idle = _Tape(fr(p.confirm_s) + 1, bool, False)  # idle activity, for the onset search
         self._act_idle.a = np.zeros(fr(p.confirm_s) + 1, bool)
         self._floor_now = SILENCE_DBFS
@@ -222,10 +226,8 @@ class LineSegmenter:
         self._callmin_tape.a = np.full(lag, np.inf)
         self._hangup: tuple[int, int, str] | None = None  # (confirmed at frame, group, name)
         self._digits: list[tuple[int, str]] = []
-        self._talk_after_digits = False
         self._cid: str | None = None
         self._call_frame0 = 0
-        self._digit_cut: int | None = None
 
     # -- what the caller must keep -------------------------------------------------
     @property
@@ -391,7 +393,13 @@ class LineSegmenter:
         act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
         lvl_ext = self._lvl.extend(lv)
-        F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext,
+        # level movement: mean |change| of the frame level over the last 20 frames (stationary
+        # hiss and hum stay under ~1 dB; speech and music move several dB)
+        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
+        moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
+        F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, f0=f0, nf=nf)
         self._run_state(F, digits, tone_events, cid_events, events)
 
@@ -485,7 +493,7 @@ class LineSegmenter:
         self._cid = cid
         rel = max(0, min(nf - 1, onset_f - f0))
         self._ref = float(F["floor"][rel]) if onset_f >= f0 else float(F["floor"][0])
-        self._call_frame0 = onset_f
+        self._call_frame0 = f0 + j  # confirmation: the onset may be a crackle pop before the off-hook
         self._last_act = f0 + j
         self.in_call = True
         self.call_start = start
@@ -502,7 +510,10 @@ class LineSegmenter:
         fa0 = f0 + i
         idx = np.arange(fa0, fa0 + n)
         thr = np.maximum(floor, self._ref) + p.release_db
-        loud = ((lv >= thr) & (lv >= p.min_level_dbfs)) | (tl >= 0) | F["dtmf"][i:]
+        # loud over the current floor, or over the idle floor while the level moves (music on hold
+        # whose quiet passages the floor has risen to; never steady off-hook hiss)
+        loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
+            | (tl >= 0) | F["dtmf"][i:]
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
         ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
         cs = np.concatenate(([0], np.cumsum(ext)))
@@ -516,7 +527,7 @@ class LineSegmenter:
         k = np.flatnonzero(quiet_for >= self._fr(p.silence_s + p.hangover_s))
         if len(k):
             kk = int(k[0])
-            cands.append((kk, "silence", self._sample(int(last[kk]) + 1)))
+            cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
         # 2. back at the idle floor after the off-hook noise had risen above it
         # the call's own noise floor: the lowest floor seen since floor_window_s after its first sign
         settled = idx >= self._call_frame0 + self._fr(p.floor_window_s + 0.5)
@@ -570,11 +581,6 @@ class LineSegmenter:
         for fa, key in digits:
             if max(fa, f0) >= fa0 and (not cands or fa <= fa0 + min(c[0] for c in cands)):
                 self._digits.append((fa, key))
-        if self._digits and not self._talk_after_digits:
-            t = np.flatnonzero(F["talk"][i:] & (idx > self._digits[0][0]))
-            if len(t) and (not cands or t[0] <= min(c[0] for c in cands)):
-                self._talk_after_digits = True
-                self._digit_cut = fa0 + int(t[0])
         if not cands:
             self._act_tail = ext[-(_SUSTAIN_WIN - 1):]
             self._last_act = int(last[-1])
@@ -609,8 +615,15 @@ class LineSegmenter:
         return i + kk + 1
 
     def _numbers(self) -> tuple[str | None, str | None]:
-        cut = self._digit_cut if self._talk_after_digits else None
-        keys = "".join(k for f, k in self._digits if cut is None or f < cut)
+        """Dialled number: the call's first run of digits (digits later than _DIAL_GAP_S after the
+        previous one, e.g. menu choices, are not part of it)."""
+        keys = ""
+        prev = None
+        for f, k in self._digits:
+            if prev is not None and f - prev > self._fr(_DIAL_GAP_S):
+                break
+            keys += k
+            prev = f
         cid = self._cid
         if self.p.cid_dtmf:
             dcid = parse_dtmf_cid(keys)

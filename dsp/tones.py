@@ -20,6 +20,9 @@ import numpy as np
 DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
 DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
 DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
+# A 20 ms window measures each tone's level to within about +-0.5 dB: the twist limits get this
+# margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
+TWIST_MARGIN_DB = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndar
     emin = np.minimum(e[1:], e[:-1])[cand]
     emax = np.maximum(e[1:], e[:-1])[cand]
     ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
-          & (twist >= -p.normal_twist_db) & (twist <= p.reverse_twist_db)
+          & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
           & (frac >= p.min_fraction) & (emin >= p.balance * emax))
     codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
     return codes

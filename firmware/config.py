@@ -137,7 +137,7 @@ class SegmentConfig(_Strict):
         "a call's first sign (click, noise change) may lie."
     )
     idle_step_db: float = Field(
-        6.0, ge=2.0, le=40.0, description="Off-hook noise this far above the idle floor makes its return "
+        7.0, ge=5.0, le=40.0, description="Off-hook noise this far above the idle floor makes its return "
         "to the idle floor a hang-up."
     )
     hangup_hold_s: float = Field(
