@@ -1,22 +1,40 @@
 """Splitting one line's audio into calls.
 
-The segmenter is a pure state machine over fixed frames: it is fed contiguous
-int16 blocks with their absolute sample index and returns events. It never
-holds audio: the caller keeps the samples (the capture ring) and asks the
-segmenter which range belongs to a call (``committed_upto``) and which older
-samples it may still need for pre-roll (``keep_from``).
+``LineSegmenter`` is a pure state machine over fixed 10 ms frames: it is fed
+contiguous int16 blocks with their absolute sample index and returns events. It
+holds at most one analysis chunk (``chunk_s``) of not yet analysed samples; the
+caller keeps everything else (the capture ring) and asks which range belongs to a
+call (``committed_upto``) and which older samples a future event may still refer to
+(``keep_from``). Input is analysed in whole chunks aligned to the first sample, so the
+result never depends on how the caller cuts its blocks.
 
-This first detector is an adaptive energy detector with hysteresis; the
-telephony-tone, DTMF and speech detectors plug in behind the same interface.
+Per chunk, every detector runs vectorised over all frames at once (see
+docs/segmentation.md): frame levels and an adaptive minimum-statistics noise floor;
+one Goertzel bank (DTMF, call-progress and FSK-mark frequencies) over 5 ms
+half-frames; DTMF key codes (ITU-T Q.24 acceptance) and digits; call-progress tone
+labels and their cadences; hook clicks; speech (level over the floor, not a tone,
+not DTMF); FSK caller-ID marks, decoded when the message has arrived. The state
+machine then jumps from one decision to the next with array searches instead of
+stepping through frames in Python.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .levels import SILENCE_DBFS, frame_levels
+from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
+from .levels import SILENCE_DBFS, rms_dbfs
+from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
+                    ToneSpec, dtmf_codes, tone_labels)
+
+FRAME_S = 0.01
+_NEG = -(1 << 60)
+_SUSTAIN_WIN = 20  # frames
+_SUSTAIN_MIN = 5
+_DIAL_GAP_S = 3.0
+_MOVING_DB = 1.5
 
 
 @dataclass(frozen=True)
@@ -24,186 +42,604 @@ class SegmentParams:
     """Segmentation settings in seconds and dB; see firmware.config.SegmentConfig."""
 
     rate: int = 8000
-    frame_ms: int = 20
     preroll_s: float = 2.0
     silence_s: float = 10.0
     tail_s: float = 0.5
-    trigger_db: float = 10.0
-    release_db: float = 6.0
-    min_level_dbfs: float = -55.0
-    start_frames: int = 3
+    trigger_db: float = 10.0  # speech: this far over the noise floor
+    release_db: float = 6.0  # line activity: this far over the floor
+    min_level_dbfs: float = -55.0  # quieter frames are never activity
+    speech_min_dbfs: float = -50.0  # quieter frames are never speech (crosstalk)
+    speech_confirm_s: float = 0.15  # speech frames within one second that confirm a call
+    confirm_s: float = 5.0  # how far before its confirmation a call's first sign may lie
+    floor_window_s: float = 3.0  # minimum-statistics window of the noise floor
+    hangover_s: float = 0.3  # activity is held this long (the quiet end of a word)
+    idle_step_db: float = 7.0  # off-hook noise this far above the idle floor makes its return hang-up evidence
+    idle_margin_db: float = 4.5  # "back at the idle floor": 90 % of frames within this of its minimum ...
+    idle_hold_s: float = 1.0  # ... for this long
+    hangup_hold_s: float = 3.0  # a confirmed busy/reorder tone ends the call at most this much later
     max_call_s: float = 14400.0
-    floor_rise_db_per_s: float = 0.5
-    floor_fall: float = 0.25
+    chunk_s: float = 4.0  # analysis chunk: detection latency and the CPU cost per call of process()
+    tones: tuple[ToneSpec, ...] = KOREA_TONES
+    tone_min_fraction: float = 0.6
+    tone_min_dbfs: float = -45.0
+    cadence_tol: float = 0.25
+    dtmf: DtmfParams = field(default_factory=DtmfParams)
+    cid_fsk: bool = True
+    cid_dtmf: bool = True
 
     @property
     def frame_len(self) -> int:
-        return self.rate * self.frame_ms // 1000
+        return int(round(self.rate * FRAME_S))
+
+    def _s(self, seconds: float) -> int:
+        return int(round(seconds * self.rate))
 
     @property
     def preroll(self) -> int:
-        return int(round(self.preroll_s * self.rate))
+        return self._s(self.preroll_s)
 
     @property
     def silence(self) -> int:
-        return int(round(self.silence_s * self.rate))
+        return self._s(self.silence_s)
 
     @property
     def tail(self) -> int:
-        return int(round(self.tail_s * self.rate))
+        return self._s(self.tail_s)
 
     @property
     def max_call(self) -> int:
-        return int(round(self.max_call_s * self.rate))
+        return self._s(self.max_call_s)
+
+    @property
+    def chunk(self) -> int:
+        f = self.frame_len * 25  # whole floor blocks of 0.25 s
+        return max(1, int(round(self.chunk_s * self.rate / f))) * f
 
     @property
     def history(self) -> int:
         """Most samples behind the newest one that the caller must keep available."""
-        return self.preroll + (self.start_frames + 1) * self.frame_len + self.silence
+        back = max(self._s(self.confirm_s) + self.preroll,
+                   self.silence + self._s(self.hangover_s) + self.tail,
+                   self._s(self.hangup_hold_s + 2.0) + self.tail)
+        return self.chunk + back + 2 * self.frame_len
 
 
 @dataclass(frozen=True)
 class CallStart:
-    """A call begins at ``sample`` (pre-roll included); activity was first seen at ``onset``."""
+    """A call begins at ``sample`` (pre-roll included); its first sign was at ``onset``."""
 
     sample: int
     onset: int
+    evidence: str = ""  # what confirmed it: speech, dial, ringback, dtmf, callerid
 
 
 @dataclass(frozen=True)
 class CallEnd:
-    """A call ends before ``sample`` for ``reason``."""
+    """A call ends before ``sample`` for ``reason``; ``dialed``/``caller_id`` are personal data."""
 
     sample: int
     reason: str
     last_activity: int
+    dialed: str | None = None
+    caller_id: str | None = None
 
 
 Event = CallStart | CallEnd
 
 
-class EnergySegmenter:
-    """Adaptive noise-floor activity detector with pre-roll, hang-over and tail."""
+class _Tape:
+    """The last ``keep`` values of a per-frame feature, for windows that reach into the past."""
+
+    def __init__(self, keep: int, dtype, fill) -> None:
+        self.keep = keep
+        self.a = np.full(0, fill, dtype=dtype)
+
+    def extend(self, new: np.ndarray) -> np.ndarray:
+        """History followed by ``new``; remembers the tail."""
+        ext = np.concatenate((self.a, new))
+        self.a = ext[-self.keep:] if self.keep else ext[:0]
+        return ext
+
+
+class LineSegmenter:
+    """Per-line call segmentation: activity, speech, tones, DTMF and caller ID over 10 ms frames."""
 
     def __init__(self, params: SegmentParams, start_sample: int = 0) -> None:
-        self.p = params
-        self._flen = params.frame_len
-        self._rise = params.floor_rise_db_per_s * params.frame_ms / 1000.0
-        self.pos = start_sample  # next sample expected
-        self._carry = np.empty(0, dtype=np.int16)  # < one frame of samples not yet analysed
-        self._floor: float | None = None
-        self._run = 0  # consecutive triggering frames while idle
-        self._run_start = 0
-        self._barrier = start_sample  # pre-roll never reaches before this
+        p = self.p = params
+        self.flen = p.frame_len
+        self.half = self.flen // 2
+        fr = lambda s: int(round(s / FRAME_S))  # noqa: E731 - seconds -> frames
+        self._fr = fr
+        # the Goertzel bank: 8 DTMF, then the call-progress frequencies, then the FSK marks
+        tone_freqs = sorted({f for t in p.tones for f in t.freqs})
+        self._marks = sorted({m for m, _ in FSK_STANDARDS.values()}) if p.cid_fsk else []
+        freqs = list(DTMF_LOW + DTMF_HIGH) + tone_freqs + self._marks
+        self.bank = GoertzelBank(freqs, p.rate, self.half)
+        col = {f: 8 + i for i, f in enumerate(tone_freqs)}
+        self._tone_cols = np.asarray([col[f] for f in tone_freqs], dtype=np.int64)
+        self._mark_cols = [8 + len(tone_freqs) + i for i in range(len(self._marks))]
+        groups: list[tuple[float, ...]] = []
+        for t in p.tones:
+            g = tuple(sorted(t.freqs))
+            if g not in groups:
+                groups.append(g)
+        self._groups = [[col[f] for f in g] for g in groups]
+        self._group_of = [groups.index(tuple(sorted(t.freqs))) for t in p.tones]
+        self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
+        self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
+        self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
+        # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
+        self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
+        self._reset_stream(start_sample)
+        self._barrier = start_sample
         self.in_call = False
-        self.call_start = 0
-        self.onset = 0
-        self.last_active_end = 0
+        self.call_start = start_sample
+        self.onset = start_sample
+        self.last_active_end = start_sample
         self.level_dbfs = SILENCE_DBFS
+
+    def _reset_stream(self, at: int) -> None:
+        p = self.p
+        fr = self._fr
+        self.pos = at
+        self._origin = at  # chunks are aligned to this sample
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._frame0 = 0  # absolute frame index of the next chunk's first frame (frames counted from origin)
+        k = self.bank._k
+        # history for windows that reach back across a chunk boundary (silence before the stream)
+        self._cf = _Tape(3, np.complex64, 0)
+        self._cf.a = np.zeros((3, k), np.complex64)
+        self._ch = _Tape(2, np.complex64, 0)
+        self._ch.a = np.zeros((2, k), np.complex64)
+        self._e = _Tape(3, np.float64, 0.0)
+        self._e.a = np.zeros(3)
+        self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
+        self._spc = _Tape(fr(1.0) - 1, np.int32, 0)
+        self._spc.a = np.zeros(fr(1.0) - 1, np.int32)
+        self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
+        self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
+        self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
+        self._dl.a = np.zeros(_SUSTAIN_WIN - 1)
+        self._act_idle = _Tape(fr(p.confirm_s) + 1, bool, False)  # idle activity, for the onset search
+        self._act_idle.a = np.zeros(fr(p.confirm_s) + 1, bool)
+        self._floor_now = SILENCE_DBFS
+        self._dtmf = DtmfSequencer(p.dtmf)
+        self._cad = CadenceTracker(p.tones, self._group_of, FRAME_S, p.cadence_tol)
+        self._tone_last = _Tape(0, np.int64, 0)
+        self._last_group_frame: dict[int, int] = {}
+        self._fsk_pending: tuple[int, int, int] | None = None  # (first sample, end sample, mark frame)
+        self._fsk_parts: list[np.ndarray] = []
+        self._fsk_have = _NEG
+        self._fsk_until = _NEG
+        self._recent = np.zeros(0, np.float32)  # the last ~0.1 s of samples, for FSK windows
+        self._call_state_reset()
+
+    def _call_state_reset(self) -> None:
+        self._ref = SILENCE_DBFS
+        self._last_act = _NEG  # frame index of the last activity in the call
+        self._raised = False
+        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, np.int32)
+        self._call_min = np.inf  # lowest noise floor seen in the call (after its first seconds)
+        lag = self._fr(self.p.idle_hold_s + self.p.floor_window_s + 0.5)
+        self._callmin_tape = _Tape(lag, np.float64, np.inf)
+        self._callmin_tape.a = np.full(lag, np.inf)
+        self._hangup: tuple[int, int, str] | None = None  # (confirmed at frame, group, name)
+        self._digits: list[tuple[int, str]] = []
+        self._cid: str | None = None
+        self._call_frame0 = 0
 
     # -- what the caller must keep -------------------------------------------------
     @property
     def analysed_upto(self) -> int:
         """Samples before this index have been classified."""
-        return self.pos - len(self._carry)
+        return self.pos - self._pending_n
+
+    def _sample(self, frame: int) -> int:
+        return self._origin + frame * self.flen
 
     @property
     def committed_upto(self) -> int:
         """In a call: samples before this index certainly belong to it."""
         if not self.in_call:
             return self.call_start
-        return min(self.analysed_upto, self.last_active_end + self.p.tail)
+        return max(self.call_start, min(self.analysed_upto, self.last_active_end + self.p.tail))
 
     @property
     def keep_from(self) -> int:
         """Oldest sample a future event may still refer to."""
         if self.in_call:
             return self.committed_upto
-        idle_keep = self.analysed_upto - self._run * self._flen - self.p.preroll
-        return max(self._barrier, min(idle_keep, self.analysed_upto))
+        back = self.analysed_upto - int(round(self.p.confirm_s * self.p.rate)) - self.p.preroll
+        return max(self._barrier, min(back, self.analysed_upto))
 
     @property
     def floor_dbfs(self) -> float:
-        return SILENCE_DBFS if self._floor is None else self._floor
+        return self._floor_now
 
     # -- feeding ---------------------------------------------------------------------
     def process(self, x: np.ndarray, start: int) -> list[Event]:
         """Feed the contiguous block ``x`` whose first sample has index ``start``."""
         if start != self.pos:
             raise ValueError(f"non-contiguous block: expected sample {self.pos}, got {start}")
+        if len(x) == 0:
+            return []
         self.pos = start + len(x)
-        if len(self._carry):
-            x = np.concatenate((self._carry, x))
-        base = self.pos - len(x)
-        levels = frame_levels(x, self._flen)
-        used = len(levels) * self._flen
-        self._carry = x[used:].copy()
-        if len(levels):
-            self.level_dbfs = float(levels.max())
+        self.level_dbfs = rms_dbfs(x[-min(len(x), self.p.rate // 10):])
+        self._pending.append(np.asarray(x, dtype=np.int16))
+        self._pending_n += len(x)
+        chunk = self.p.chunk
+        if self._pending_n < chunk:
+            return []
+        buf = np.concatenate(self._pending)
+        whole = (len(buf) // chunk) * chunk
+        rest = buf[whole:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_n = len(rest)
         events: list[Event] = []
-        self._run_frames(levels, base, events)
+        first = self.pos - len(buf)
+        for i in range(0, whole, chunk):
+            self._chunk(buf[i:i + chunk], first + i, events)
         return events
-
-    def _run_frames(self, levels: np.ndarray, base: int, events: list[Event]) -> None:
-        p = self.p
-        flen = self._flen
-        floor = self._floor
-        if floor is None and len(levels):
-            floor = float(levels[0])
-        for i, lvl in enumerate(levels.tolist()):
-            f0 = base + i * flen
-            f1 = f0 + flen
-            if self.in_call:
-                if lvl >= p.min_level_dbfs and lvl >= floor + p.release_db:
-                    self.last_active_end = f1
-                elif f1 - self.last_active_end >= p.silence:
-                    end = self.last_active_end + p.tail
-                    self._end(min(end, f1), "silence", events)
-                if self.in_call and f1 - self.call_start >= p.max_call:
-                    self._end(f1, "max_length", events)
-                    self._start(f1, f1, events)
-            elif lvl >= p.min_level_dbfs and lvl >= floor + p.trigger_db:
-                if self._run == 0:
-                    self._run_start = f0
-                self._run += 1
-                if self._run >= p.start_frames:
-                    onset = self._run_start
-                    self._start(max(self._barrier, onset - p.preroll), onset, events)
-                    self.last_active_end = f1
-            else:
-                self._run = 0
-            # noise floor: falls quickly, rises slowly, never above the current level
-            if lvl < floor:
-                floor += (lvl - floor) * p.floor_fall if lvl > floor - 30.0 else (lvl - floor)
-            else:
-                floor = min(floor + self._rise, lvl)
-        self._floor = floor
-
-    def _start(self, sample: int, onset: int, events: list[Event]) -> None:
-        self.in_call = True
-        self.call_start = sample
-        self.onset = onset
-        self._run = 0
-        events.append(CallStart(sample=sample, onset=onset))
-
-    def _end(self, sample: int, reason: str, events: list[Event]) -> None:
-        self.in_call = False
-        self._barrier = sample
-        self._run = 0
-        self.call_start = sample
-        events.append(CallEnd(sample=sample, reason=reason, last_activity=self.last_active_end))
 
     def finish(self, reason: str = "eof") -> list[Event]:
-        """End of input (or a discontinuity): close the call in progress at the last sample."""
+        """End of input (or a discontinuity): analyse what is left, close the call in progress."""
         events: list[Event] = []
+        if self._pending_n:
+            buf = np.concatenate(self._pending)
+            whole = (len(buf) // self.flen) * self.flen
+            if whole >= 25 * self.flen:  # a partial chunk of whole floor blocks is analysed as is
+                whole = (whole // (25 * self.flen)) * 25 * self.flen
+                self._chunk(buf[:whole], self.pos - len(buf), events)
         if self.in_call:
-            self._end(min(self.pos, self.last_active_end + self.p.tail), reason, events)
+            end = min(self.pos, self.last_active_end + self.p.tail)
+            self._end(max(end, self.call_start), reason, events)
         return events
+
+    def handover(self, params: SegmentParams) -> "LineSegmenter":
+        """A segmenter with new settings that continues this idle one without losing a sample."""
+        if self.in_call:
+            raise ValueError("settings change only between calls")
+        seg = LineSegmenter(params, start_sample=self.analysed_upto)
+        if self._pending_n:
+            seg.process(np.concatenate(self._pending), self.analysed_upto)
+        return seg
 
     def restart(self, at_sample: int) -> None:
         """Continue after a gap in the input (device lost and back): forget partial state."""
-        self.pos = at_sample
-        self._carry = np.empty(0, dtype=np.int16)
-        self._run = 0
+        self._reset_stream(at_sample)
         self._barrier = at_sample
+        self.in_call = False
         self.call_start = at_sample
+
+    # -- one chunk -------------------------------------------------------------------
+    def _chunk(self, x16: np.ndarray, first: int, events: list[Event]) -> None:
+        p = self.p
+        flen, half = self.flen, self.half
+        nf = len(x16) // flen
+        f0 = self._frame0
+        self._frame0 += nf
+        x = x16.astype(np.float32)
+        halves = x.reshape(2 * nf, half)
+        eh = np.einsum("ij,ij->i", halves, halves).astype(np.float64)
+        e = eh[0::2] + eh[1::2]
+        with np.errstate(divide="ignore"):
+            lv = np.maximum(10.0 * np.log10(e / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
+        # noise floor: minimum over the previous blocks of 0.25 s and the current block so far
+        blk = lv.reshape(-1, 25)
+        bmin = blk.min(axis=1)
+        prev = self._blockmins.a
+        allb = np.concatenate((prev, bmin))
+        nb = len(bmin)
+        w = self._floor_blocks
+        pm = np.array([allb[max(0, len(prev) + b - w):len(prev) + b].min() if len(prev) + b > 0 else np.inf
+                       for b in range(nb)])
+        floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
+        self._blockmins.extend(bmin)
+        self._floor_now = float(floor[-1])
+        # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
+        # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
+        loud = lv >= self._gate_dbfs
+        k = self.bank._k
+        if loud.all():
+            ch = self.bank.terms(halves, first)
+        else:
+            ch = np.zeros((2 * nf, k), np.complex64)
+            near = loud.copy()
+            for d in (1, 2, 3):
+                near[:-d] |= loud[d:]
+            rows = np.flatnonzero(np.repeat(near, 2))
+            if len(rows):
+                t = self.bank.terms(halves, first)  if len(rows) > nf else None
+                if t is None:
+                    sub = halves[rows] @ self.bank._basis
+                    sub = sub.view(np.complex64)[:, :k]
+                    ph = self.bank.phases(first, 2 * nf)[rows]
+                    ch[rows] = sub * ph
+                else:
+                    ch = t
+        cf = ch[0::2] + ch[1::2]
+        cf_ext = self._cf.extend(cf)  # 3 frames of history first
+        ch_ext = self._ch.extend(ch)  # 2 half-frames of history first
+        e_ext = self._e.extend(e)
+        # DTMF: 20 ms windows (frames i-1, i)
+        codes = dtmf_codes(cf_ext[2:], ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
+        digits = self._dtmf.feed(codes, f0)
+        dt = codes >= 0
+        dtmf_frame = dt.copy()  # frames under a valid window, and the 3 on each side (the edges)
+        for d in (1, 2, 3):
+            dtmf_frame[:-d] |= dt[d:]
+            dtmf_frame[d:] |= dt[:-d]
+        # call-progress tones: 40 ms windows (frames i-3 .. i)
+        cs = np.cumsum(cf_ext, axis=0)
+        cf4 = cs[3:] - np.concatenate((np.zeros((1, cs.shape[1])), cs[:-4]))
+        es = np.cumsum(e_ext)
+        e4 = es[3:] - np.concatenate(([0.0], es[:-4]))
+        tl = tone_labels(cf4, e4, self._groups, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
+        tone_events = self._cad.feed(tl, f0)
+        # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
+        cid_events: list[tuple[int, str]] = []
+        if self._marks:
+            self._fsk(cf4, e4, x, first, f0, cid_events)
+        # speech: over the floor, loud enough, not a tone, not DTMF
+        spc = ((lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame)
+        hist = self._spc.keep
+        cs1 = np.concatenate(([0], np.cumsum(self._spc.extend(spc.astype(np.int32)))))
+        cnt = cs1[hist + 1:hist + 1 + nf] - cs1[:nf]  # speech frames in the second ending at each frame
+        talk = cnt >= self._fr(p.speech_confirm_s)
+        busyish = np.zeros(nf, bool)
+        for g in self._end_groups:
+            busyish |= tl == g
+        act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
+        act_idle_ext = self._act_idle.extend(act_idle)
+        lvl_ext = self._lvl.extend(lv)
+        # level movement: mean |change| of the frame level over the last 20 frames (stationary
+        # hiss and hum stay under ~1 dB; speech and music move several dB)
+        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
+        dl = np.where(np.isfinite(dl), dl, 0.0)
+        cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
+        moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
+        F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
+                 lvl_ext=lvl_ext, f0=f0, nf=nf)
+        self._run_state(F, digits, tone_events, cid_events, events)
+
+    def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
+        """The first chunk frame >= i that confirms a call, and what it is."""
+        f0 = F["f0"]
+        cands: list[tuple[int, str]] = []
+        t = np.flatnonzero(F["talk"][i:])
+        if len(t):
+            cands.append((i + int(t[0]), "speech"))
+        for fa, _ in cid_events:
+            cands.append((max(fa - f0, 0), "callerid"))
+        for fa, _ in digits:
+            cands.append((max(fa - f0, 0), "dtmf"))
+        starts_call = {t.name for t in self.p.tones if not t.ends_call}
+        for fa, name in tone_events:
+            if name in starts_call:
+                cands.append((max(fa - f0, 0), name))
+        cands = [c for c in cands if c[0] >= i]
+        return min(cands) if cands else None
+
+    def _fsk(self, cf4, e4, x, first, f0, out) -> None:
+        """Start an FSK decode at a steady mark tone; decode once 1.4 s of signal is in."""
+        p = self.p
+        n4 = 4 * self.flen
+        ms = e4 / n4
+        mark = ms >= (32768.0 ** 2) * 1e-4  # >= -40 dBFS
+        loud = np.flatnonzero(mark)
+        if len(loud):
+            c = cf4[loud][:, self._mark_cols]
+            pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
+            mark[loud] = pw.max(axis=1) / ms[loud] >= 0.7
+        ext = np.concatenate((self._recent, x))
+        ext_first = first - len(self._recent)
+        if self._fsk_pending is None and mark.any():
+            run = np.convolve(mark.astype(np.int32), np.ones(5, np.int32), mode="full")[:len(mark)]
+            for h in np.flatnonzero(run >= 5).tolist():
+                fa = f0 + h - 4
+                s = self._sample(fa) - int(0.06 * p.rate)
+                if s >= self._fsk_until:
+                    self._fsk_pending = (s, s + int(1.4 * p.rate), fa)
+                    self._fsk_parts = []
+                    self._fsk_have = max(s, ext_first)
+                    break
+        if self._fsk_pending is not None:
+            s, end, fa = self._fsk_pending
+            hi = min(end, first + len(x))
+            if hi > self._fsk_have:
+                self._fsk_parts.append(ext[self._fsk_have - ext_first:hi - ext_first])
+                self._fsk_have = hi
+            if first + len(x) >= end:
+                cid = decode_fsk(np.concatenate(self._fsk_parts), p.rate)
+                self._fsk_until = end
+                self._fsk_pending = None
+                self._fsk_parts = []
+                if cid is not None and (cid.number or cid.absent):
+                    out.append((max(fa, f0), cid.number or f"({cid.absent})"))
+        self._recent = x[-int(0.1 * p.rate):].copy()
+
+    # -- the state machine -----------------------------------------------------------
+    def _run_state(self, F, digits, tone_events, cid_events, events) -> None:
+        nf = F["nf"]
+        for _, num in cid_events:
+            if self.in_call or not self._cid:
+                self._cid = num
+        i = 0
+        while i < nf:
+            if not self.in_call:
+                nxt = self._next_evidence(F, i, digits, tone_events, cid_events)
+                if nxt is None:
+                    return
+                j, why = nxt
+                self._start_call(F, j, why, events)
+                i = j
+            i = self._scan_call(F, i, digits, tone_events, events)
+
+    def _start_call(self, F, j, why, events) -> None:
+        p = self.p
+        nf, f0 = F["nf"], F["f0"]
+        ext = F["act_idle_ext"]
+        hist = len(ext) - nf
+        barrier_f = (self._barrier - self._origin + self.flen - 1) // self.flen
+        lo = max(0, hist + j - self._fr(p.confirm_s), hist + barrier_f - f0)
+        win = ext[lo:hist + j + 1]
+        act = np.flatnonzero(win)
+        onset_f = f0 + (lo + int(act[0]) - hist if len(act) else j)
+        onset = max(self._sample(onset_f), self._barrier)
+        start = max(self._barrier, onset - p.preroll)
+        cid = self._cid
+        self._call_state_reset()
+        self._cid = cid
+        rel = max(0, min(nf - 1, onset_f - f0))
+        self._ref = float(F["floor"][rel]) if onset_f >= f0 else float(F["floor"][0])
+        self._call_frame0 = f0 + j  # confirmation: the onset may be a crackle pop before the off-hook
+        self._last_act = f0 + j
+        self.in_call = True
+        self.call_start = start
+        self.onset = onset
+        self.last_active_end = self._sample(f0 + j + 1)
+        events.append(CallStart(sample=start, onset=onset, evidence=why))
+
+    def _scan_call(self, F, i, digits, tone_events, events) -> int:
+        """Advance the call from chunk frame ``i``; returns where scanning stopped (nf or after the end)."""
+        p = self.p
+        nf, f0 = F["nf"], F["f0"]
+        lv, floor, tl = F["lv"][i:], F["floor"][i:], F["tl"][i:]
+        n = nf - i
+        fa0 = f0 + i
+        idx = np.arange(fa0, fa0 + n)
+        thr = np.maximum(floor, self._ref) + p.release_db
+        # loud over the current floor, or over the idle floor while the level moves (music on hold
+        # whose quiet passages the floor has risen to; never steady off-hook hiss)
+        loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
+            | (tl >= 0) | F["dtmf"][i:]
+        # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
+        ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
+        cs = np.concatenate(([0], np.cumsum(ext)))
+        t = len(self._act_tail)
+        act = (cs[t + 1:] - cs[t + 1 - _SUSTAIN_WIN:len(cs) - _SUSTAIN_WIN]) >= _SUSTAIN_MIN
+        last = np.maximum.accumulate(np.where(act, idx, _NEG))
+        last = np.maximum(last, self._last_act)
+        cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
+        # 1. silence: no activity for silence_s (+ hang-over)
+        quiet_for = idx - last
+        k = np.flatnonzero(quiet_for >= self._fr(p.silence_s + p.hangover_s))
+        if len(k):
+            kk = int(k[0])
+            cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
+        # 2. back at the idle floor after the off-hook noise had risen above it
+        # the call's own noise floor: the lowest floor seen since floor_window_s after its first sign
+        settled = idx >= self._call_frame0 + self._fr(p.floor_window_s + 0.5)
+        callmin = np.minimum.accumulate(np.where(settled, floor, np.inf))
+        callmin = np.minimum(callmin, self._call_min)
+        # judged on the call's floor as it was before the quiet second being tested (and before
+        # the floor window could take in that quiet)
+        lagged = self._callmin_tape.extend(callmin)[:n]
+        raised = np.isfinite(lagged) & (lagged >= self._ref + p.idle_step_db)
+        if raised.any():
+            hold = self._fr(p.idle_hold_s)
+            le = F["lvl_ext"]
+            hist = len(le) - nf
+            seg = le[max(0, hist + i - hold + 1):]
+            if len(seg) >= hold:
+                # >= 90 % of the last idle_hold_s within idle_margin_db of the idle floor
+                cq = np.concatenate(([0], np.cumsum(seg <= self._ref + p.idle_margin_db)))
+                near = (cq[hold:] - cq[:-hold]) / hold
+                near = np.concatenate((np.zeros(max(0, n - len(near))), near))[-n:]
+                q = np.flatnonzero(raised & (near >= 0.9))
+                if len(q):
+                    kk = int(q[0])
+                    # the last activity before the quiet second (the on-hook click)
+                    before = last[max(0, kk - hold)]
+                    cands.append((kk, "idle", self._sample(int(before) + 1)))
+        # 3. busy / reorder: ends at the end of the tone, at most hangup_hold_s after it was recognised
+        hang = self._hangup
+        if hang is None:
+            for fa, name in tone_events:
+                if fa >= fa0 and self._spec_by_name[name][1].ends_call:
+                    hang = (fa, self._group_of[self._spec_by_name[name][0]], name)
+                    break
+        if hang is not None:
+            hf, g, name = hang
+            spec = self._spec_by_name[name][1]
+            gap_lim = self._fr(spec.off_s * (1 + p.cadence_tol) + 0.15)
+            lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG))
+            lastg = np.maximum(lastg, self._last_group_frame.get(g, _NEG))
+            after = idx >= hf
+            k = np.flatnonzero(after & (((idx - lastg) > gap_lim) | (idx - hf >= self._fr(p.hangup_hold_s))))
+            if len(k):
+                kk = int(k[0])
+                cands.append((kk, name, self._sample(int(lastg[kk]) + 1)))
+            else:
+                self._last_group_frame[g] = int(lastg[-1])
+        # 4. longest call
+        mk = (self.call_start + p.max_call - self._sample(fa0)) // self.flen
+        if mk < n:
+            cands.append((max(0, int(mk)), "max_length", self._sample(fa0 + max(0, int(mk)))))
+        # digits and talk inside the call
+        for fa, key in digits:
+            if max(fa, f0) >= fa0 and (not cands or fa <= fa0 + min(c[0] for c in cands)):
+                self._digits.append((fa, key))
+        if not cands:
+            self._act_tail = ext[-(_SUSTAIN_WIN - 1):]
+            self._last_act = int(last[-1])
+            self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
+            self._hangup = hang
+            self.last_active_end = self._sample(self._last_act + 1)
+            for g in range(len(self._groups)):
+                hit = np.flatnonzero(tl == g)
+                if len(hit):
+                    self._last_group_frame[g] = fa0 + int(hit[-1])
+            return nf
+        kk, reason, end = min(cands, key=lambda c: c[0])
+        keep = (self._ref, float(callmin[kk]))
+        self.last_active_end = self._sample(int(last[kk]) + 1)
+        if reason in ("silence", "idle"):
+            end = min(end + p.tail, self._sample(fa0 + kk + 1))
+        elif reason == "max_length":
+            pass
+        else:
+            end = min(end + p.tail, self._sample(fa0 + kk + 1))
+        end = max(end, self.call_start)
+        self._end(end, reason, events)
+        if reason == "max_length":
+            self._ref, self._call_min = keep
+            self.in_call = True
+            self.call_start = end
+            self.onset = end
+            self._barrier = end
+            self._last_act = fa0 + kk
+            events.append(CallStart(sample=end, onset=end, evidence="max_length"))
+            return i + kk + 1 if kk + 1 < n else nf
+        return i + kk + 1
+
+    def _numbers(self) -> tuple[str | None, str | None]:
+        """Dialled number: the call's first run of digits (digits later than _DIAL_GAP_S after the
+        previous one, e.g. menu choices, are not part of it)."""
+        keys = ""
+        prev = None
+        for f, k in self._digits:
+            if prev is not None and f - prev > self._fr(_DIAL_GAP_S):
+                break
+            keys += k
+            prev = f
+        cid = self._cid
+        if self.p.cid_dtmf:
+            dcid = parse_dtmf_cid(keys)
+            if dcid is not None:
+                return None, dcid
+        return (keys or None), cid
+
+    def _end(self, sample: int, reason: str, events: list[Event]) -> None:
+        dialed, cid = self._numbers()
+        self.in_call = False
+        self._barrier = sample
+        self.call_start = sample
+        events.append(CallEnd(sample=sample, reason=reason, last_activity=self.last_active_end,
+                              dialed=dialed, caller_id=cid))
+        self._call_state_reset()
+
+
+# The pipeline's historical name.
+EnergySegmenter = LineSegmenter

@@ -28,7 +28,7 @@ EXIT_BAD_LOG = 5
 # commands); None: no sign-in possible yet (first run); otherwise the permission checked after sign-in.
 CLI_PERMISSIONS: dict[str, str | None] = {
     "init": "service", "run": "service", "replay": "service", "calls": "service", "check-config": "service",
-    "status": "service", "recover": "service", "verify": "service",
+    "status": "service", "recover": "service", "verify": "service", "analyze": "service",
     # decrypting needs the records identity file itself (the approver's secret); it is audited
     "decrypt": "service",
     "notice check": "service", "notice set": "config.edit", "notice upload": "config.edit",

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="WAV file, one channel per line")
     p.add_argument("--start", help="wall-clock time of the first sample (ISO 8601; default now)")
 
+    p = sub.add_parser("analyze", help="segment a WAV file offline: one JSON line per call (with numbers)")
+    _common(p)  # --data is accepted for uniformity; analyze reads and writes nothing there
+    p.add_argument("file", type=Path, help="WAV file, one channel per line, 8/16/44.1/48 kHz")
+
     p = sub.add_parser("calls", help="list recorded calls (no personal fields)")
     _common(p)
     p.add_argument("--json", action="store_true", help="one JSON object per call per line")
@@ -115,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     handler = {
-        "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls,
+        "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls, "analyze": cmd_analyze,
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
@@ -272,6 +276,69 @@ def cmd_replay(args) -> int:
     if failed or rec.reader.state == "failed" or counts.get("failed"):
         print(f"nokbox replay: pipeline error in {', '.join(failed) or 'capture/writer'}", file=sys.stderr)
         return EXIT_ERROR
+    return EXIT_OK
+
+
+ANALYZE_RATES = (8000, 16000, 44100, 48000)
+
+
+def cmd_analyze(args) -> int:
+    """Offline analysis for a technician: prints numbers, logs nothing about them."""
+    import numpy as np
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from dsp.segment import CallEnd, CallStart, LineSegmenter
+
+    from .daemon import segment_params
+
+    cfg, _ = load_config(args.config)
+    path = args.file
+    if not path.exists():
+        print(f"nokbox analyze: {path}: no such file", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        info = sf.info(str(path))
+    except Exception:  # noqa: BLE001 - libsndfile names no stable exception type for "not audio"
+        print(f"nokbox analyze: {path}: not an audio file", file=sys.stderr)
+        return EXIT_ERROR
+    if info.format not in ("WAV", "WAVEX", "RF64"):
+        print(f"nokbox analyze: {path}: unsupported format {info.format} (a WAV file is needed)", file=sys.stderr)
+        return EXIT_ERROR
+    if info.samplerate not in ANALYZE_RATES:
+        print(f"nokbox analyze: {path}: unsupported sample rate {info.samplerate} Hz "
+              f"(8000, 16000, 44100 or 48000)", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        x, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"nokbox analyze: {path}: cannot read: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    target = 8000 if rate != 16000 else 16000
+    if rate != target:
+        g = np.gcd(rate, target)
+        x = resample_poly(x, target // g, rate // g, axis=0)
+    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+    params = segment_params(cfg, target)
+    found = []
+    block = target * 10
+    for ch in range(pcm.shape[1]):
+        seg = LineSegmenter(params)
+        col = np.ascontiguousarray(pcm[:, ch])
+        events = []
+        for i in range(0, len(col), block):
+            events += seg.process(col[i:i + block], i)
+        events += seg.finish("eof")
+        start = None
+        for ev in events:
+            if isinstance(ev, CallStart):
+                start = ev.sample
+            elif isinstance(ev, CallEnd) and start is not None:
+                found.append({"channel": ch, "start": round(start / target, 2), "end": round(ev.sample / target, 2),
+                              "dialed": ev.dialed, "caller_id": ev.caller_id, "end_reason": ev.reason})
+                start = None
+    for c in sorted(found, key=lambda c: (c["start"], c["channel"])):
+        print(json.dumps(c, ensure_ascii=False))
     return EXIT_OK
 
 

@@ -56,10 +56,61 @@ class AudioConfig(_Strict):
     )
 
 
+class ToneConfig(_Strict):
+    """One call-progress tone: frequencies and cadence."""
+
+    freqs: list[float] = Field(..., min_length=1, max_length=3, description="Frequencies in Hz (1-3).")
+    on_s: float = Field(0.0, ge=0.0, le=10.0, description="Tone burst length; 0 with off_s 0 = continuous.")
+    off_s: float = Field(0.0, ge=0.0, le=10.0, description="Pause between bursts; 0 = continuous tone.")
+
+    @model_validator(mode="after")
+    def _freqs(self) -> "ToneConfig":
+        if any(not 100.0 <= f <= 3400.0 for f in self.freqs):
+            raise ValueError("freqs: every frequency must be within 100-3400 Hz")
+        if (self.off_s > 0) != (self.on_s > 0):
+            raise ValueError("on_s and off_s: set both for a cadenced tone, neither for a continuous one")
+        return self
+
+
+class TonesConfig(_Strict):
+    """Call-progress tones of the exchange (defaults: Korea)."""
+
+    dial: ToneConfig = Field(default_factory=lambda: ToneConfig(freqs=[350.0, 440.0]),
+                             description="Dial tone: evidence that a call starts.")
+    ringback: ToneConfig = Field(default_factory=lambda: ToneConfig(freqs=[440.0, 480.0], on_s=1.0, off_s=2.0),
+                                 description="Ringback: evidence of an outgoing call.")
+    busy: ToneConfig = Field(default_factory=lambda: ToneConfig(freqs=[480.0, 620.0], on_s=0.5, off_s=0.5),
+                             description="Busy: the far end hung up (or is busy); ends the call.")
+    reorder: ToneConfig = Field(default_factory=lambda: ToneConfig(freqs=[480.0, 620.0], on_s=0.3, off_s=0.2),
+                                description="Reorder / congestion: ends the call.")
+    min_fraction: float = Field(0.6, ge=0.3, le=0.99,
+                                description="Share of a 40 ms window's power the tone's frequencies must hold.")
+    min_level_dbfs: float = Field(-45.0, ge=-70.0, le=-10.0, description="Quieter tones are ignored.")
+    cadence_tol: float = Field(0.25, ge=0.05, le=0.5, description="Relative tolerance of burst and pause lengths.")
+
+
+class DtmfConfig(_Strict):
+    """DTMF digit detection (ITU-T Q.24 acceptance)."""
+
+    freq_tol: float = Field(0.025, ge=0.015, le=0.035,
+                            description="Largest accepted frequency deviation (Q.24: accept 1.5 %, reject 3.5 %).")
+    normal_twist_db: float = Field(8.0, ge=0.0, le=12.0,
+                                   description="Low-group tone may be this much louder than the high-group tone.")
+    reverse_twist_db: float = Field(4.0, ge=0.0, le=12.0,
+                                    description="High-group tone may be this much louder than the low-group tone.")
+    min_level_dbfs: float = Field(-42.0, ge=-60.0, le=-10.0, description="Weakest accepted tone level (each tone).")
+
+
+class CallerIdConfig(_Strict):
+    """Caller ID on incoming calls, where the line delivers it."""
+
+    fsk: bool = Field(True, description="Decode FSK caller ID (Bell 202 and V.23, SDMF/MDMF).")
+    dtmf: bool = Field(True, description="Read DTMF caller ID ('A' or 'D', the number, 'C').")
+
+
 class SegmentConfig(_Strict):
     """How a line's audio is split into calls."""
 
-    frame_ms: Literal[10, 20, 30] = Field(20, description="Analysis frame length.")
     preroll_s: float = Field(
         2.0, ge=1.0, le=10.0, description="Audio kept before the first sign of activity."
     )
@@ -70,23 +121,37 @@ class SegmentConfig(_Strict):
         0.5, ge=0.0, le=5.0, description="Audio kept after the last activity of a call."
     )
     trigger_db: float = Field(
-        10.0, ge=3.0, le=40.0, description="Activity starts this many dB above the noise floor."
+        10.0, ge=3.0, le=40.0, description="Speech is this many dB above the noise floor."
     )
     release_db: float = Field(
-        6.0, ge=1.0, le=40.0, description="Activity continues while this many dB above the floor."
+        6.0, ge=1.0, le=40.0, description="Line activity continues while this many dB above the floor."
     )
     min_level_dbfs: float = Field(
         -55.0, ge=-90.0, le=-10.0, description="Quieter frames never count as activity."
     )
-    start_frames: int = Field(
-        3, ge=1, le=50, description="Consecutive active frames needed to start a call."
+    speech_min_dbfs: float = Field(
+        -50.0, ge=-90.0, le=-10.0, description="Quieter frames never count as speech (crosstalk)."
     )
-    min_call_s: float = Field(
-        0.5, ge=0.0, le=30.0, description="Shorter bursts are not kept as calls."
+    confirm_s: float = Field(
+        5.0, ge=1.0, le=30.0, description="How far before its confirmation (speech, tone, digit, caller ID) "
+        "a call's first sign (click, noise change) may lie."
+    )
+    idle_step_db: float = Field(
+        7.0, ge=5.0, le=40.0, description="Off-hook noise this far above the idle floor makes its return "
+        "to the idle floor a hang-up."
+    )
+    hangup_hold_s: float = Field(
+        3.0, ge=0.5, le=30.0, description="A recognised busy/reorder tone ends the call at most this much later."
+    )
+    chunk_s: float = Field(
+        4.0, ge=0.25, le=10.0, description="Analysis chunk: the detection latency, traded against CPU."
     )
     max_call_s: float = Field(
         14400.0, ge=60.0, le=86400.0, description="A call longer than this is closed and a new one opened."
     )
+    tones: TonesConfig = Field(default_factory=TonesConfig)
+    dtmf: DtmfConfig = Field(default_factory=DtmfConfig)
+    callerid: CallerIdConfig = Field(default_factory=CallerIdConfig)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> "SegmentConfig":

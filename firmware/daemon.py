@@ -41,11 +41,25 @@ _RESTART_KEYS = ("audio",)
 
 
 def segment_params(cfg: NokboxConfig, rate: int) -> SegmentParams:
+    """The dsp segmenter's settings from the config (the same for run, replay and analyze)."""
+    from dsp.tones import DtmfParams, ToneSpec
+
     s = cfg.segment
+    t = s.tones
+    tones = tuple(
+        ToneSpec(name, tuple(getattr(t, name).freqs), getattr(t, name).on_s, getattr(t, name).off_s,
+                 ends_call=name in ("busy", "reorder"))
+        for name in ("dial", "ringback", "busy", "reorder")
+    )
     return SegmentParams(
-        rate=rate, frame_ms=s.frame_ms, preroll_s=s.preroll_s, silence_s=s.silence_s, tail_s=s.tail_s,
+        rate=rate, preroll_s=s.preroll_s, silence_s=s.silence_s, tail_s=s.tail_s,
         trigger_db=s.trigger_db, release_db=s.release_db, min_level_dbfs=s.min_level_dbfs,
-        start_frames=s.start_frames, max_call_s=s.max_call_s,
+        speech_min_dbfs=s.speech_min_dbfs, confirm_s=s.confirm_s, idle_step_db=s.idle_step_db,
+        hangup_hold_s=s.hangup_hold_s, chunk_s=s.chunk_s, max_call_s=s.max_call_s, tones=tones,
+        tone_min_fraction=t.min_fraction, tone_min_dbfs=t.min_level_dbfs, cadence_tol=t.cadence_tol,
+        dtmf=DtmfParams(freq_tol=s.dtmf.freq_tol, normal_twist_db=s.dtmf.normal_twist_db,
+                        reverse_twist_db=s.dtmf.reverse_twist_db, min_level_dbfs=s.dtmf.min_level_dbfs),
+        cid_fsk=s.callerid.fsk, cid_dtmf=s.callerid.dtmf,
     )
 
 

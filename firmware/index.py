@@ -1,7 +1,7 @@
 """SQLite (WAL) index of calls and device events. One connection per thread.
 
-Personal fields (numbers) are never stored here in clear; later issues add them
-as sealed values.
+Personal fields (dialled number, caller ID) are never stored here in clear: the
+``numbers_sealed`` column holds them as an age file to the records recipients.
 """
 
 from __future__ import annotations
@@ -93,7 +93,22 @@ def connect(db_path: Path) -> sqlite3.Connection:
         con.executescript(_SCHEMA)
         _migrate(con)
         con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        _migrate_calls(con)
     return con
+
+
+# Columns added to ``calls`` after the first schema: (name, SQL type). Existing databases get
+# them by ALTER TABLE ... ADD COLUMN (NULL for the calls recorded before).
+_CALLS_ADDED = (
+    ("numbers_sealed", "BLOB"),  # age file of {"dialed": ..., "caller_id": ...}; NULL when none
+)
+
+
+def _migrate_calls(con: sqlite3.Connection) -> None:
+    have = {r["name"] for r in con.execute("PRAGMA table_info(calls)")}
+    for name, sqltype in _CALLS_ADDED:
+        if name not in have:
+            con.execute(f"ALTER TABLE calls ADD COLUMN {name} {sqltype}")
 
 
 class CallIndex:
@@ -150,6 +165,11 @@ class CallIndex:
         with self.con:
             self.con.execute("INSERT OR REPLACE INTO notice_modes (line, mode, actor, reason, time_utc)"
                              " VALUES (?, ?, ?, ?, ?)", (line, mode, actor, reason, iso_utc(now_ts)))
+
+    def set_sealed_numbers(self, call_id: int, sealed: bytes) -> None:
+        """Store the call's numbers, already encrypted to the records recipients."""
+        with self.con:
+            self.con.execute("UPDATE calls SET numbers_sealed = ? WHERE id = ?", (sealed, call_id))
 
     def mark_interrupted(self) -> list[int]:
         """Calls left 'recording' by a crash or power cut become 'interrupted'."""
@@ -209,4 +229,5 @@ def call_json(row: sqlite3.Row, data_dir: Path) -> dict:
             "wait_ms": row["notice_wait_ms"],
             "failure": row["notice_failure"],
         },
+        "has_number": row["numbers_sealed"] is not None,
     }

@@ -9,6 +9,8 @@ per line and per call (``lost_frames``), logged and shown.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import queue
 import threading
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dsp.segment import CallEnd, CallStart, EnergySegmenter, SegmentParams
+from dsp.segment import CallEnd, CallStart, LineSegmenter, SegmentParams
 
+from .age import AgeWriter
 from .callfile import CallFile
 from .config import LineConfig, StorageConfig
 from .index import CallIndex
@@ -84,7 +87,7 @@ class LineState:
 
     idx: int
     cfg: LineConfig
-    seg: EnergySegmenter
+    seg: LineSegmenter
     pos: int = 0
     call_key: int | None = None
     written: int = 0
@@ -114,7 +117,7 @@ class SegmenterWorker(Worker):
         self.out = out
         self.min_block = int(min_block_s * params.rate)  # latency of call detection
         self.block = int(max_block_s * params.rate)  # largest slice analysed at once
-        self.lines = [LineState(i, cfg, EnergySegmenter(params)) for i, cfg in enumerate(lines)]
+        self.lines = [LineState(i, cfg, LineSegmenter(params)) for i, cfg in enumerate(lines)]
         self._gaps_seen = 0
         self._next_key = 1
         self._done = False
@@ -167,9 +170,9 @@ class SegmenterWorker(Worker):
     def _maybe_apply_params(self, ls: LineState) -> None:
         new = self._pending_params
         if new is not None and ls.call_key is None and ls.seg.p != new:
-            seg = EnergySegmenter(new, start_sample=ls.pos)
-            seg._floor = ls.seg._floor  # keep the learned noise floor
-            ls.seg = seg
+            # a fresh segmenter takes over the samples the old one had not analysed yet; it learns
+            # the noise floor again within seconds
+            ls.seg = ls.seg.handover(new)
 
     # -- per line ----------------------------------------------------------------------
     def _advance(self, ls: LineState, upto: int) -> None:
@@ -188,7 +191,7 @@ class SegmenterWorker(Worker):
                     self._open(ls, ev.sample)
                 elif isinstance(ev, CallEnd):
                     self._flush(ls, ev.sample)
-                    self._close(ls, ev.reason)
+                    self._close(ls, ev.reason, ev)
             ls.pos = b
             ls.level_dbfs = ls.seg.level_dbfs
             if ls.call_key is not None:
@@ -230,16 +233,18 @@ class SegmenterWorker(Worker):
             self._put(("audio", ls.call_key, x))
         ls.written = upto
 
-    def _close(self, ls: LineState, reason: str) -> None:
+    def _close(self, ls: LineState, reason: str, ev: CallEnd | None = None) -> None:
         if ls.call_key is not None:
-            self._put(("close", ls.call_key, reason))
+            # dialled number / caller ID are personal data: only the writer sees them, to seal them
+            numbers = {"dialed": ev.dialed, "caller_id": ev.caller_id} if ev and (ev.dialed or ev.caller_id) else None
+            self._put(("close", ls.call_key, reason, numbers))
             ls.call_key = None
 
     def _finish_line(self, ls: LineState, reason: str) -> None:
         for ev in ls.seg.finish(reason):
             if isinstance(ev, CallEnd):
                 self._flush(ls, ev.sample)
-                self._close(ls, ev.reason)
+                self._close(ls, ev.reason, ev)
         self._close(ls, reason)
         self.rings.release(ls.idx, ls.pos)
 
@@ -358,10 +363,23 @@ class WriterWorker(Worker):
         elif kind == "lost":
             self._open[key][2][0] += item[2]
         elif kind == "close":
-            self._close(key, item[2])
+            self._close(key, item[2], item[3] if len(item) > 3 else None)
 
-    def _close(self, key: int, reason: str) -> None:
+    def _seal(self, numbers: dict | None) -> bytes | None:
+        """The call's numbers as an age file to the records recipients (never stored in clear)."""
+        if not numbers:
+            return None
+        buf = io.BytesIO()
+        w = AgeWriter(buf, self.recipients)
+        w.write(json.dumps(numbers, ensure_ascii=False).encode("utf-8"))
+        w.close()
+        return buf.getvalue()
+
+    def _close(self, key: int, reason: str, numbers: dict | None = None) -> None:
         call_id, cf, (lost, idx) = self._open.pop(key)
+        sealed = self._seal(numbers)
+        if sealed is not None:
+            self._index.set_sealed_numbers(call_id, sealed)
         self.stats.open_ids.pop(idx, None)
         self.stats.calls_open = len(self._open)
         if cf is None:

@@ -1,91 +1,155 @@
-"""The first segmenter: pre-roll, pauses inside a call, hang-over end, tail, eof, max length."""
+"""The line segmenter's state machine: pre-roll, pauses, hold music, hang-up evidence, bookkeeping."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dsp.segment import CallEnd, CallStart, EnergySegmenter, SegmentParams
-from dsp.synth import line_noise, speech_like, to_int16
+from dsp import synth
+from dsp.segment import CallEnd, CallStart, LineSegmenter, SegmentParams
+
+from .corpus import music
 
 RATE = 8000
 
 
-def line(spans, seconds, seed=1):
-    """Line noise with talk spurts at the given (start_s, end_s) spans."""
+def talk(rng, seconds, level=-20.0):
+    return synth.speech_like(rng, seconds, RATE, level)
+
+
+def build(parts, seconds, noise_db=-60.0, seed=1, offhook=None):
+    """Line noise with ``parts`` = [(start_s, float audio)] added; ``offhook`` = (a, b, step_db)."""
     rng = np.random.default_rng(seed)
-    x = line_noise(rng, int(seconds * RATE), RATE)
-    for a, b in spans:
-        s = speech_like(rng, b - a, RATE, -20.0)
-        x[int(a * RATE):int(a * RATE) + len(s)] += s
-    return to_int16(x)
+    n = int(seconds * RATE)
+    noise = rng.standard_normal(n).astype(np.float32) * 10 ** (noise_db / 20)
+    if offhook:
+        a, b, step = offhook
+        noise[int(a * RATE):int(b * RATE)] *= 10 ** (step / 20)
+    x = noise
+    for at, sig in parts:
+        i = int(at * RATE)
+        x[i:i + len(sig)] += sig[: n - i]
+    return synth.to_int16(x)
 
 
 def run(x, params=None, block=1234):
-    seg = EnergySegmenter(params or SegmentParams())
-    events = []
+    seg = LineSegmenter(params or SegmentParams(rate=RATE))
+    ev = []
     for i in range(0, len(x), block):
-        events += seg.process(x[i:i + block], i)
-    return events + seg.finish(), seg
+        ev += seg.process(x[i:i + block], i)
+    return ev + seg.finish(), seg
 
 
-def pairs(events):
-    starts = [e for e in events if isinstance(e, CallStart)]
-    ends = [e for e in events if isinstance(e, CallEnd)]
-    assert len(starts) == len(ends)
-    return [(s.sample / RATE, s.onset / RATE, e.sample / RATE, e.reason) for s, e in zip(starts, ends)]
+def calls(ev):
+    s = [e for e in ev if isinstance(e, CallStart)]
+    e = [e for e in ev if isinstance(e, CallEnd)]
+    assert len(s) == len(e)
+    return [(a.sample / RATE, a.onset / RATE, b.sample / RATE, b.reason) for a, b in zip(s, e)]
 
 
-def test_one_call_with_preroll_and_tail():
-    events, _ = run(line([(10.0, 30.0)], 60.0))
-    [(start, onset, end, reason)] = pairs(events)
-    assert onset == pytest.approx(10.0, abs=0.1)
-    assert start == pytest.approx(onset - 2.0, abs=0.001)  # default pre-roll 2 s
-    assert 30.0 <= end <= 31.0 and reason == "silence"
+def test_call_starts_at_the_click_with_two_seconds_of_preroll():
+    rng = np.random.default_rng(1)
+    x = build([(10.0, synth.click(RATE)), (10.5, talk(rng, 20.0))], 60.0)
+    [(start, onset, end, reason)] = calls(run(x)[0])
+    assert onset == pytest.approx(10.0, abs=0.02)  # the off-hook click is the first sign
+    assert start == pytest.approx(onset - 2.0, abs=0.001)
+    assert 30.5 <= end <= 32.0 and reason == "silence"
 
 
-def test_pause_shorter_than_silence_does_not_split():
-    events, _ = run(line([(5.0, 15.0), (23.0, 35.0)], 60.0))  # 8 s pause
-    assert len(pairs(events)) == 1
+@pytest.mark.parametrize("pause", [3.0, 8.0, 10.0])
+def test_pauses_up_to_ten_seconds_never_split(pause):
+    rng = np.random.default_rng(2)
+    a = talk(rng, 10.0)
+    x = build([(5.0, a), (5.0 + len(a) / RATE + pause, talk(rng, 10.0))], 60.0)
+    assert len(calls(run(x)[0])) == 1
 
 
 def test_silence_longer_than_the_limit_ends_the_call():
-    events, _ = run(line([(5.0, 15.0), (27.0, 35.0)], 60.0))  # 12 s pause
-    calls = pairs(events)
-    assert len(calls) == 2
-    # pre-roll of the second call never reaches back into the first
-    assert calls[1][0] >= calls[0][2]
+    rng = np.random.default_rng(3)
+    a = talk(rng, 10.0)
+    x = build([(5.0, a), (5.0 + len(a) / RATE + 13.0, talk(rng, 8.0))], 60.0)
+    c = calls(run(x)[0])
+    assert [r for *_, r in c] == ["silence", "silence"]
+    assert c[1][0] >= c[0][2]  # the second call's pre-roll never reaches into the first
 
 
-def test_eof_in_a_call_and_block_size_does_not_matter():
-    x = line([(3.0, 20.0)], 21.0)
+def test_hold_music_of_five_minutes_is_one_call():
+    rng = np.random.default_rng(4)
+    m = max(music(RATE), key=len)[5 * RATE:305 * RATE]  # one track, without its fade-out
+    m = m / np.sqrt(np.mean(m * m)) * 10 ** (-26 / 20)
+    x = build([(5.0, talk(rng, 10.0)), (16.0, m), (317.0, talk(rng, 10.0))], 340.0, noise_db=-45.0)
+    c = calls(run(x, block=RATE)[0])
+    assert len(c) == 1 and c[0][2] >= 327.0
+
+
+def test_back_to_back_calls_separated_by_busy_tone_are_two_calls():
+    rng = np.random.default_rng(5)
+    busy = synth.cadence(synth.BUSY, 0.5, 0.5, 4.0, RATE, -18.0)
+    x = build([(3.0, talk(rng, 20.0)), (23.5, busy), (28.0, synth.click(RATE)), (29.0, synth.click(RATE)),
+               (29.5, talk(rng, 20.0))], 70.0)
+    c = calls(run(x)[0])
+    assert [r for *_, r in c] == ["busy", "silence"]
+    assert c[0][2] <= 28.0 and c[1][1] >= 27.0
+
+
+def test_return_to_the_idle_floor_is_a_hang_up():
+    rng = np.random.default_rng(6)
+    # off-hook noise 12 dB over the idle floor from 5 s to 40 s; the next call 3 s later
+    x = build([(5.0, synth.click(RATE)), (5.5, talk(rng, 30.0)), (43.0, synth.click(RATE)), (43.5, talk(rng, 15.0))],
+              80.0, noise_db=-55.0, offhook=(5.0, 40.0, 12.0))
+    c = calls(run(x)[0])
+    assert len(c) == 2 and c[0][3] == "idle"
+    assert c[0][2] <= 41.5
+
+
+def test_block_size_does_not_matter_and_eof_closes():
+    rng = np.random.default_rng(7)
+    x = build([(3.0, talk(rng, 17.0))], 21.0)
     a, _ = run(x, block=160)
     b, _ = run(x, block=48000)
-    assert pairs(a) == pairs(b)
-    assert pairs(a)[0][3] == "eof"
+    assert calls(a) == calls(b)
+    assert calls(a)[0][3] == "eof"
 
 
 def test_max_length_splits_and_continues_without_gap():
-    p = SegmentParams(max_call_s=60.0)
-    events, _ = run(line([(2.0, 150.0)], 155.0), p)
-    calls = pairs(events)
-    assert [c[3] for c in calls[:-1]] == ["max_length", "max_length"]
-    for prev, nxt in zip(calls, calls[1:]):
+    rng = np.random.default_rng(8)
+    ev, _ = run(build([(2.0, talk(rng, 150.0))], 155.0), SegmentParams(rate=RATE, max_call_s=60.0))
+    c = calls(ev)
+    assert [x[3] for x in c[:-1]] == ["max_length", "max_length"]
+    for prev, nxt in zip(c, c[1:]):
         assert nxt[0] == prev[2]
 
 
 def test_keep_from_and_committed_bound_what_the_caller_keeps():
-    x = line([(5.0, 12.0)], 40.0)
-    seg = EnergySegmenter(SegmentParams())
+    rng = np.random.default_rng(9)
+    x = build([(5.0, talk(rng, 7.0)), (30.0, talk(rng, 20.0))], 70.0)
+    seg = LineSegmenter(SegmentParams(rate=RATE))
     for i in range(0, len(x), 800):
-        seg.process(x[i:i + 800], i)
+        for ev in seg.process(x[i:i + 800], i):
+            if isinstance(ev, CallStart):
+                assert ev.sample >= seg.pos - seg.p.history
         assert seg.pos - seg.keep_from <= seg.p.history
         if seg.in_call:
             assert seg.committed_upto <= seg.pos
 
 
 def test_non_contiguous_input_is_refused():
-    seg = EnergySegmenter(SegmentParams())
+    seg = LineSegmenter(SegmentParams(rate=RATE))
     seg.process(np.zeros(800, np.int16), 0)
     with pytest.raises(ValueError, match="non-contiguous"):
         seg.process(np.zeros(800, np.int16), 1600)
+
+
+def test_sixteen_khz_lines_segment_the_same():
+    rng = np.random.default_rng(10)
+    x = build([(5.0, synth.click(RATE)), (5.3, talk(rng, 12.0))], 40.0)
+    from scipy.signal import resample_poly
+
+    y = synth.to_int16(resample_poly(x.astype(np.float32) / 32768.0, 2, 1))
+    seg = LineSegmenter(SegmentParams(rate=16000))
+    ev = []
+    for i in range(0, len(y), 16000):
+        ev += seg.process(y[i:i + 16000], i)
+    ev += seg.finish()
+    [a] = [e for e in ev if isinstance(e, CallStart)]
+    assert a.onset / 16000 == pytest.approx(5.0, abs=0.02)

@@ -1,0 +1,309 @@
+"""Goertzel tone analysis over fixed frames: DTMF (ITU-T Q.24) and call-progress tones.
+
+Everything here is vectorised over frames. The Goertzel filter's output after N
+samples is the DFT term ``X(f) = sum x[n] e^{-j 2 pi f n / fs}`` at an arbitrary
+frequency f; ``GoertzelBank`` computes exactly that term for many frequencies and
+many consecutive half-frames at once as one matrix product, with every term's phase
+referred to the absolute sample index. Because of that reference, the term of a
+longer window is the plain sum of its half-frames' terms, and the phase advance
+between consecutive half-frames measures a tone's frequency offset (used for the
+Q.24 frequency tolerance). ``goertzel`` is the textbook recursion, kept as the
+reference the tests compare the bank against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
+DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
+DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
+# A 20 ms window measures each tone's level to within about +-0.5 dB: the twist limits get this
+# margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
+TWIST_MARGIN_DB = 1.0
+
+
+@dataclass(frozen=True)
+class ToneSpec:
+    """One call-progress tone: its frequencies and cadence (``off_s`` = 0 for continuous)."""
+
+    name: str
+    freqs: tuple[float, ...]
+    on_s: float = 0.0
+    off_s: float = 0.0
+    ends_call: bool = False  # hang-up evidence (busy, reorder)
+
+    @property
+    def continuous(self) -> bool:
+        return self.off_s <= 0.0
+
+
+# Defaults for Korea: dial 350+440 continuous, ringback 440+480 1 s / 2 s, busy 480+620
+# 0.5 s / 0.5 s, congestion (reorder) 480+620 0.3 s / 0.2 s. Every value is configurable.
+KOREA_TONES = (
+    ToneSpec("dial", (350.0, 440.0)),
+    ToneSpec("ringback", (440.0, 480.0), 1.0, 2.0),
+    ToneSpec("busy", (480.0, 620.0), 0.5, 0.5, ends_call=True),
+    ToneSpec("reorder", (480.0, 620.0), 0.3, 0.2, ends_call=True),
+)
+
+
+def goertzel(x: np.ndarray, freq: float, rate: int) -> complex:
+    """Textbook Goertzel recursion: the DFT term of ``x`` at ``freq`` (phase from x[0])."""
+    w = 2.0 * np.pi * freq / rate
+    coeff = 2.0 * np.cos(w)
+    s1 = s2 = 0.0
+    for v in np.asarray(x, dtype=np.float64):
+        s0 = v + coeff * s1 - s2
+        s2, s1 = s1, s0
+    # y[N-1] = s1 - e^{-jw} s2; the DFT term is e^{-jw(N-1)} y[N-1]
+    n = len(x)
+    return complex((s1 - np.exp(-1j * w) * s2) * np.exp(-1j * w * (n - 1)))
+
+
+class GoertzelBank:
+    """DFT terms at fixed frequencies for consecutive blocks of ``block`` samples."""
+
+    def __init__(self, freqs: list[float], rate: int, block: int) -> None:
+        self.freqs = np.asarray(freqs, dtype=np.float64)
+        self.rate = rate
+        self.block = block
+        w = 2.0 * np.pi * self.freqs / rate
+        n = np.arange(block, dtype=np.float64)[:, None]
+        # one real matrix with columns cos, -sin interleaved: a single float32 GEMM whose
+        # output rows read directly as complex64 values
+        basis = np.empty((block, 2 * len(w)), dtype=np.float32)
+        basis[:, 0::2] = np.cos(n * w)
+        basis[:, 1::2] = -np.sin(n * w)
+        self._basis = basis
+        self._k = len(self.freqs)
+        self._steps: dict[int, np.ndarray] = {}
+
+    def _step_table(self, m: int) -> np.ndarray:
+        """Phase of block i relative to block 0: e^{-j w i block}, cached per block count."""
+        t = self._steps.get(m)
+        if t is None:
+            i = np.arange(m, dtype=np.float64)[:, None] * self.block
+            t = np.exp(-2j * np.pi * np.mod(i * self.freqs, self.rate) / self.rate).astype(np.complex64)
+            self._steps[m] = t
+        return t
+
+    def terms(self, blocks: np.ndarray, first_sample: int) -> np.ndarray:
+        """(M, block) float32 samples starting at absolute ``first_sample`` -> (M, K) complex64."""
+        y = np.ascontiguousarray(blocks, dtype=np.float32) @ self._basis
+        c = y.view(np.complex64)
+        return c * self.phases(first_sample, len(c))
+
+    def phases(self, first_sample: int, m: int) -> np.ndarray:
+        """(m, K) factors that refer block phases to the absolute sample index (exact modulo the rate)."""
+        p0 = np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate)
+        return self._step_table(m) * p0.astype(np.complex64)
+
+
+def sinc_gain(offset_hz: np.ndarray, n: int, rate: int) -> np.ndarray:
+    """Magnitude response of an n-sample rectangular DFT term to a tone ``offset_hz`` away."""
+    return np.abs(np.sinc(offset_hz * n / rate))
+
+
+@dataclass(frozen=True)
+class DtmfParams:
+    """Q.24 acceptance: frequency tolerance, twist, levels, timing in 10 ms windows."""
+
+    freq_tol: float = 0.025  # accept up to 1.5 %, reject from 3.5 %: decide halfway
+    normal_twist_db: float = 8.0  # low-group (row) tone may be this much louder than the high-group tone
+    reverse_twist_db: float = 4.0  # high-group tone may be this much louder than the low-group tone
+    min_level_dbfs: float = -42.0  # each tone, RMS
+    min_fraction: float = 0.8  # the two tones' share of the window's power (call-progress tones excluded)
+    on_windows: int = 3  # 20 ms windows every 10 ms: 3 valid in a row span >= 40 ms of tone
+    off_windows: int = 2  # a digit ends after 2 invalid windows (a pause of >= 30-40 ms)
+    balance: float = 0.4  # both 10 ms halves of a window must carry the tone
+
+
+def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray, flen: int, rate: int,
+               p: DtmfParams) -> np.ndarray:
+    """Per 20 ms window (frames i-1, i) the DTMF key index 0-15, or -1.
+
+    ``cf``: (F+1, K) frame terms (first row = previous frame), columns 0-7 the DTMF
+    frequencies; ``ch``: (2F+2, K) half-frame terms aligned the same way; ``e``: (F+1,)
+    frame energies; ``tone_cols``: bank columns of call-progress tone frequencies whose
+    power is excluded (DTMF over dial tone).
+    """
+    n2 = 2 * flen
+    half = flen // 2
+    nw = len(cf) - 1
+    codes = np.full(nw, -1, dtype=np.int64)
+    x = cf[1:, :8] + cf[:-1, :8]  # (F, 8)
+    raw = (x.real * x.real + x.imag * x.imag) * (2.0 / (n2 * n2))  # each tone's mean-square power
+    ew = (e[1:] + e[:-1]) / n2
+    if len(tone_cols):
+        xt = cf[1:, tone_cols] + cf[:-1, tone_cols]
+        ew = ew - (xt.real * xt.real + xt.imag * xt.imag).sum(axis=1) * (2.0 / (n2 * n2))
+    rows = np.argmax(raw[:, :4], axis=1)
+    cols = 4 + np.argmax(raw[:, 4:], axis=1)
+    idx = np.arange(nw)
+    pr = raw[idx, rows]
+    pc = raw[idx, cols]
+    floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
+    # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
+    cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
+                          & (pr >= 0.3 * floor) & (pc >= 0.3 * floor))
+    if len(cand) == 0:
+        return codes
+    r_, c_ = rows[cand], cols[cand]
+    # phase advance between consecutive half-frames, summed over the window's 3 steps
+    h = 2 * cand
+    both = np.stack((r_, c_), axis=1)  # (n, 2) bank columns
+    h0, h1, h2, h3 = (np.take_along_axis(ch[h + k], both, axis=1) for k in range(4))
+    r = h1 * np.conj(h0) + h2 * np.conj(h1) + h3 * np.conj(h2)
+    fr = np.asarray(DTMF_LOW + DTMF_HIGH)[both]
+    off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
+    dev = off_hz / fr
+    gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
+    pw = np.stack((pr[cand], pc[cand]), axis=1) / (gain * gain)  # undo the window's loss for the offset
+    with np.errstate(divide="ignore", invalid="ignore"):
+        twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
+        frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
+    emin = np.minimum(e[1:], e[:-1])[cand]
+    emax = np.maximum(e[1:], e[:-1])[cand]
+    ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
+          & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
+          & (frac >= p.min_fraction) & (emin >= p.balance * emax))
+    codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
+    return codes
+
+
+class DtmfSequencer:
+    """Turns per-window key codes into digits: on for >= on_windows, pause >= off_windows."""
+
+    def __init__(self, p: DtmfParams) -> None:
+        self.p = p
+        self.cur = -1
+        self.count = 0
+        self.gap = 0
+        self.emitted = False
+
+    def feed(self, codes: np.ndarray, first_frame: int) -> list[tuple[int, str]]:
+        """Digits as (frame index where the tone began, key)."""
+        out: list[tuple[int, str]] = []
+        if len(codes) == 0:
+            return out
+        p = self.p
+        change = np.flatnonzero(np.diff(codes)) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [len(codes)]))
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            c = int(codes[s])
+            n = e - s
+            if c < 0:
+                self.gap += n
+                if self.gap >= p.off_windows:
+                    self.cur, self.count, self.emitted = -1, 0, False
+                continue
+            if c == self.cur and self.gap < p.off_windows:
+                self.count += n
+            else:
+                self.cur, self.count, self.emitted = c, n, False
+                self._began = first_frame + s - 1  # the window ending at frame i starts at i-1
+            self.gap = 0
+            if not self.emitted and self.count >= p.on_windows:
+                out.append((self._began, DTMF_KEYS[c]))
+                self.emitted = True
+        return out
+
+
+def tone_labels(cf4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: int, min_fraction: float,
+                min_level_dbfs: float) -> np.ndarray:
+    """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
+
+    ``cf4``: (F, K) window terms, ``e4``: (F,) window energies, ``groups``: bank
+    columns of each group's frequencies.
+    """
+    out = np.full(len(e4), -1, dtype=np.int64)
+    ms = e4 / n4
+    loud = np.flatnonzero(ms >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
+    if len(loud) == 0:
+        return out
+    ms = ms[loud]
+    c = cf4[loud]
+    pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
+    scores = np.empty((len(ms), len(groups)))
+    ok = np.empty((len(ms), len(groups)), dtype=bool)
+    for g, cols in enumerate(groups):
+        sub = pw[:, cols]
+        tot = sub.sum(axis=1)
+        scores[:, g] = tot / ms
+        # every component present (a lone 440 Hz is not dial tone), loud enough
+        ok[:, g] = (sub.min(axis=1) >= 0.12 * tot) & (tot >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
+    scores = np.where(ok, scores, 0.0)
+    best = np.argmax(scores, axis=1)
+    out[loud] = np.where(scores[np.arange(len(ms)), best] >= min_fraction, best, -1)
+    return out
+
+
+class CadenceTracker:
+    """Follows bursts of each tone group and names them by the configured cadences."""
+
+    def __init__(self, specs: tuple[ToneSpec, ...], group_of: list[int], frame_s: float,
+                 tol: float = 0.25, continuous_s: float = 0.5) -> None:
+        self.specs = specs
+        self.group_of = group_of  # spec index -> group index
+        self.fs = frame_s
+        self.tol = tol
+        self.cont_frames = int(round(continuous_s / frame_s))
+        self.run_label = -1
+        self.run_start = 0
+        self.cont_done = False
+        self.last_end: dict[int, int] = {}  # group -> frame after its last burst
+        self.matches = [0] * len(specs)
+        self.last_frame_of: dict[int, int] = {}  # group -> last frame the group was heard
+
+    def _near(self, frames: int, target_s: float) -> bool:
+        t = frames * self.fs
+        return abs(t - target_s) <= max(self.tol * target_s, 0.08)
+
+    def feed(self, labels: np.ndarray, first_frame: int) -> list[tuple[int, str]]:
+        """Tone events as (frame, spec name) when a tone is recognised."""
+        out: list[tuple[int, str]] = []
+        if len(labels) == 0:
+            return out
+        change = np.flatnonzero(np.diff(labels)) + 1
+        starts = np.concatenate(([0], change))
+        ends = np.concatenate((change, [len(labels)]))
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            lab = int(labels[s])
+            fs_, fe = first_frame + s, first_frame + e
+            if lab != self.run_label:
+                self._close(fs_, out)
+                self.run_label = lab
+                self.run_start = fs_
+                self.cont_done = False
+            if lab >= 0:
+                self.last_frame_of[lab] = fe - 1
+                if not self.cont_done and fe - self.run_start >= self.cont_frames:
+                    for i, sp in enumerate(self.specs):
+                        if sp.continuous and self.group_of[i] == lab:
+                            out.append((self.run_start + self.cont_frames, sp.name))
+                    self.cont_done = True
+        return out
+
+    def _close(self, at: int, out: list[tuple[int, str]]) -> None:
+        """The current run ends at frame ``at``; a tone burst is judged by its cadence."""
+        g = self.run_label
+        if g < 0:
+            return
+        on = at - self.run_start
+        prev_end = self.last_end.get(g)
+        for i, sp in enumerate(self.specs):
+            if sp.continuous or self.group_of[i] != g:
+                continue
+            if not self._near(on, sp.on_s):
+                self.matches[i] = 0
+                continue
+            gap_ok = prev_end is not None and self._near(self.run_start - prev_end, sp.off_s)
+            self.matches[i] = self.matches[i] + 1 if gap_ok and self.matches[i] else 1
+            need = 2 if sp.ends_call else 1
+            if self.matches[i] == need:
+                out.append((at, sp.name))
+        self.last_end[g] = at
