@@ -444,12 +444,9 @@ def cmd_decrypt(args) -> int:
 
 
 def cmd_notice(args) -> int:
-    import soundfile as sf
-
     from .accounts import AuthError
     from .admin_cli import EXIT_REFUSED, signed_in
-    from .index import CallIndex
-    from .notice import load_announcement
+    from .notice import install_announcement, load_announcement, set_line_mode
 
     if args.notice_cmd == "check":
         x = load_announcement(args.file, 8000)
@@ -464,30 +461,11 @@ def cmd_notice(args) -> int:
         return EXIT_REFUSED
     who = {"actor": by.name, "role": "technician", "source": "cli"}
     if args.notice_cmd == "set":
-        if not args.reason.strip():
-            raise DataDirErrorCli("--reason must say why")
-        idx = CallIndex(args.data / "index.sqlite")
-        try:
-            old = idx.notice_mode(args.line)
-            idx.set_notice_mode(args.line, args.mode, by.name, args.reason, time.time())
-        finally:
-            idx.close()
-        audit.append("notice.mode", obj=f"line:{args.line}", reason=args.reason,
-                     detail={"old": old or "config", "new": args.mode}, **who)
+        set_line_mode(args.data, args.line, args.mode, args.reason, audit, who)
         print(f"line {args.line}: notice {args.mode} (takes effect on the next call)")
         return EXIT_OK
-    try:
-        x = load_announcement(args.file, 8000)
-    except NokboxError as exc:
-        audit.append("notice.upload", outcome="refused", reason=str(exc), **who)
-        raise
-    dest = args.data / "notice" / "announcement.wav"
-    dest.parent.mkdir(exist_ok=True)
-    tmp = dest.with_suffix(".tmp")
-    sf.write(tmp, x, 8000, subtype="PCM_16", format="WAV")
-    os.replace(tmp, dest)
-    audit.append("notice.upload", detail={"seconds": round(len(x) / 8000, 2)}, **who)
-    print(f"announcement installed ({len(x) / 8000:.1f} s); it plays from the next call on")
+    seconds = install_announcement(args.data, args.file, audit, who)
+    print(f"announcement installed ({seconds:.1f} s); it plays from the next call on")
     return EXIT_OK
 
 

@@ -379,3 +379,44 @@ def check_pins(cfg: NokboxConfig) -> None:
     for i, ln in enumerate(cfg.lines):
         if ln.notice != "off" and ln.relay_pin is None:
             raise ConfigError(f"line[{i}].relay_pin: required for the recording notice on a real board")
+
+
+# -- changes a technician makes (CLI and admin page share these) ------------------------------
+def set_line_mode(data_dir: Path, channel: int, mode: str, reason: str, audit, who: dict) -> str | None:
+    """Override a line's notice mode (on/off/beep) with a reason; audited. Returns the old override."""
+    from .index import CallIndex
+
+    if mode not in ("on", "off", "beep"):
+        raise AnnouncementError(f"unknown notice mode {mode!r}")
+    if not reason.strip():
+        raise AnnouncementError("say why the notice changes (the reason goes to the audit log)")
+    idx = CallIndex(Path(data_dir) / "index.sqlite")
+    try:
+        old = idx.notice_mode(channel)
+        idx.set_notice_mode(channel, mode, who["actor"], reason.strip(), time.time())
+    finally:
+        idx.close()
+    audit.append("notice.mode", obj=f"line:{channel}", reason=reason.strip(),
+                 detail={"old": old or "config", "new": mode}, **who)
+    if mode == "off":
+        log.warning("line %d: recording notice switched off by %s", channel, who["actor"])
+    return old
+
+
+def install_announcement(data_dir: Path, src: Path, audit, who: dict, rate: int = 8000) -> float:
+    """Check an uploaded announcement and install it for the next calls; audited. Returns seconds."""
+    import os
+
+    try:
+        x = load_announcement(src, rate)
+    except AnnouncementError as exc:
+        audit.append("notice.upload", outcome="refused", reason=str(exc), **who)
+        raise
+    dest = Path(data_dir) / "notice" / "announcement.wav"
+    dest.parent.mkdir(exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    sf.write(tmp, x, rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, dest)
+    seconds = round(len(x) / rate, 2)
+    audit.append("notice.upload", detail={"seconds": seconds}, **who)
+    return seconds

@@ -23,6 +23,11 @@
       var ov = row.querySelector(".overrun");
       ov.textContent = String(ln.overrun_seconds);
       ov.classList.toggle("bad", ln.overrun_frames > 0);
+      var nt = row.querySelector(".notice");
+      if (nt && ln.notice) {
+        nt.textContent = ln.notice.alarm ? "경보 · ALARM (" + ln.notice.last_failure + ")" : ln.notice.mode;
+        nt.classList.toggle("bad", ln.notice.alarm);
+      }
     });
     var alerts = document.getElementById("alerts");
     alerts.textContent = "";
