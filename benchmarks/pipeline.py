@@ -96,16 +96,16 @@ def generate_wav(path: Path, minutes: float, lines: int) -> int:
 
 
 # -- the pipeline (child process) -------------------------------------------------------
-def run_pipeline(wav: Path, data: Path, identity: Path) -> dict:
+def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> dict:
     """Record ``wav`` into a new data dir the way ``nokbox replay`` does; figures as a dict."""
-    from firmware.config import NokboxConfig
+    from firmware.config import parse_config
     from firmware.daemon import Recorder
     from firmware.hal.audio import WavSource
     from firmware.index import CallIndex
     from firmware.keys import init_data_dir
 
     init_data_dir(data, identity_out=identity)
-    cfg = NokboxConfig()
+    cfg = parse_config({"storage": {"codec": codec}})
     src = WavSource(wav, period_ms=cfg.audio.period_ms * 10, start_wall=START_WALL)
     rec = Recorder(cfg, data, source=src, clock=src.clock)
     rss_before = peak_rss_mb()
@@ -124,6 +124,7 @@ def run_pipeline(wav: Path, data: Path, identity: Path) -> dict:
     if rec.reader.state == "failed":
         errors.append(f"capture: {rec.reader.last_error}")
     return {
+        "codec": codec,
         "lines": len(rec.lines),
         "frames": int(rec.rings.write_pos),
         "rate": src.rate,
@@ -154,7 +155,7 @@ def child_main(args: argparse.Namespace) -> int:
     if args.child == "generate":
         out = {"calls": generate_wav(args.wav, args.minutes, args.lines)}
     else:
-        out = run_pipeline(args.wav, args.data, args.identity)
+        out = run_pipeline(args.wav, args.data, args.identity, args.codec)
     print(json.dumps(out))
     return 0
 
@@ -197,7 +198,7 @@ def report(pipe: dict, vad: dict, expected_calls: int, wav_mb: float) -> None:
 
     print(f"nokbox pipeline benchmark: {pipe['lines']} line(s) x {pipe['frames'] / pipe['rate'] / 60:.1f} min "
           f"at {pipe['rate']} Hz ({wav_mb:.1f} MB WAV)")
-    print("pipeline (as `nokbox replay`):")
+    print(f"pipeline (as `nokbox replay`, storage codec {pipe.get('codec', '?')}):")
     print(f"  audio processed           {line_hours:10.3f} line-hours")
     print(f"  CPU                       {pipe['cpu_s']:10.2f} s")
     print(f"  wall                      {pipe['wall_s']:10.2f} s")
@@ -226,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="minutes of audio per line (default 10)")
     p.add_argument("--lines", type=int, default=16, help="number of lines (WAV channels, default 16)")
+    p.add_argument("--codec", choices=("opus", "wav"), default="opus",
+                   help="storage codec (default opus, the box's default; wav is the lossless codec)")
     p.add_argument("--child", choices=("generate", "pipeline"), help=argparse.SUPPRESS)
     p.add_argument("--wav", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -245,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--lines", str(args.lines))
         if gen is None:
             return 1
-        print("running the pipeline ...", flush=True)
+        print(f"running the pipeline (codec {args.codec}) ...", flush=True)
         pipe = run_child("--child", "pipeline", "--wav", str(wav), "--data", str(tmp / "data"),
-                         "--identity", str(tmp / "identity.txt"))
+                         "--identity", str(tmp / "identity.txt"), "--codec", args.codec)
         if pipe is None:
             return 1
         print("running webrtcvad ...", flush=True)

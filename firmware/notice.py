@@ -45,10 +45,6 @@ class AnnouncementError(NokboxError, ValueError):
 def load_announcement(path: str | Path, rate: int) -> np.ndarray:
     """Check and prepare an announcement: readable audio, ≤ 15 s, not clipped; mono, resampled,
     normalised to -3 dBFS peak. Returns int16 samples at ``rate``."""
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
@@ -63,6 +59,10 @@ def load_announcement(path: str | Path, rate: int) -> np.ndarray:
         raise AnnouncementError("the recording is clipped (distorted); record it again at a lower level")
     mono = x.mean(axis=1)
     if sr != rate:
+        from math import gcd
+
+        from scipy.signal import resample_poly  # imported only when needed: scipy costs ~50 MB of RSS
+
         g = gcd(sr, rate)
         mono = resample_poly(mono, rate // g, sr // g)
     peak = float(np.max(np.abs(mono)))
