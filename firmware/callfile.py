@@ -19,6 +19,8 @@ All file operations go through ``Disk`` so the crash tests can record and replay
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .age import (CHUNK, TAG, VERSION_LINE, AgeError, AgeWriter, X25519Identity, _b64, _hkdf, _nonce,
                   _x25519_stanza, decrypt_bytes)
@@ -154,13 +157,8 @@ class CallFile:
         # main file: header, payload nonce, hole for chunk 0
         file_key = os.urandom(16)
         header = VERSION_LINE + b"".join(_x25519_stanza(file_key, r) for r in recipients) + b"---"
-        import hashlib
-        import hmac
-
         mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
         nonce = os.urandom(16)
-        from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-
         self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
         head = header + b" " + _b64(mac) + b"\n" + nonce
         self._payload_off = len(head)

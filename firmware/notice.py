@@ -207,20 +207,20 @@ class NoticeService:
             if sensed.result is not None and sensed.done is not None and sensed.done.is_set():
                 self.on_result(key, sensed.result)
             return
-        req = _Request(line, key, t0, done=threading.Event())
-        try:
-            self.queue.put_nowait(req)
-        except queue.Full:
-            self._finish(req, NoticeResult(self._mode(line), failure="output_busy", wait_ms=0.0))
+        self._enqueue(_Request(line, key, t0, done=threading.Event()))
 
     def _sensed(self, line: int) -> None:
         req = _Request(line, None, time.monotonic(), done=threading.Event())
         with self._lock:
             self._sensed_at[line] = req
+        self._enqueue(req)
+
+    def _enqueue(self, req: _Request) -> None:
+        """Queue without waiting; a full queue is an 'output_busy' failure, never a stall."""
         try:
             self.queue.put_nowait(req)
         except queue.Full:
-            self._finish(req, NoticeResult(self._mode(line), failure="output_busy", wait_ms=0.0))
+            self._finish(req, NoticeResult(self._mode(req.line), failure="output_busy", wait_ms=0.0))
 
     def test(self, line: int) -> NoticeResult:
         """Play the notice on ``line`` now (technician's test); waits for the result."""

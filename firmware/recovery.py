@@ -43,8 +43,6 @@ def recover_data_dir(data: Path) -> list[dict]:
                 continue
             if res is None and final.exists():
                 # finished on disk; the index update was what the cut interrupted
-                from .callfile import codec_of  # noqa: F401 - documents the naming rule
-
                 size = final.stat().st_size
                 frames = _frames_from_index_or_zero(idx, row["id"])
                 idx.finish_call(row["id"], frames, size, "power_loss", 0, state="finished")

@@ -51,27 +51,27 @@ def make_pin_factory(name: str):
     raise ConfigError(f"notice.gpio: unknown backend {name!r}")
 
 
-def output_device(factory, pin: int, key: str):
-    """A DigitalOutputDevice, with gpiozero's pin errors turned into errors naming the key."""
-    from gpiozero import DigitalOutputDevice
+def _device(cls, factory, pin: int, key: str, **kw):
+    """Make a gpiozero device; its pin errors become errors that name the config key."""
     from gpiozero.exc import GPIOPinInUse, PinInvalidPin
 
     try:
-        return DigitalOutputDevice(pin, pin_factory=factory, initial_value=False)
+        return cls(pin, pin_factory=factory, **kw)
     except PinInvalidPin:
         raise ConfigError(f"{key}: GPIO {pin} does not exist on this board") from None
     except GPIOPinInUse:
         raise ConfigError(f"{key}: GPIO {pin} is already in use") from None
+
+
+def output_device(factory, pin: int, key: str):
+    """A DigitalOutputDevice, initially off."""
+    from gpiozero import DigitalOutputDevice
+
+    return _device(DigitalOutputDevice, factory, pin, key, initial_value=False)
 
 
 def input_device(factory, pin: int, key: str):
     """A DigitalInputDevice (pulled up; active low, as loop-current detectors and relay contacts are)."""
     from gpiozero import DigitalInputDevice
-    from gpiozero.exc import GPIOPinInUse, PinInvalidPin
 
-    try:
-        return DigitalInputDevice(pin, pull_up=True, pin_factory=factory)
-    except PinInvalidPin:
-        raise ConfigError(f"{key}: GPIO {pin} does not exist on this board") from None
-    except GPIOPinInUse:
-        raise ConfigError(f"{key}: GPIO {pin} is already in use") from None
+    return _device(DigitalInputDevice, factory, pin, key, pull_up=True)
