@@ -83,15 +83,6 @@ def opus_level(kbps: float) -> float:
     return min(1.0, max(0.0, (256.0 - kbps) / 250.0))
 
 
-def codec_of(path: Path) -> str:
-    """The codec a call file's name says (``00000001.opus.age`` -> ``opus``)."""
-    parts = Path(path).name.split(".")
-    for c in CODECS:
-        if c in parts:
-            return c
-    raise VaultError(f"{path}: unknown codec in file name")
-
-
 class _Encoder:
     """The file object libsndfile writes the codec stream into."""
 

@@ -171,15 +171,6 @@ class CallIndex:
         with self.con:
             self.con.execute("UPDATE calls SET numbers_sealed = ? WHERE id = ?", (sealed, call_id))
 
-    def mark_interrupted(self) -> list[int]:
-        """Calls left 'recording' by a crash or power cut become 'interrupted'."""
-        ids = [r["id"] for r in self.con.execute("SELECT id FROM calls WHERE state = 'recording'")]
-        if ids:
-            with self.con:
-                self.con.execute("UPDATE calls SET state = 'interrupted', end_reason = 'power_loss'"
-                                 " WHERE state = 'recording'")
-        return ids
-
     def add_event(self, ts: float, kind: str, line: int | None = None, seconds: float | None = None,
                   detail: str | None = None) -> None:
         with self.con:

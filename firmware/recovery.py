@@ -43,9 +43,8 @@ def recover_data_dir(data: Path) -> list[dict]:
                 continue
             if res is None and final.exists():
                 # finished on disk; the index update was what the cut interrupted
-                size = final.stat().st_size
-                frames = _frames_from_index_or_zero(idx, row["id"])
-                idx.finish_call(row["id"], frames, size, "power_loss", 0, state="finished")
+                # its frame count is unknown: the box cannot read a finished file to count it
+                idx.finish_call(row["id"], 0, final.stat().st_size, "power_loss", 0, state="finished")
                 done.append({"id": row["id"], "outcome": "already complete"})
             elif res is None:
                 idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
@@ -59,11 +58,6 @@ def recover_data_dir(data: Path) -> list[dict]:
     finally:
         idx.close()
     return done
-
-
-def _frames_from_index_or_zero(idx: CallIndex, call_id: int) -> int:
-    row = idx.con.execute("SELECT frames FROM calls WHERE id = ?", (call_id,)).fetchone()
-    return int(row["frames"] or 0)
 
 
 @dataclass

@@ -33,6 +33,17 @@ def make_people(data: Path, cfg=None, clock=None) -> Accounts:
     return acc
 
 
+def scripted_setup(data: Path, cfg: Path, pw: Path, name: str, role: str, password: str):
+    """First run as a scripted install does it: `nokbox user setup` from a password file."""
+    from .conftest import run_cli
+
+    pw.write_text(password + "\n")
+    r = run_cli("user", "setup", "--data", str(data), "--config", str(cfg), "--name", name, "--role", role,
+                "--password-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def fast_auth() -> AuthConfig:
     return AuthConfig(**FAST_AUTH)
 

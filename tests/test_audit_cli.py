@@ -20,7 +20,7 @@ from firmware.audit import AuditLog, Checkpoint
 from firmware.review import KST
 from firmware.syslog import SyslogForwarder
 
-from .authutil import PASSWORD, make_people
+from .authutil import PASSWORD, make_people, scripted_setup
 from .conftest import run_cli
 
 FAST_TOML = "[auth]\nargon2_memory_kib = 19456\nargon2_time_cost = 2\nargon2_parallelism = 1\n[audit]\nseal_every = 4\n"
@@ -31,10 +31,7 @@ def _setup(box, tmp_path):
     cfg = tmp_path / "nokbox.toml"
     cfg.write_text(FAST_TOML)
     pw = tmp_path / "pw"
-    pw.write_text(PASSWORD["admin"] + "\n")
-    r = run_cli("user", "setup", "--data", str(data), "--config", str(cfg), "--name", "lee", "--role", "auditor",
-                "--password-file", str(pw))
-    assert r.returncode == 0, r.stderr
+    r = scripted_setup(data, cfg, pw, "lee", "auditor", PASSWORD["admin"])
     key = re.search(r"^(nokbox-audit-v1-\S+)$", r.stdout, re.M).group(1)
     return data, cfg, pw, key
 

@@ -14,7 +14,7 @@ import pytest
 
 from firmware.index import CallIndex
 
-from .authutil import FAST_AUTH, PASSWORD, Client
+from .authutil import FAST_AUTH, PASSWORD, Client, scripted_setup
 from .conftest import ROOT, decrypt_audio, run_cli
 
 pytestmark = pytest.mark.slow
@@ -61,11 +61,7 @@ def running_box(box, tmp_path):
     cfg = tmp_path / "nokbox.toml"
     cfg.write_text(FAST)
     # a scripted install: the first administrator (also technician) from a password file
-    pw = tmp_path / "pw"
-    pw.write_text(PASSWORD["technician"] + "\n")
-    r = run_cli("user", "setup", "--data", str(data), "--config", str(cfg), "--name", "tech", "--role", "technician",
-                "--password-file", str(pw))
-    assert r.returncode == 0, r.stderr
+    r = scripted_setup(data, cfg, tmp_path / "pw", "tech", "technician", PASSWORD["technician"])
     assert "nokbox-audit-v1-" in r.stdout
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -109,8 +105,7 @@ def test_run_records_serves_status_reloads_and_stops_cleanly(running_box, age_to
     assert st["disk"]["free_bytes"] > 0
 
     # `nokbox status` reads the same picture from the data directory
-    r = subprocess.run([sys.executable, "-m", "firmware.cli", "status", "--data", str(data)],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    r = run_cli("status", "--data", str(data))
     assert r.returncode == 0 and "nokbox: running" in r.stdout and "민원실" in r.stdout
 
     # a bad config on reload is refused; the box keeps running on the last good one
@@ -153,8 +148,6 @@ def test_run_refuses_a_bad_config(box, tmp_path):
     data, _ = box
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[audio]\nrate = 12345\n")
-    r = subprocess.run([sys.executable, "-m", "firmware.cli", "run", "--data", str(data), "--config", str(cfg)],
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
-                       timeout=30)
+    r = run_cli("run", "--data", str(data), "--config", str(cfg), timeout=30)
     assert r.returncode == 2
     assert "audio.rate" in r.stderr
