@@ -20,7 +20,7 @@ from firmware.audit import AuditLog, Checkpoint
 from firmware.review import KST
 from firmware.syslog import SyslogForwarder
 
-from .authutil import PASSWORD, make_people, scripted_setup
+from .authutil import PASSWORD, scripted_setup
 from .conftest import run_cli
 
 FAST_TOML = "[auth]\nargon2_memory_kib = 19456\nargon2_time_cost = 2\nargon2_parallelism = 1\n[audit]\nseal_every = 4\n"
