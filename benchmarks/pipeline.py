@@ -227,7 +227,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="minutes of audio per line (default 10)")
     p.add_argument("--lines", type=int, default=16, help="number of lines (WAV channels, default 16)")
-    p.add_argument("--codec", choices=("opus", "wav"), default="opus",
+    p.add_argument("--codec", choices=("opus", "flac", "wav"), default="opus",
                    help="storage codec (default opus, the box's default; wav is the lossless codec)")
     p.add_argument("--child", choices=("generate", "pipeline"), help=argparse.SUPPRESS)
     p.add_argument("--wav", type=Path, help=argparse.SUPPRESS)

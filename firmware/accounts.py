@@ -47,6 +47,11 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "users.manage": frozenset({"admin"}),
     "config.view": frozenset({"technician"}),
     "config.edit": frozenset({"technician"}),
+    # the day's call list: metadata (time, line, duration, notice, hold), no numbers
+    "calls.list": frozenset({"technician", "approver", "auditor"}),
+    # masked numbers (010-****-5678) in that list: the oversight roles. The officer sees them
+    # only inside an entered request (request.search), never in a free list (seed 000).
+    "numbers.masked": frozenset({"approver", "auditor"}),
     "request.create": frozenset({"officer"}),
     "request.search": frozenset({"officer"}),    # only within an entered request
     "call.play": frozenset({"officer"}),         # viewing (열람) within an approved request

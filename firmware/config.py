@@ -163,9 +163,9 @@ class SegmentConfig(_Strict):
 class StorageConfig(_Strict):
     """How finished audio is stored."""
 
-    codec: Literal["opus", "wav"] = Field(
-        "opus", description="Audio inside the encrypted file: Opus in Ogg (long retention) or "
-        "16-bit PCM WAV (lossless).",
+    codec: Literal["opus", "flac", "wav"] = Field(
+        "opus", description="Audio inside the encrypted file: Opus in Ogg (long retention), "
+        "FLAC (lossless, about 5x Opus's size) or 16-bit PCM WAV (lossless, uncompressed).",
     )
     opus_kbps: float = Field(16.0, ge=6.0, le=64.0, description="Opus target bit rate in kbit/s.")
     checkpoint_s: float = Field(

@@ -25,11 +25,12 @@ from dsp.segment import SegmentParams
 from .audit import AuditLog, config_changes
 from .capture import CaptureReader
 from .config import LineConfig, NokboxConfig, load_config
-from .errors import ConfigError
+from .errors import ConfigError, NokboxError
 from .hal.audio import AlsaSource, AudioSource, SimulatedSource
 from .hal.clock import Clock
 from .index import CallIndex, iso_utc, to_kst
-from .keys import load_device_recovery_recipient, load_recipients
+from .keys import device_for, load_device_recovery_recipient, load_recipients
+from .personal import BoxSealer
 from .pipeline import SegmenterWorker, WriterWorker
 from .retention import RetentionMaintainer, disk_report
 from .ring import LineRings
@@ -106,7 +107,7 @@ class Recorder:
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.storage.queue_blocks)
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
-                                   load_device_recovery_recipient(self.data_dir))
+                                   load_device_recovery_recipient(self.data_dir), masker=self._masker())
         from .hal.audio_out import SimulatedSink
         from .notice import NoticeService, check_pins
 
@@ -128,6 +129,15 @@ class Recorder:
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
+
+    def _masker(self):
+        """The sealer for masked numbers; without the device secret, lists show no numbers
+        (the full numbers are still sealed to the records recipients) and recording goes on."""
+        try:
+            return BoxSealer(device_for(self.data_dir))
+        except (OSError, NokboxError) as exc:
+            log.error("device secret unavailable, masked numbers will not be stored: %s", exc)
+            return None
 
     def _notice_mode(self, channel: int) -> str | None:
         idx = CallIndex(self.data_dir / "index.sqlite")

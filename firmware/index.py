@@ -1,7 +1,9 @@
 """SQLite (WAL) index of calls and device events. One connection per thread.
 
 Personal fields (dialled number, caller ID) are never stored here in clear: the
-``numbers_sealed`` column holds them as an age file to the records recipients.
+``numbers_sealed`` column holds them as an age file to the records recipients, and
+``numbers_masked`` their masked form (010-****-5678) sealed under the device-bound secret,
+for the lists of roles allowed to see that much (``firmware/numbers.py``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
 # them by ALTER TABLE ... ADD COLUMN (NULL for the calls recorded before).
 _CALLS_ADDED = (
     ("numbers_sealed", "BLOB"),  # age file of {"dialed": ..., "caller_id": ...}; NULL when none
+    ("numbers_masked", "BLOB"),  # BoxSealer blob of the same JSON, masked; NULL when none
 )
 
 
@@ -166,10 +169,12 @@ class CallIndex:
             self.con.execute("INSERT OR REPLACE INTO notice_modes (line, mode, actor, reason, time_utc)"
                              " VALUES (?, ?, ?, ?, ?)", (line, mode, actor, reason, iso_utc(now_ts)))
 
-    def set_sealed_numbers(self, call_id: int, sealed: bytes) -> None:
-        """Store the call's numbers, already encrypted to the records recipients."""
+    def set_sealed_numbers(self, call_id: int, sealed: bytes, masked: bytes | None = None) -> None:
+        """Store the call's numbers: encrypted to the records recipients, and masked under the
+        device-bound secret."""
         with self.con:
-            self.con.execute("UPDATE calls SET numbers_sealed = ? WHERE id = ?", (sealed, call_id))
+            self.con.execute("UPDATE calls SET numbers_sealed = ?, numbers_masked = ? WHERE id = ?",
+                             (sealed, masked, call_id))
 
     def add_event(self, ts: float, kind: str, line: int | None = None, seconds: float | None = None,
                   detail: str | None = None) -> None:

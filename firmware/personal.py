@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 
@@ -84,3 +85,28 @@ class BoxSealer:
             return self._aead.decrypt(blob[:12], blob[12:], b"nokbox masked v1").decode("utf-8")
         except Exception:
             raise VaultError("masked field does not open with this box's device secret") from None
+
+
+NUMBER_FIELDS = ("dialed", "caller_id")
+
+
+def masked_numbers(numbers: dict) -> dict:
+    """The masked form of a call's numbers; a value that is not a dialled number is hidden whole."""
+    out = {}
+    for k in NUMBER_FIELDS:
+        v = numbers.get(k)
+        if v:
+            try:
+                out[k] = mask_number(v)
+            except VaultError:
+                out[k] = "*" * min(len(v), 16)
+    return out
+
+
+def seal_masked(sealer: BoxSealer, numbers: dict) -> bytes:
+    """What the index keeps for lists: the masked numbers, sealed under the device-bound secret."""
+    return sealer.seal(json.dumps(masked_numbers(numbers), ensure_ascii=False))
+
+
+def open_masked(sealer: BoxSealer, blob: bytes) -> dict:
+    return json.loads(sealer.open(blob))

@@ -27,6 +27,7 @@ from .age import AgeWriter
 from .callfile import CallFile
 from .config import LineConfig, StorageConfig
 from .index import CallIndex
+from .personal import seal_masked
 from .ring import LineRings
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,8 @@ class WriterWorker(Worker):
     interval = 0.0
 
     def __init__(self, inq: queue.Queue, data_dir: Path, recipients: list[bytes], rate: int,
-                 lines: list[LineConfig], storage: StorageConfig, device_recipient: bytes) -> None:
+                 lines: list[LineConfig], storage: StorageConfig, device_recipient: bytes,
+                 masker=None) -> None:
         super().__init__("writer")
         self.inq = inq
         self.data_dir = Path(data_dir)
@@ -279,6 +281,7 @@ class WriterWorker(Worker):
         self.storage = storage
         self.codec = storage.codec
         self.device_recipient = device_recipient
+        self.masker = masker  # personal.BoxSealer: masked numbers under the device-bound secret
         self.stats = WriterStats()
         self._open: dict[int, tuple[int, CallFile | None, list[int]]] = {}
         self._ids: dict[int, int] = {}  # call key -> index id, kept after close for late notice results
@@ -379,7 +382,8 @@ class WriterWorker(Worker):
         call_id, cf, (lost, idx) = self._open.pop(key)
         sealed = self._seal(numbers)
         if sealed is not None:
-            self._index.set_sealed_numbers(call_id, sealed)
+            masked = seal_masked(self.masker, numbers) if self.masker is not None else None
+            self._index.set_sealed_numbers(call_id, sealed, masked)
         self.stats.open_ids.pop(idx, None)
         self.stats.calls_open = len(self._open)
         if cf is None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from firmware.index import CallIndex
@@ -22,14 +23,15 @@ PLAN = [
 ]
 
 
-def test_replay_records_each_call_whole_and_decryptable(tmp_path, box, age_tool):
+@pytest.mark.parametrize("codec", ["wav", "flac"])
+def test_replay_records_each_call_whole_and_decryptable(tmp_path, box, age_tool, codec):
     data, ident = box
     audio, labels = place_calls(RATE, 140.0, PLAN)
     wav = tmp_path / "lines.wav"
     sf.write(wav, audio, RATE, subtype="PCM_16")
 
     cfg = tmp_path / "lossless.toml"
-    cfg.write_text('[storage]\ncodec = "wav"\n')
+    cfg.write_text(f'[storage]\ncodec = "{codec}"\n')
     r = run_cli("replay", str(wav), "--data", str(data), "--config", str(cfg), "--start", "2026-03-03T09:00:00+09:00")
     assert r.returncode == 0, r.stderr
     assert "0 sample(s) lost" in r.stdout
@@ -43,7 +45,7 @@ def test_replay_records_each_call_whole_and_decryptable(tmp_path, box, age_tool)
     for ln, cs in per_line.items():
         cs.sort(key=lambda c: c["start"])
         for c, (start, first, last, end, dialed) in zip(cs, labels[ln]):
-            assert c["state"] == "finished"
+            assert c["state"] == "finished" and c["codec"] == codec and c["file"].endswith(f".{codec}.age")
             assert set(c) >= {"id", "line", "start", "end", "duration", "file", "state"}
             assert dialed not in json.dumps(c)  # no personal fields in the listing
             # timing: KST display, UTC storage, duration from samples

@@ -15,7 +15,7 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None) -> Flask:
     app = Flask(__name__)
     app.config["RECORDER"] = recorder
     app.json.ensure_ascii = False
-    from . import auth, notice, review, users
+    from . import auth, calls, notice, review, users
     from .status import bp as status_bp
 
     auth.init_app(app, data_dir or recorder.data_dir, cfg or recorder.cfg, clock)
@@ -23,6 +23,7 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None) -> Flask:
     app.register_blueprint(users.bp)
     app.register_blueprint(review.bp)
     app.register_blueprint(notice.bp)
+    app.register_blueprint(calls.bp)
 
     @app.after_request
     def _headers(resp):
