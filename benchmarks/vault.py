@@ -53,8 +53,9 @@ def speech(seconds: float) -> np.ndarray:
     return np.concatenate(parts)[: int(seconds * RATE)]
 
 
-def write_call(path: Path, pcm: np.ndarray, codec: str, kbps: float, keys) -> tuple[float, int]:
-    cf = CallFile(path, [keys["rec_pub"]], RATE, keys["dev_pub"], codec=codec, opus_kbps=kbps)
+def write_call(path: Path, pcm: np.ndarray, codec: str, kbps: float, keys, complexity: int = 5) -> tuple[float, int]:
+    cf = CallFile(path, [keys["rec_pub"]], RATE, keys["dev_pub"], codec=codec, opus_kbps=kbps,
+                  opus_complexity=complexity)
     t0 = time.process_time()
     for s in range(0, len(pcm), 1600):
         cf.write(pcm[s:s + 1600])
@@ -74,11 +75,12 @@ def codec_figures(minutes: float, keys, tmp: Path) -> dict:
     pcm = speech(minutes * 60)
     ref = speech(60.0)
     rows = {}
-    for codec, kbps in (("opus", 16.0), ("opus", 24.0), ("flac", 0.0), ("wav", 0.0)):
-        name = f"{codec}{int(kbps) or ''}"
-        cpu, size = write_call(tmp / f"long-{name}.{codec}.age", pcm, codec, kbps, keys)
-        write_call(tmp / f"ref-{name}.{codec}.age", ref, codec, kbps, keys)
-        deg = decode(tmp / f"ref-{name}.{codec}.age", keys)
+    for codec, kbps, cx in (("opus", 16.0, 5), ("opus", 16.0, 10), ("opus", 16.0, 2), ("opus", 24.0, 5),
+                            ("flac", 0.0, 0), ("wav", 0.0, 0)):
+        name = f"{codec}{int(kbps) or ''}" + (f"/c{cx}" if codec == "opus" else "")
+        cpu, size = write_call(tmp / "long.age", pcm, codec, kbps, keys, cx)
+        write_call(tmp / "ref.age", ref, codec, kbps, keys, cx)
+        deg = decode(tmp / "ref.age", keys)
         n = min(len(deg), len(ref))
         score = pesq(RATE, ref[:n].astype(np.float32) / 32768, deg[:n].astype(np.float32) / 32768, "nb")
         hours = len(pcm) / RATE / 3600
@@ -159,9 +161,9 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name:<8} {r['bytes_per_hour'] / 1e6:>13.2f} {r['bytes_per_hour'] * 8 / 3600 / 1000:>8.1f} "
               f"{r['pesq_nb']:>8.2f} {r['cpu_per_line_hour']:>16.2f}")
-    per_year = rows["opus16"]["bytes_per_hour"] * 16 * 8 * 365
+    per_year = rows["opus16/c5"]["bytes_per_hour"] * 16 * 8 * 365
     print(f"1 TB holds {1e12 / per_year:.1f} years of 16 lines x 8 busy hours/day with the default codec "
-          f"(opus 16 kbit/s target; {per_year / 1e9:.0f} GB/year)")
+          f"(opus 16 kbit/s target, complexity 5; {per_year / 1e9:.0f} GB/year)")
     for codec, crash in crashes.items():
         print(f"crash test, {codec}: {crash['ops']} write operations, {crash['trials']} power-cut trials, "
               f"{crash['interrupted_checks']} interrupted-call checks")

@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from .age import (CHUNK, TAG, VERSION_LINE, AgeError, AgeWriter, X25519Identity, _b64, _hkdf, _nonce,
                   _x25519_stanza, decrypt_bytes)
 from .errors import VaultError
+from .oggopus import OggOpusWriter
 
 ENC_CHUNK = CHUNK + TAG
 CODECS = {"opus": ("OGG", "OPUS", "opus"), "flac": ("FLAC", "PCM_16", "flac"), "wav": ("WAV", "PCM_16", "wav")}
@@ -43,7 +44,6 @@ CODECS = {"opus": ("OGG", "OPUS", "opus"), "flac": ("FLAC", "PCM_16", "flac"), "
 # Levels 3-8 use 4096-sample blocks (0.51 s) for < 1 % smaller files on telephone speech.
 FLAC_LEVEL = 0.25
 _STREAMING_SIZE = b"\xff\xff\xff\xff"
-_SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # libsndfile >= 1.2: longest audio held in an Ogg page
 
 
 class Disk:
@@ -80,11 +80,6 @@ class Disk:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def opus_level(kbps: float) -> float:
-    """libsndfile maps compression level 0..1 linearly onto a 256..6 kbit/s Opus target."""
-    return min(1.0, max(0.0, (256.0 - kbps) / 250.0))
 
 
 class _Encoder:
@@ -134,7 +129,7 @@ class CallFile:
 
     def __init__(self, final: Path, recipients: list[bytes], rate: int, device_recipient: bytes,
                  codec: str = "opus", opus_kbps: float = 16.0, checkpoint_s: float = 0.5,
-                 disk: Disk | None = None) -> None:
+                 disk: Disk | None = None, opus_complexity: int = 5) -> None:
         if codec not in CODECS:
             raise VaultError(f"unknown codec {codec!r}")
         self.final = Path(final)
@@ -172,15 +167,12 @@ class CallFile:
         self.disk.sync_dir(self.part.parent)
         self.size = self._payload_off
         major, sub, _ = CODECS[codec]
-        kw = ({"compression_level": opus_level(opus_kbps)} if codec == "opus"
-              else {"compression_level": FLAC_LEVEL} if codec == "flac" else {})
         self._enc = _Encoder(self)
-        self._snd = sf.SoundFile(self._enc, "w", samplerate=rate, channels=1, format=major, subtype=sub, **kw)
-        if codec == "opus":
-            from soundfile import _ffi, _snd
-
-            latency = _ffi.new("double*", 1000.0 * checkpoint_s)
-            _snd.sf_command(self._snd._file, _SFC_SET_OGG_PAGE_LATENCY_MS, latency, _ffi.sizeof("double"))
+        if codec == "opus":  # a page ends at every checkpoint (see checkpoint())
+            self._snd = OggOpusWriter(self._enc, rate, opus_kbps, opus_complexity)
+        else:
+            kw = {"compression_level": FLAC_LEVEL} if codec == "flac" else {}
+            self._snd = sf.SoundFile(self._enc, "w", samplerate=rate, channels=1, format=major, subtype=sub, **kw)
 
     # -- plaintext side -------------------------------------------------------------------
     @property
@@ -233,6 +225,8 @@ class CallFile:
 
     def checkpoint(self) -> None:
         """Make everything written so far survive a power cut (journal record + fdatasync)."""
+        if isinstance(self._snd, OggOpusWriter):
+            self._snd.flush()  # the journal can only use whole pages
         if self._pending:
             payload = b"D" + b"".join(struct.pack(">QI", off, len(b)) + b for off, b in self._pending)
             self._pending.clear()

@@ -168,6 +168,10 @@ class StorageConfig(_Strict):
         "FLAC (lossless, about 5x Opus's size) or 16-bit PCM WAV (lossless, uncompressed).",
     )
     opus_kbps: float = Field(16.0, ge=6.0, le=64.0, description="Opus target bit rate in kbit/s.")
+    opus_complexity: int = Field(
+        5, ge=0, le=10, description="Opus encoder complexity (0-10): CPU against quality; 5 scores the "
+        "same PESQ as 10 on telephone speech for about half the CPU (benchmarks/vault.py).",
+    )
     checkpoint_s: float = Field(
         0.5, ge=0.1, le=1.0, description="Audio a power cut may cost at most, per call in progress "
         "(journal fsync interval).",

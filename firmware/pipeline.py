@@ -339,7 +339,8 @@ class WriterWorker(Worker):
             try:
                 st = self.storage
                 cf = CallFile(self.data_dir / rel, self.recipients, self.rate, self.device_recipient,
-                              codec=st.codec, opus_kbps=st.opus_kbps, checkpoint_s=st.checkpoint_s)
+                              codec=st.codec, opus_kbps=st.opus_kbps, checkpoint_s=st.checkpoint_s,
+                              opus_complexity=st.opus_complexity)
             except OSError as exc:
                 self._error(call_id, exc)
             self._open[key] = (call_id, cf, [0, idx])

@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
-runtime_pkgs=(python3 python3-venv python3-dev gcc libasound2-dev libasound2 alsa-utils libsndfile1 ca-certificates)
-test_pkgs=(age sox chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng)
+runtime_pkgs=(python3 python3-venv python3-dev gcc libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0 ca-certificates)
+test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")
