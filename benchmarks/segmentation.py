@@ -19,6 +19,7 @@ segmenter alone (WebRTC VAD: the VAD calls alone). Timings are printed, never as
 
     .venv/bin/python benchmarks/segmentation.py                   # 4 lines x 60 min
     .venv/bin/python benchmarks/segmentation.py --lines 2 --minutes 10
+    .venv/bin/python benchmarks/segmentation.py --seed 7 --verbose   # another corpus, misses listed
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from dsp.segment import SegmentParams  # noqa: E402
-from tests.corpus import Found, LineSpec, build_line, score, segment_line  # noqa: E402
+from tests.corpus import Found, LineSpec, build_line, misses, score, segment_line  # noqa: E402
 
 RATE = 8000
 SNRS = (10.0, 20.0, 35.0, 15.0, 25.0, 30.0)
@@ -101,7 +102,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--seed", type=int, default=2024, help="corpus seed (line i uses seed + i)")
+    ap.add_argument("--verbose", action="store_true", help="list nokbox's misses per line")
     args = ap.parse_args()
     params = SegmentParams(rate=RATE)
     names = ("nokbox", "webrtc", "rms")
@@ -126,6 +128,9 @@ def main() -> int:
               f"({sum(1 for lab in labels if lab.dialed)} dialled, {sum(1 for lab in labels if lab.caller_id)} "
               f"with caller ID, {sum(1 for lab in labels if lab.hold_s)} on hold, longest pause "
               f"{max((lab.longest_pause_s for lab in labels), default=0):.1f} s)", flush=True)
+        if args.verbose:
+            for m in misses(labels, ours, RATE):
+                print("    " + m, flush=True)
     hours = args.lines * args.minutes / 60.0
     print(f"\ncorpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
           f"(generated and scored in {time.monotonic() - t0:.0f} s wall)\n")
