@@ -62,7 +62,8 @@ def english(rate: int = 8000) -> tuple[np.ndarray, ...]:
     """Every spoken prompt longer than 1 s, trimmed, at ``rate``."""
     out = []
     for p in sorted(SOUNDS.rglob("*.wav")):
-        if any(w in p.name for w in _NOT_SPEECH):
+        # the folder counts too: silence/1.wav ... silence/10.wav are dither, not speech
+        if any(w in part for part in p.relative_to(SOUNDS).parts for w in _NOT_SPEECH):
             continue
         x, r = sf.read(str(p), dtype="float32")
         if x.ndim > 1:
