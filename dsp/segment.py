@@ -26,6 +26,7 @@ import numpy as np
 
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
+from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
                     ToneSpec, dtmf_codes, tone_labels)
 
@@ -170,6 +171,7 @@ class LineSegmenter:
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
+        self._tonal = TonalDetector(p.rate, self.flen)
         self._reset_stream(start_sample)
         self._barrier = start_sample
         self.in_call = False
@@ -416,8 +418,10 @@ class LineSegmenter:
         cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
         moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
         F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
-                 lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf)
+                 lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
+        if F["tonal"] is None:
+            self._tonal.reset()  # not looked at: no run of peaks continues across this chunk
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""
@@ -539,6 +543,15 @@ class LineSegmenter:
         # whose quiet passages the floor has risen to; never steady off-hook hiss)
         loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
             | (tl >= 0) | F["dtmf"][i:]
+        # music under the off-hook noise (quiet passages, a track fading out): persistent spectral
+        # peaks, looked for only where the level alone says nothing and the line is over its idle floor
+        want = ~loud & (lv >= self._ref + p.release_db) & (lv >= p.min_level_dbfs)
+        if F["tonal"] is None and want.sum() >= self._fr(0.5):
+            full = np.zeros(nf, bool)
+            full[i:] = want
+            F["tonal"] = self._tonal.frames(F["x"], full)
+        if F["tonal"] is not None:
+            loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
         ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
         cs = np.concatenate(([0], np.cumsum(ext)))
