@@ -104,8 +104,12 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=2024, help="corpus seed (line i uses seed + i)")
     ap.add_argument("--verbose", action="store_true", help="list nokbox's misses per line")
+    ap.add_argument("--chunk", type=float, default=None, help="segment.chunk_s (default: the config's)")
     args = ap.parse_args()
-    params = SegmentParams(rate=RATE)
+    from firmware.config import SegmentConfig
+
+    chunk_s = args.chunk if args.chunk is not None else SegmentConfig().chunk_s
+    params = SegmentParams(rate=RATE, chunk_s=chunk_s)
     names = ("nokbox", "webrtc", "rms")
     totals: dict[str, list[dict]] = {k: [] for k in names}
     cpu = {k: 0.0 for k in names}
@@ -132,7 +136,9 @@ def main() -> int:
             for m in misses(labels, ours, RATE):
                 print("    " + m, flush=True)
     hours = args.lines * args.minutes / 60.0
-    print(f"\ncorpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
+    print(f"\nnokbox chunk_s = {params.chunk / RATE:g} s; start latency = samples fed from a call's first sign "
+          f"(click or caller ID) until its CallStart came out")
+    print(f"corpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
           f"(generated and scored in {time.monotonic() - t0:.0f} s wall)\n")
     rows = []
     for k in names:
@@ -157,6 +163,8 @@ def main() -> int:
             "dialled numbers exact": f"{dial[0]}/{dial[1]} ({100.0 * dial[0] / max(dial[1], 1):.1f} %)"
             if k == "nokbox" else "n/a",
             "caller ID exact": f"{cid[0]}/{cid[1]}" if k == "nokbox" else "n/a",
+            "start latency median/max (s)": (lambda v: f"{np.median(v):.2f} / {max(v):.2f}")(
+                [t for d in s for t in d["latency_s"]]) if k == "nokbox" else "n/a",
             "CPU s per line-hour": f"{cpu[k] / hours:.3f}",
         }))
     keys = list(rows[0][1])

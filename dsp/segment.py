@@ -36,6 +36,7 @@ _SUSTAIN_WIN = 20  # frames
 _SUSTAIN_MIN = 5
 _DIAL_GAP_S = 3.0
 _MOVING_DB = 1.5
+_GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral analysis
 
 
 @dataclass(frozen=True)
@@ -341,15 +342,27 @@ class LineSegmenter:
         allb = np.concatenate((prev, bmin))
         nb = len(bmin)
         w = self._floor_blocks
-        pm = np.array([allb[max(0, len(prev) + b - w):len(prev) + b].min() if len(prev) + b > 0 else np.inf
-                       for b in range(nb)])
+        # minimum of the w blocks before each block (inf before the stream's first block)
+        padded = np.concatenate((np.full(max(0, w - len(prev)), np.inf), allb))
+        off = len(padded) - len(allb) + len(prev)
+        pm = np.lib.stride_tricks.sliding_window_view(padded[off - w:off - w + nb + w - 1], w).min(axis=1)
         floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
         self._blockmins.extend(bmin)
         self._floor_now = float(floor[-1])
         # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
         # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
         loud = lv >= self._gate_dbfs
+        if not self.in_call and self._cad.run_label < 0:
+            # idle and no tone going on: a tone, digit or mark holds >= 60 % of its window's power, so
+            # its frames stand >= 4 dB over the noise; frames within 3 dB of the floor hold none
+            loud &= lv >= floor + _GATE_DB
         k = self.bank._k
+        if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
+                and not self._cf.a.any() and not self._spc.a.any()):
+            # idle, nothing to analyse and nothing under way (the common case on an idle line): no
+            # detector can fire here, so only the features later chunks look back on are kept
+            self._quiet_chunk(x, e, f0, nf, lv, floor)
+            return
         if loud.all():
             ch = self.bank.terms(halves, first)
         else:
@@ -422,6 +435,26 @@ class LineSegmenter:
         self._run_state(F, digits, tone_events, cid_events, events)
         if F["tonal"] is None:
             self._tonal.reset()  # not looked at: no run of peaks continues across this chunk
+
+    def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
+        """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""
+        k = self.bank._k
+        self._cf.extend(np.zeros((nf, k), np.complex64))
+        self._ch.extend(np.zeros((2 * nf, k), np.complex64))
+        self._e.extend(e)
+        none = np.full(nf, -1, np.int64)
+        self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
+        self._cad.feed(none, f0)
+        self._recent = x[-int(0.1 * self.p.rate):].copy()
+        # speech needs floor + trigger_db, idle activity floor + release_db: none here
+        self._spc.extend(np.zeros(nf, np.int32))
+        self._act_idle.extend(np.zeros(nf, bool))
+        self._endtone.extend(np.zeros(nf, bool))
+        self._floor_tape.extend(floor)
+        lvl_ext = self._lvl.extend(lv)
+        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
+        self._dl.extend(np.where(np.isfinite(dl), dl, 0.0))
+        self._tonal.reset()
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""

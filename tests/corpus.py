@@ -369,6 +369,7 @@ class Found:
     dialed: str | None = None
     caller_id: str | None = None
     evidence: str = ""
+    emitted_at: int = 0  # samples fed when CallStart came out (detection latency)
 
 
 def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
@@ -378,14 +379,14 @@ def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
     seg = LineSegmenter(params)
     events = []
     for i in range(0, len(x), block):
-        events += seg.process(x[i:i + block], i)
-    events += seg.finish("eof")
+        events += [(ev, min(i + block, len(x))) for ev in seg.process(x[i:i + block], i)]
+    events += [(ev, len(x)) for ev in seg.finish("eof")]
     out, start = [], None
-    for ev in events:
+    for ev, fed in events:
         if isinstance(ev, CallStart):
-            start, why = ev.sample, ev.evidence
+            start, why, at = ev.sample, ev.evidence, fed
         elif isinstance(ev, CallEnd) and start is not None:
-            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why))
+            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why, at))
             start = None
     return out
 
@@ -399,6 +400,7 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
     hit = 0
     splits = merges = 0
     clip_ms: list[float] = []
+    latency_s: list[float] = []
     lag_s: list[float] = []
     whole = 0
     lost = 0
@@ -419,6 +421,7 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
         if ov:
             f = found[ov[0]]
             clip_ms.append(max(0.0, (f.start - lab.first_speech) / rate * 1000.0))
+            latency_s.append((f.emitted_at - lab.start) / rate)
             lag_s.append((found[ov[-1]].end - lab.end) / rate)
             if len(ov) == 1 and f.start <= lab.start and f.end >= lab.last_speech:
                 whole += 1
@@ -444,6 +447,7 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
         "worst_onset_clip_ms": max(clip_ms) if clip_ms else 0.0,
         "median_end_lag_s": float(np.median(lag_s)) if lag_s else 0.0,
         "dialed": (dial_ok, dial_n), "caller_id": (cid_ok, cid_n),
+        "latency_s": latency_s,
     }
 
 
