@@ -19,6 +19,7 @@ segmenter alone (WebRTC VAD: the VAD calls alone). Timings are printed, never as
 
     .venv/bin/python benchmarks/segmentation.py                   # 4 lines x 60 min
     .venv/bin/python benchmarks/segmentation.py --lines 2 --minutes 10
+    .venv/bin/python benchmarks/segmentation.py --seed 7 --verbose   # another corpus, misses listed
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 from dsp.segment import SegmentParams  # noqa: E402
-from tests.corpus import Found, LineSpec, build_line, score, segment_line  # noqa: E402
+from tests.corpus import Found, LineSpec, build_line, misses, score, segment_line  # noqa: E402
 
 RATE = 8000
 SNRS = (10.0, 20.0, 35.0, 15.0, 25.0, 30.0)
@@ -101,9 +102,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=2024)
+    ap.add_argument("--seed", type=int, default=2024, help="corpus seed (line i uses seed + i)")
+    ap.add_argument("--verbose", action="store_true", help="list nokbox's misses per line")
+    ap.add_argument("--chunk", type=float, default=None, help="segment.chunk_s (default: the config's)")
     args = ap.parse_args()
-    params = SegmentParams(rate=RATE)
+    from firmware.config import SegmentConfig
+
+    chunk_s = args.chunk if args.chunk is not None else SegmentConfig().chunk_s
+    params = SegmentParams(rate=RATE, chunk_s=chunk_s)
     names = ("nokbox", "webrtc", "rms")
     totals: dict[str, list[dict]] = {k: [] for k in names}
     cpu = {k: 0.0 for k in names}
@@ -126,8 +132,13 @@ def main() -> int:
               f"({sum(1 for lab in labels if lab.dialed)} dialled, {sum(1 for lab in labels if lab.caller_id)} "
               f"with caller ID, {sum(1 for lab in labels if lab.hold_s)} on hold, longest pause "
               f"{max((lab.longest_pause_s for lab in labels), default=0):.1f} s)", flush=True)
+        if args.verbose:
+            for m in misses(labels, ours, RATE):
+                print("    " + m, flush=True)
     hours = args.lines * args.minutes / 60.0
-    print(f"\ncorpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
+    print(f"\nnokbox chunk_s = {params.chunk / RATE:g} s; start latency = samples fed from a call's first sign "
+          f"(click or caller ID) until its CallStart came out")
+    print(f"corpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
           f"(generated and scored in {time.monotonic() - t0:.0f} s wall)\n")
     rows = []
     for k in names:
@@ -152,6 +163,8 @@ def main() -> int:
             "dialled numbers exact": f"{dial[0]}/{dial[1]} ({100.0 * dial[0] / max(dial[1], 1):.1f} %)"
             if k == "nokbox" else "n/a",
             "caller ID exact": f"{cid[0]}/{cid[1]}" if k == "nokbox" else "n/a",
+            "start latency median/max (s)": (lambda v: f"{np.median(v):.2f} / {max(v):.2f}")(
+                [t for d in s for t in d["latency_s"]]) if k == "nokbox" else "n/a",
             "CPU s per line-hour": f"{cpu[k] / hours:.3f}",
         }))
     keys = list(rows[0][1])

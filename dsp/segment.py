@@ -26,6 +26,7 @@ import numpy as np
 
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
+from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
                     ToneSpec, dtmf_codes, tone_labels)
 
@@ -35,6 +36,7 @@ _SUSTAIN_WIN = 20  # frames
 _SUSTAIN_MIN = 5
 _DIAL_GAP_S = 3.0
 _MOVING_DB = 1.5
+_GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral analysis
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class LineSegmenter:
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
+        self._tonal = TonalDetector(p.rate, self.flen)
         self._reset_stream(start_sample)
         self._barrier = start_sample
         self.in_call = False
@@ -203,6 +206,12 @@ class LineSegmenter:
         self._dl.a = np.zeros(_SUSTAIN_WIN - 1)
         self._act_idle = _Tape(fr(p.confirm_s) + 1, bool, False)  # idle activity, for the onset search
         self._act_idle.a = np.zeros(fr(p.confirm_s) + 1, bool)
+        self._endtone = _Tape(fr(p.confirm_s) + 1, bool, False)  # busy/reorder frames, for the onset search
+        self._endtone.a = np.zeros(fr(p.confirm_s) + 1, bool)
+        self._floor_tape = _Tape(fr(p.confirm_s) + 1, np.float64, 0.0)  # the floor, for the call's reference
+        self._floor_tape.a = np.full(fr(p.confirm_s) + 1, np.inf)
+        self._fsk_win = (_NEG, _NEG)  # samples of the latest FSK decode window (never speech)
+        self._seizure = int(0.35 * p.rate)  # the channel seizure (alternating bits) before the mark
         self._floor_now = SILENCE_DBFS
         self._dtmf = DtmfSequencer(p.dtmf)
         self._cad = CadenceTracker(p.tones, self._group_of, FRAME_S, p.cadence_tol)
@@ -228,6 +237,7 @@ class LineSegmenter:
         self._digits: list[tuple[int, str]] = []
         self._cid: str | None = None
         self._call_frame0 = 0
+        self._talk0: int | None = None  # first speech frame of the call (the line is off-hook by then)
 
     # -- what the caller must keep -------------------------------------------------
     @property
@@ -332,15 +342,27 @@ class LineSegmenter:
         allb = np.concatenate((prev, bmin))
         nb = len(bmin)
         w = self._floor_blocks
-        pm = np.array([allb[max(0, len(prev) + b - w):len(prev) + b].min() if len(prev) + b > 0 else np.inf
-                       for b in range(nb)])
+        # minimum of the w blocks before each block (inf before the stream's first block)
+        padded = np.concatenate((np.full(max(0, w - len(prev)), np.inf), allb))
+        off = len(padded) - len(allb) + len(prev)
+        pm = np.lib.stride_tricks.sliding_window_view(padded[off - w:off - w + nb + w - 1], w).min(axis=1)
         floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
         self._blockmins.extend(bmin)
         self._floor_now = float(floor[-1])
         # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
         # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
         loud = lv >= self._gate_dbfs
+        if not self.in_call and self._cad.run_label < 0:
+            # idle and no tone going on: a tone, digit or mark holds >= 60 % of its window's power, so
+            # its frames stand >= 4 dB over the noise; frames within 3 dB of the floor hold none
+            loud &= lv >= floor + _GATE_DB
         k = self.bank._k
+        if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
+                and not self._cf.a.any() and not self._spc.a.any()):
+            # idle, nothing to analyse and nothing under way (the common case on an idle line): no
+            # detector can fire here, so only the features later chunks look back on are kept
+            self._quiet_chunk(x, e, f0, nf, lv, floor)
+            return
         if loud.all():
             ch = self.bank.terms(halves, first)
         else:
@@ -379,10 +401,17 @@ class LineSegmenter:
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
+        fsk_frame = np.zeros(nf, bool)
         if self._marks:
             self._fsk(cf4, e4, x, first, f0, cid_events)
-        # speech: over the floor, loud enough, not a tone, not DTMF
-        spc = ((lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame)
+            # the caller-ID burst is not speech (its confirmation is the decoded caller ID)
+            ws, we = self._fsk_win
+            a = max(0, (ws - self._seizure - first) // flen)
+            b = min(nf, -(-(we - first) // flen))
+            if b > a:
+                fsk_frame[a:b] = True
+        # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
+        spc = ((lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame & ~fsk_frame)
         hist = self._spc.keep
         cs1 = np.concatenate(([0], np.cumsum(self._spc.extend(spc.astype(np.int32)))))
         cnt = cs1[hist + 1:hist + 1 + nf] - cs1[:nf]  # speech frames in the second ending at each frame
@@ -392,6 +421,8 @@ class LineSegmenter:
             busyish |= tl == g
         act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
+        endtone_ext = self._endtone.extend(busyish)
+        floor_ext = self._floor_tape.extend(floor)
         lvl_ext = self._lvl.extend(lv)
         # level movement: mean |change| of the frame level over the last 20 frames (stationary
         # hiss and hum stay under ~1 dB; speech and music move several dB)
@@ -400,8 +431,30 @@ class LineSegmenter:
         cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
         moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
         F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
-                 lvl_ext=lvl_ext, f0=f0, nf=nf)
+                 lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
+        if F["tonal"] is None:
+            self._tonal.reset()  # not looked at: no run of peaks continues across this chunk
+
+    def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
+        """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""
+        k = self.bank._k
+        self._cf.extend(np.zeros((nf, k), np.complex64))
+        self._ch.extend(np.zeros((2 * nf, k), np.complex64))
+        self._e.extend(e)
+        none = np.full(nf, -1, np.int64)
+        self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
+        self._cad.feed(none, f0)
+        self._recent = x[-int(0.1 * self.p.rate):].copy()
+        # speech needs floor + trigger_db, idle activity floor + release_db: none here
+        self._spc.extend(np.zeros(nf, np.int32))
+        self._act_idle.extend(np.zeros(nf, bool))
+        self._endtone.extend(np.zeros(nf, bool))
+        self._floor_tape.extend(floor)
+        lvl_ext = self._lvl.extend(lv)
+        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
+        self._dl.extend(np.where(np.isfinite(dl), dl, 0.0))
+        self._tonal.reset()
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""
@@ -441,6 +494,7 @@ class LineSegmenter:
                 s = self._sample(fa) - int(0.06 * p.rate)
                 if s >= self._fsk_until:
                     self._fsk_pending = (s, s + int(1.4 * p.rate), fa)
+                    self._fsk_win = (s, s + int(1.4 * p.rate))
                     self._fsk_parts = []
                     self._fsk_have = max(s, ext_first)
                     break
@@ -483,6 +537,10 @@ class LineSegmenter:
         hist = len(ext) - nf
         barrier_f = (self._barrier - self._origin + self.flen - 1) // self.flen
         lo = max(0, hist + j - self._fr(p.confirm_s), hist + barrier_f - f0)
+        # never inside (or at the edges of) a busy/reorder tone: that is the previous call's hang-up
+        bz = np.flatnonzero(F["endtone_ext"][lo:hist + j + 1])
+        if len(bz):
+            lo = min(lo + int(bz[-1]) + 6, hist + j)
         win = ext[lo:hist + j + 1]
         act = np.flatnonzero(win)
         onset_f = f0 + (lo + int(act[0]) - hist if len(act) else j)
@@ -491,9 +549,13 @@ class LineSegmenter:
         cid = self._cid
         self._call_state_reset()
         self._cid = cid
-        rel = max(0, min(nf - 1, onset_f - f0))
-        self._ref = float(F["floor"][rel]) if onset_f >= f0 else float(F["floor"][0])
+        # the idle floor: the lowest floor from the first sign to the confirmation (the floor follows a
+        # fall at once but a rise only after its window, so this is the line before the off-hook)
+        fl = F["floor_ext"][hist + onset_f - f0:hist + j + 1] if onset_f - f0 >= -hist else F["floor_ext"][:hist + j + 1]
+        self._ref = float(fl.min()) if len(fl) else float(F["floor"][j])
         self._call_frame0 = f0 + j  # confirmation: the onset may be a crackle pop before the off-hook
+        if why == "speech":
+            self._talk0 = f0 + j
         self._last_act = f0 + j
         self.in_call = True
         self.call_start = start
@@ -514,6 +576,15 @@ class LineSegmenter:
         # whose quiet passages the floor has risen to; never steady off-hook hiss)
         loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
             | (tl >= 0) | F["dtmf"][i:]
+        # music under the off-hook noise (quiet passages, a track fading out): persistent spectral
+        # peaks, looked for only where the level alone says nothing and the line is over its idle floor
+        want = ~loud & (lv >= self._ref + p.release_db) & (lv >= p.min_level_dbfs)
+        if F["tonal"] is None and want.sum() >= self._fr(0.5):
+            full = np.zeros(nf, bool)
+            full[i:] = want
+            F["tonal"] = self._tonal.frames(F["x"], full)
+        if F["tonal"] is not None:
+            loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
         ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
         cs = np.concatenate(([0], np.cumsum(ext)))
@@ -529,8 +600,19 @@ class LineSegmenter:
             kk = int(k[0])
             cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
         # 2. back at the idle floor after the off-hook noise had risen above it
-        # the call's own noise floor: the lowest floor seen since floor_window_s after its first sign
-        settled = idx >= self._call_frame0 + self._fr(p.floor_window_s + 0.5)
+        # the call's own noise floor: the lowest floor seen since floor_window_s after its first speech
+        # (a caller ID or a dial tone may come seconds before the line settles off-hook)
+        ws, we = self._fsk_win
+        if self._talk0 is not None and ws - self._seizure <= self._sample(self._talk0) < we:
+            self._talk0 = None  # that was the caller-ID burst, before the off-hook
+        if self._talk0 is None:
+            tk = np.flatnonzero(F["talk"][i:] & (idx >= (we - self._origin) // self.flen))
+            if len(tk):
+                self._talk0 = fa0 + int(tk[0])
+        if self._talk0 is None:
+            settled = np.zeros(n, bool)
+        else:
+            settled = idx >= self._talk0 + self._fr(p.floor_window_s + 0.5)
         callmin = np.minimum.accumulate(np.where(settled, floor, np.inf))
         callmin = np.minimum(callmin, self._call_min)
         # judged on the call's floor as it was before the quiet second being tested (and before

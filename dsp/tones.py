@@ -282,9 +282,10 @@ class CadenceTracker:
             if lab >= 0:
                 self.last_frame_of[lab] = fe - 1
                 if not self.cont_done and fe - self.run_start >= self.cont_frames:
+                    # the frame that completes continuous_s of tone (never past this block's last frame)
                     for i, sp in enumerate(self.specs):
                         if sp.continuous and self.group_of[i] == lab:
-                            out.append((self.run_start + self.cont_frames, sp.name))
+                            out.append((self.run_start + self.cont_frames - 1, sp.name))
                     self.cont_done = True
         return out
 

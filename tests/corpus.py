@@ -62,7 +62,8 @@ def english(rate: int = 8000) -> tuple[np.ndarray, ...]:
     """Every spoken prompt longer than 1 s, trimmed, at ``rate``."""
     out = []
     for p in sorted(SOUNDS.rglob("*.wav")):
-        if any(w in p.name for w in _NOT_SPEECH):
+        # the folder counts too: silence/1.wav ... silence/10.wav are dither, not speech
+        if any(w in part for part in p.relative_to(SOUNDS).parts for w in _NOT_SPEECH):
             continue
         x, r = sf.read(str(p), dtype="float32")
         if x.ndim > 1:
@@ -149,6 +150,8 @@ class Label:
     speech: list[tuple[int, int]] = field(default_factory=list)
     hold_s: float = 0.0
     longest_pause_s: float = 0.0
+    step_db: float = 0.0  # off-hook noise step over the idle noise (0: none)
+    hold: tuple[int, int] | None = None  # the hold music's span
 
 
 @dataclass
@@ -233,6 +236,7 @@ class _Builder:
         talk = rng.uniform(*self.s.talk_s) * r
         t0 = t
         hold_s = 0.0
+        hold_span = None
         longest = 0.0
         held = False
         while t - t0 < talk:
@@ -248,6 +252,7 @@ class _Builder:
                 off = int(rng.integers(0, max(1, len(m) - hold)))
                 seg = _norm(m[off:off + hold], talk_level - 4)
                 t += int(0.5 * r)
+                hold_span = (t, t + len(seg))
                 t = self.put(seg, t)
                 hold_s = len(seg) / r
                 t += int(0.5 * r)
@@ -272,7 +277,8 @@ class _Builder:
         if step_db > 0:
             self.noise_gain[hook:end_click] = 10 ** (step_db / 20)
         lab = Label(start=start, first_speech=spans[0][0], last_speech=spans[-1][1], end=t, dialed=dialed,
-                    caller_id=cid, ending=ending, speech=spans, hold_s=hold_s, longest_pause_s=longest)
+                    caller_id=cid, ending=ending, speech=spans, hold_s=hold_s, longest_pause_s=longest,
+                    step_db=step_db, hold=hold_span)
         return t, lab
 
     def build(self) -> tuple[np.ndarray, list[Label]]:
@@ -363,6 +369,7 @@ class Found:
     dialed: str | None = None
     caller_id: str | None = None
     evidence: str = ""
+    emitted_at: int = 0  # samples fed when CallStart came out (detection latency)
 
 
 def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
@@ -372,14 +379,14 @@ def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
     seg = LineSegmenter(params)
     events = []
     for i in range(0, len(x), block):
-        events += seg.process(x[i:i + block], i)
-    events += seg.finish("eof")
+        events += [(ev, min(i + block, len(x))) for ev in seg.process(x[i:i + block], i)]
+    events += [(ev, len(x)) for ev in seg.finish("eof")]
     out, start = [], None
-    for ev in events:
+    for ev, fed in events:
         if isinstance(ev, CallStart):
-            start, why = ev.sample, ev.evidence
+            start, why, at = ev.sample, ev.evidence, fed
         elif isinstance(ev, CallEnd) and start is not None:
-            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why))
+            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why, at))
             start = None
     return out
 
@@ -393,6 +400,7 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
     hit = 0
     splits = merges = 0
     clip_ms: list[float] = []
+    latency_s: list[float] = []
     lag_s: list[float] = []
     whole = 0
     lost = 0
@@ -413,6 +421,7 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
         if ov:
             f = found[ov[0]]
             clip_ms.append(max(0.0, (f.start - lab.first_speech) / rate * 1000.0))
+            latency_s.append((f.emitted_at - lab.start) / rate)
             lag_s.append((found[ov[-1]].end - lab.end) / rate)
             if len(ov) == 1 and f.start <= lab.start and f.end >= lab.last_speech:
                 whole += 1
@@ -438,4 +447,43 @@ def score(labels: list[Label], found: list[Found], rate: int) -> dict:
         "worst_onset_clip_ms": max(clip_ms) if clip_ms else 0.0,
         "median_end_lag_s": float(np.median(lag_s)) if lag_s else 0.0,
         "dialed": (dial_ok, dial_n), "caller_id": (cid_ok, cid_n),
+        "latency_s": latency_s,
     }
+
+
+def misses(labels: list[Label], found: list[Found], rate: int) -> list[str]:
+    """One line per miss (split, merge, false call, speech lost, wrong number), for reading."""
+    out: list[str] = []
+
+    def t(v: int) -> str:
+        return f"{v / rate:8.2f}"
+
+    def desc(lab: Label) -> str:
+        hold = f", hold {lab.hold[0] / rate:.1f}-{lab.hold[1] / rate:.1f} s" if lab.hold else ""
+        return (f"call {t(lab.start)}-{t(lab.end)} s (speech {t(lab.first_speech)}-{t(lab.last_speech)}, "
+                f"{lab.ending}, step {lab.step_db:.1f} dB{hold})")
+
+    def fdesc(f: Found) -> str:
+        return f"[{t(f.start)}-{t(f.end)} {f.evidence}->{f.reason}]"
+
+    for lab in labels:
+        ov = [f for f in found if _overlap(f.start, f.end, lab.first_speech, lab.last_speech) > 0]
+        if len(ov) > 1:
+            out.append(f"SPLIT  {desc(lab)} into " + " ".join(fdesc(f) for f in ov))
+        for s0, s1 in lab.speech:
+            covered = sum(_overlap(f.start, f.end, s0, s1) for f in found)
+            if covered < s1 - s0:
+                near = [f for f in found if _overlap(f.start, f.end, lab.start, lab.end + 5 * rate) > 0]
+                out.append(f"LOST   {(s1 - s0 - covered) / rate:.2f} s of speech {t(s0)}-{t(s1)} in {desc(lab)}; "
+                           "found " + " ".join(fdesc(f) for f in near))
+        if ov and lab.dialed and ov[0].dialed != lab.dialed:
+            out.append(f"DIALED {lab.dialed!r} read as {ov[0].dialed!r} in {desc(lab)}")
+        if ov and lab.caller_id and ov[0].caller_id != lab.caller_id:
+            out.append(f"CID    {lab.caller_id!r} read as {ov[0].caller_id!r} in {desc(lab)}")
+    for f in found:
+        ov = [lab for lab in labels if _overlap(f.start, f.end, lab.first_speech, lab.last_speech) > 0]
+        if len(ov) > 1:
+            out.append(f"MERGE  {fdesc(f)} holds " + "; ".join(desc(lab) for lab in ov))
+        if not any(_overlap(f.start, f.end, lab.start, lab.end) > 0 for lab in labels):
+            out.append(f"FALSE  {fdesc(f)}")
+    return out

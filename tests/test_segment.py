@@ -153,3 +153,71 @@ def test_sixteen_khz_lines_segment_the_same():
     ev += seg.finish()
     [a] = [e for e in ev if isinstance(e, CallStart)]
     assert a.onset / 16000 == pytest.approx(5.0, abs=0.02)
+
+
+# -- failure modes seen on the corpus (issue 3, second round) -------------------------------------
+def _ten_db_line(parts, seconds, seed=11):
+    """10 dB SNR: idle noise -40 dBFS, off-hook noise 12 dB above it (-28 dBFS) from 4 s on."""
+    return build(parts, seconds, noise_db=-40.0, seed=seed, offhook=(4.0, seconds, 12.0))
+
+
+def _hold(level_dbfs, seconds):
+    m = max(music(RATE), key=len)[5 * RATE:int((5 + seconds) * RATE)]
+    return (m / np.sqrt(np.mean(m * m)) * 10 ** (level_dbfs / 20)).astype(np.float32)
+
+
+def test_hold_music_under_the_off_hook_noise_at_10_db_snr_is_one_call():
+    rng = np.random.default_rng(21)
+    # a minute of hold music 3 dB *under* the off-hook noise: no level test can see it
+    x = _ten_db_line([(4.0, synth.click(RATE)), (4.5, talk(rng, 10.0, -18.0)), (15.0, _hold(-31.0, 60.0)),
+                      (75.5, talk(rng, 10.0, -18.0))], 100.0)
+    c = calls(run(x, block=RATE)[0])
+    assert len(c) == 1 and c[0][2] >= 85.0
+
+
+def test_steady_noise_at_the_same_level_is_not_music():
+    rng = np.random.default_rng(21)
+    hiss = (np.random.default_rng(3).standard_normal(60 * RATE) * 10 ** (-31.0 / 20)).astype(np.float32)
+    x = _ten_db_line([(4.0, synth.click(RATE)), (4.5, talk(rng, 10.0, -18.0)), (15.0, hiss),
+                      (75.5, talk(rng, 10.0, -18.0))], 100.0)
+    c = calls(run(x, block=RATE)[0])
+    assert len(c) == 2 and c[0][3] == "silence" and c[0][2] <= 27.0
+
+
+def test_near_end_hang_up_after_a_caller_id_call_is_not_merged_with_the_next_call():
+    from dsp import callerid
+
+    rng = np.random.default_rng(22)
+    cid = callerid.fsk_signal(callerid.encode_mdmf("0212345678", "03011200"), RATE, "bell202", -18.0)
+    # caller ID 3 s before the off-hook (the call is confirmed before the line's noise rises), a
+    # near-end hang-up (noise back to the idle floor) and the next call 3 s later, no tone between
+    x = build([(5.0, cid), (9.0, synth.click(RATE)), (9.5, talk(rng, 40.0, -30.0)), (50.0, synth.click(RATE)),
+               (53.0, synth.click(RATE)), (53.5, talk(rng, 15.0, -30.0))],
+              90.0, noise_db=-50.0, seed=5, offhook=(9.0, 50.0, 12.0))
+    ends = [e for e in run(x, block=RATE)[0] if isinstance(e, CallEnd)]
+    assert [e.reason for e in ends][:1] == ["idle"] and len(ends) == 2
+    assert ends[0].sample / RATE <= 51.0 and ends[0].caller_id == "0212345678"
+
+
+def test_call_after_a_long_busy_tone_keeps_its_quiet_speech():
+    rng = np.random.default_rng(23)
+    # a call with 12 dB off-hook noise ends on a 6 s busy tone (recognised after ~1.5 s, the call
+    # closes 3 s later while the tone still plays); 1.5 s after it the next call, no noise step,
+    # whose talk is only 13 dB over the idle floor: it must not take the old call's noise as its floor
+    busy = synth.cadence(synth.BUSY, 0.5, 0.5, 6.0, RATE, -18.0)
+    x = build([(3.0, synth.click(RATE)), (3.5, talk(rng, 20.0, -25.0)), (24.0, busy), (30.0, synth.click(RATE)),
+               (31.5, synth.click(RATE)), (32.0, talk(rng, 30.0, -47.0))],
+              90.0, noise_db=-60.0, seed=6, offhook=(3.0, 30.0, 12.0))
+    c = calls(run(x, block=RATE)[0])
+    assert [r for *_, r in c] == ["busy", "silence"]
+    assert c[1][1] >= 30.0  # its first sign is not inside the old call's busy tone
+    assert c[1][0] <= 32.0 and c[1][2] >= 62.0  # the whole second call, one piece
+
+
+@pytest.mark.parametrize("shift", range(24))
+def test_dial_tone_completing_on_a_chunk_boundary(shift):
+    # the 0.5 s that makes a dial tone is complete on, or near, the first frame of a chunk
+    at = 4.0 - 0.5 - 0.03 + (shift - 12) * 0.01
+    x = build([(at, synth.tone(synth.DIAL, 2 * RATE, RATE, -16.0))], 20.0)
+    c = calls(run(x, params=SegmentParams(rate=RATE, chunk_s=1.0), block=RATE)[0])
+    assert len(c) == 1 and c[0][1] <= at + 0.05
