@@ -25,7 +25,7 @@ import io
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -244,11 +244,18 @@ class CallFile:
             if self.frames - self._ckpt_frames >= self._ckpt_every:
                 self.checkpoint()
 
-    def close(self) -> int:
-        """Finish the call: encoder trailer, chunk 0 into its hole, final chunk, fsync, rename."""
+    def close(self, keep_journal: bool = False, end: dict | None = None) -> int:
+        """Finish the call: encoder trailer, chunk 0 into its hole, final chunk, fsync, rename.
+
+        The journal's last record states the frame count, so a cut between the rename and the
+        index update still leaves the call's length known. With ``keep_journal`` the caller
+        deletes the journal (``drop_journal``) once the index says ``finished``; ``end`` (the end
+        reason, samples lost) goes into that record for the same purpose.
+        """
         self._enc.finalizing = True
         self._snd.close()
         disk = self.disk
+        self._journal_append(b"E" + json.dumps({**(end or {}), "frames": self.frames}).encode())
         if self._sealed == 0 and not self._tail:
             ct = self._aead.encrypt(_nonce(0, True), bytes(self._first), None)
             disk.truncate(self._fd, self._payload_off)
@@ -263,15 +270,21 @@ class CallFile:
             disk.pwrite(self._fd, ct, off)
             end = off + len(ct)
             disk.truncate(self._fd, end)
+        disk.sync(self._jfd)
         disk.sync(self._fd)
         disk.close(self._fd)
         disk.rename(self.part, self.final)
         disk.sync_dir(self.final.parent)
         disk.close(self._jfd)
-        disk.unlink(self.journal_path)
-        disk.sync_dir(self.final.parent)
         self.size = end
+        if not keep_journal:
+            self.drop_journal()
         return end
+
+    def drop_journal(self) -> None:
+        """Delete the finished call's journal (after the index has recorded the call)."""
+        self.disk.unlink(self.journal_path)
+        self.disk.sync_dir(self.final.parent)
 
     def abandon(self) -> None:
         """Stop without finishing (the process is going down): keep what the journal holds."""
@@ -292,6 +305,8 @@ class Recovered:
     size: int
     plaintext_bytes: int
     journal_records: int
+    complete: bool = False  # the call had been finished; only its journal was left
+    end: dict = field(default_factory=dict)  # the journal's end record (reason, lost) when complete
 
 
 def read_journal(path: Path, device_identity: str) -> tuple[dict | None, bytearray, int]:
@@ -319,6 +334,8 @@ def read_journal(path: Path, device_identity: str) -> tuple[dict | None, bytearr
         records += 1
         if payload[:1] == b"K":
             meta = json.loads(payload[1:])
+        elif payload[:1] == b"E" and meta is not None:
+            meta["end"] = json.loads(payload[1:])
         elif payload[:1] == b"D" and meta is not None:
             p = 1
             while p < len(payload):
@@ -403,11 +420,14 @@ def recover_call(final: Path, recipients: list[bytes], device_identity: str,
     part = final.with_name(final.name + ".part")
     journal = final.with_name(final.name + ".journal")
     if final.exists():
-        # the call was finished; only the journal's deletion was cut short
-        if journal.exists():
-            disk.unlink(journal)
-            disk.sync_dir(final.parent)
-        return None
+        # the call was finished; only the index update or the journal's deletion was cut short
+        if not journal.exists():
+            return None
+        meta, _, records = read_journal(journal, device_identity)
+        disk.unlink(journal)
+        disk.sync_dir(final.parent)
+        end = (meta or {}).get("end") or {}
+        return Recovered(final, int(end.get("frames", 0)), final.stat().st_size, 0, records, complete=True, end=end)
     if not journal.exists():
         return None
     meta, plain, records = read_journal(journal, device_identity)

@@ -391,12 +391,16 @@ class WriterWorker(Worker):
             self._index.finish_call(call_id, 0, 0, reason, lost, state="failed")
             return
         try:
-            size = cf.close()
+            size = cf.close(keep_journal=True, end={"reason": reason, "lost": lost})
         except OSError as exc:
             self._error(call_id, exc)
             self._index.finish_call(call_id, cf.frames, cf.size, reason, lost, state="failed")
             return
         self._index.finish_call(call_id, cf.frames, size, reason, lost)
+        try:
+            cf.drop_journal()  # only now: a cut before the index update still knows the length
+        except OSError as exc:
+            self._error(call_id, exc)
         self.stats.calls_finished += 1
 
     def _error(self, call_id: int, exc: OSError) -> None:

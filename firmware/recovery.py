@@ -27,10 +27,16 @@ def recover_data_dir(data: Path) -> list[dict]:
     done: list[dict] = []
     try:
         rows = list(idx.con.execute("SELECT id, file, rate FROM calls WHERE state = 'recording'"))
-        if not rows:
+        recording = {data / r["file"] for r in rows}
+        # journals of calls the index already has as finished: the cut came just before their deletion
+        finals = (j.with_name(j.name[:-len(".journal")]) for j in (data / "calls").rglob("*.age.journal"))
+        stale = [f for f in finals if f not in recording and f.exists()]
+        if not rows and not stale:
             return done
         identity = device_recovery_identity(device_for(data))
-        recipients = load_recipients(data)
+        for final in stale:
+            recover_call(final, [], identity)  # deletes the journal; the file and its row are complete
+        recipients = load_recipients(data) if rows else []
         audit = AuditLog(data)
         for row in rows:
             final = data / row["file"]
@@ -41,9 +47,14 @@ def recover_data_dir(data: Path) -> list[dict]:
                 idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
                 done.append({"id": row["id"], "outcome": "failed", "reason": str(exc)})
                 continue
-            if res is None and final.exists():
-                # finished on disk; the index update was what the cut interrupted
-                # its frame count is unknown: the box cannot read a finished file to count it
+            if res is not None and res.complete:
+                # finished on disk; the index update was what the cut interrupted. The journal's
+                # end record gave the frame count (the box cannot read a finished file to count it)
+                idx.finish_call(row["id"], res.frames, res.size, res.end.get("reason", "power_loss"),
+                                int(res.end.get("lost", 0)), state="finished")
+                done.append({"id": row["id"], "outcome": "already complete"})
+            elif res is None and final.exists():
+                # a journal-less finished file (written before end records existed): length unknown
                 idx.finish_call(row["id"], 0, final.stat().st_size, "power_loss", 0, state="finished")
                 done.append({"id": row["id"], "outcome": "already complete"})
             elif res is None:
@@ -97,9 +108,12 @@ def verify_data_dir(data: Path) -> VerifyReport:
     finally:
         idx.close()
     known = set()
+    finished = set()
     for row in rows:
         f = data / row["file"]
         known.add(f.resolve())
+        if row["state"] == "finished":
+            finished.add(f.resolve())
         if row["state"] == "recording":
             rep.problems.append(f"call {row['id']}: still marked recording (run 'nokbox recover' if no recorder runs)")
             continue
@@ -125,6 +139,9 @@ def verify_data_dir(data: Path) -> VerifyReport:
                 base = f.with_name(f.name.rsplit(".", 1)[0]).resolve()
                 if base not in known:
                     rep.problems.append(f"{f.relative_to(data)}: leftover file of no known call")
+                elif base in finished:  # a journal holds the call's audio under the device key
+                    rep.problems.append(f"{f.relative_to(data)}: leftover file of a finished call "
+                                        "(run 'nokbox recover')")
                 continue
             if f.resolve() not in known:
                 rep.problems.append(f"{f.relative_to(data)}: file not in the index")
