@@ -508,17 +508,22 @@ def describe_schema() -> list[tuple[str, str, str]]:
     """(key, default, description) for every field, for docs and check-config."""
     rows: list[tuple[str, str, str]] = []
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], prefix: str, values: BaseModel | None = None) -> None:
+        # ``values``: the enclosing default, whose own defaults win (the Korean tones, for one)
         for name, field in model.model_fields.items():
             ann = field.annotation
             key = f"{prefix}{name}"
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, key + ".")
+            if values is not None:
+                value, known = getattr(values, name), True
             else:
-                default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
-                rows.append((key, default, field.description or ""))
+                known = not field.is_required()
+                value = field.get_default(call_default_factory=True) if known else None
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".", value if isinstance(value, BaseModel) else None)
+            else:
+                rows.append((key, repr(value) if known else "", field.description or ""))
 
-    walk(NokboxConfig, "")
+    walk(NokboxConfig, "", NokboxConfig())
     walk(LineConfig, "line[].")
     walk(RetentionGroup, "retention.group[].")
     return rows

@@ -103,5 +103,9 @@ def test_check_config_cli(tmp_path):
 def test_check_config_describes_every_field():
     r = run_cli("check-config", "--describe")
     assert r.returncode == 0
-    for key in ("audio.rate", "segment.preroll_s", "line[].channel", "web.port"):
+    for key in ("audio.rate", "segment.preroll_s", "line[].channel", "web.port", "storage.opus_complexity"):
         assert key in r.stdout
+    # nested defaults are the effective ones (the Korean busy tone), not the bare field defaults
+    assert "segment.tones.busy.freqs = [480.0, 620.0]" in r.stdout
+    assert "segment.tones.busy.on_s = 0.5" in r.stdout
+    assert "storage.codec = 'opus'" in r.stdout
