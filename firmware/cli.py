@@ -154,8 +154,12 @@ def cmd_init(args) -> int:
     if (args.data / MARKER).exists():  # before any secret is generated or asked for
         raise NokboxError(f"{args.data} is already initialised; refusing to replace its records key")
     passphrase, pin, how = cli_vault.init_secrets(args)
+    from .epochs import key_class_for
+
+    channels = [ln.channel for ln in cfg.line] or range(cfg.audio.channels)
     _, recipient = init_data_dir(args.data, args.identity_out, device, passphrase=passphrase, pin=pin,
-                                 approver=args.approver, pin_log_n=cfg.vault.pin_scrypt_log_n)
+                                 approver=args.approver, pin_log_n=cfg.vault.pin_scrypt_log_n,
+                                 key_classes=[key_class_for(cfg, c) for c in channels])
     print(f"initialised {args.data}")
     print(f"records recipient (public): {recipient}")
     if how == "shown":
@@ -384,10 +388,12 @@ class DataDirErrorCli(NokboxError):
 
 
 def cmd_recover(args) -> int:
+    from .epochs import key_class_for
     from .recovery import recover_data_dir
 
     _require_data(args.data)
-    done = recover_data_dir(args.data)
+    cfg, _ = load_config(args.config)
+    done = recover_data_dir(args.data, key_class_of=lambda channel: key_class_for(cfg, channel))
     for d in done:
         print(json.dumps(d, ensure_ascii=False))
     print(f"recovered {sum(1 for d in done if d['outcome'] == 'recovered')} call(s); "

@@ -29,7 +29,8 @@ from .errors import ConfigError, NokboxError
 from .hal.audio import AlsaSource, AudioSource, SimulatedSource
 from .hal.clock import Clock
 from .index import CallIndex, iso_utc, to_kst
-from .keys import device_for, load_device_recovery_recipient, load_recipients
+from .epochs import key_class_for
+from .keys import device_for, load_device_recovery_recipient, load_recipients, require_initialised
 from .personal import BoxSealer
 from .pipeline import SegmenterWorker, WriterWorker
 from .retention import RetentionMaintainer, disk_report
@@ -85,7 +86,7 @@ class Recorder:
         self.config_path = config_path
         self.data_dir = Path(data_dir)
         self.clock = clock or Clock()
-        self.recipients = load_recipients(self.data_dir)
+        require_initialised(self.data_dir)
         self.source = source or build_source(cfg, self.clock)
         rate = self.source.rate
         self.rate = rate
@@ -97,6 +98,12 @@ class Recorder:
         if not cfg.line:
             lines = [LineConfig(channel=c, name=f"회선 {c + 1}") for c in range(self.source.channels)]
         self.lines = lines
+        # one recipient list per key class (retention period) in use; rotated in place
+        self.recipients: dict[str | None, list[bytes]] = {}
+        for ln in lines:
+            cls = key_class_for(cfg, ln.channel)
+            if cls not in self.recipients:
+                self.recipients[cls] = load_recipients(self.data_dir, cls)
         self.params = segment_params(cfg, rate)
         margin = 2 * max(self.source.period_frames, rate // 10)
         capacity = int(cfg.audio.ring_seconds * rate) + self.params.history + 2 * rate + margin
@@ -107,7 +114,8 @@ class Recorder:
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.storage.queue_blocks)
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
-                                   load_device_recovery_recipient(self.data_dir), masker=self._masker())
+                                   load_device_recovery_recipient(self.data_dir), masker=self._masker(),
+                                   key_class_of=lambda channel: key_class_for(self.cfg, channel))
         from .hal.audio_out import SimulatedSink
         from .notice import NoticeService, check_pins
 
@@ -151,7 +159,7 @@ class Recorder:
         (self.data_dir / "run").mkdir(exist_ok=True)
         from .recovery import recover_data_dir
 
-        recover_data_dir(self.data_dir)
+        recover_data_dir(self.data_dir, key_class_of=lambda channel: key_class_for(self.cfg, channel))
         self.started_at = self.clock.wall()
         self.audit.prune(self.cfg.audit.retention_years)  # and hourly in the status thread
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],

@@ -16,9 +16,16 @@ decided by time, not by bookkeeping: a file is written at or after its call's st
 call can depend on epoch E only if it started before E was retired. The rule keeps E while
 any call started before ``retired + EPOCH_SLACK`` is still in the index.
 
-The running recorder rotates epochs in place: ``load_recipients`` returns the list the
-writer keeps, and ``RetentionMaintainer`` replaces its contents (the writer must read that
-list at each call open, never copy it; ``tests/test_retention.py`` checks it does).
+Epochs come in *key classes*, one per retention period in use ("30d", "1095d"): a line's
+calls are encrypted to the current epoch of its class, so a 30-day call's epoch key is erased
+soon after 30 days even on a box that also keeps 3-year lines. Its calls record their class
+(``calls.key_class``). Epochs made before classes existed have class NULL and serve every
+line; the first class epoch retires them (the time rule then keeps them while older calls
+remain).
+
+The running recorder rotates epochs in place: it keeps one recipient list per class (a dict
+the writer shares), and ``RetentionMaintainer`` replaces a list's contents (the writer must
+read the list at each call open, never copy it; ``tests/test_retention.py`` checks it does).
 """
 
 from __future__ import annotations
@@ -47,7 +54,20 @@ def _records_recipient(data: Path) -> str:
     return (Path(data) / "keys" / "recipient.txt").read_text().split()[0]
 
 
-def new_epoch(data: Path, con: sqlite3.Connection, now: float) -> tuple[int, str, str]:
+def key_class_for(cfg, channel: int) -> str:
+    """The key class of a line: its retention period."""
+    days, _ = cfg.retention.days_for(channel)
+    return f"{days}d"
+
+
+def default_key_class() -> str:
+    """The class of a line in no retention group under the default configuration."""
+    from .config import NokboxConfig
+
+    return f"{NokboxConfig().retention.default_days}d"
+
+
+def new_epoch(data: Path, con: sqlite3.Connection, now: float, key_class: str | None = None) -> tuple[int, str, str]:
     """Create an epoch sealed to the records recipient. Returns (id, recipient, identity).
 
     The caller drops the identity unless it must show it (``init --identity-out``).
@@ -56,8 +76,8 @@ def new_epoch(data: Path, con: sqlite3.Connection, now: float) -> tuple[int, str
     identity, recipient = generate_identity()
     d = data / "keys" / EPOCH_DIR
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cur = con.execute("INSERT INTO key_epochs (recipient, file, created_utc) VALUES (?, '', ?)",
-                      (recipient, iso_utc(now)))
+    cur = con.execute("INSERT INTO key_epochs (recipient, file, created_utc, key_class) VALUES (?, '', ?, ?)",
+                      (recipient, iso_utc(now), key_class))
     eid = int(cur.lastrowid)
     rel = f"keys/{EPOCH_DIR}/{eid:06d}.age"
     buf = io.BytesIO()
@@ -69,23 +89,28 @@ def new_epoch(data: Path, con: sqlite3.Connection, now: float) -> tuple[int, str
     return eid, recipient, identity
 
 
-def current_epoch(con: sqlite3.Connection) -> sqlite3.Row | None:
+def current_epoch(con: sqlite3.Connection, key_class: str | None = None) -> sqlite3.Row | None:
     return con.execute("SELECT * FROM key_epochs WHERE retired_utc IS NULL AND destroyed_utc IS NULL"
-                       " ORDER BY id DESC LIMIT 1").fetchone()
+                       " AND key_class IS ? ORDER BY id DESC LIMIT 1", (key_class,)).fetchone()
 
 
-def current_recipients(data: Path, now: float | None = None) -> list[bytes]:
-    """The recipients new calls are encrypted to; creates the first epoch of a data directory."""
+def current_recipients(data: Path, now: float | None = None, key_class: str | None = None) -> list[bytes]:
+    """The recipients a class's new calls are encrypted to; creates the class's first epoch."""
+    key_class = key_class or default_key_class()
     con = connect_vault(data)
+    now = time.time() if now is None else now
     try:
         con.execute("BEGIN IMMEDIATE")
         try:
-            row = current_epoch(con)
+            row = current_epoch(con, key_class)
             if row is None:
-                eid, rec, _ = new_epoch(data, con, time.time() if now is None else now)
-                log.info("key epoch %d created", eid)
+                eid, rec, _ = new_epoch(data, con, now, key_class)
+                log.info("key epoch %d created (class %s)", eid, key_class)
             else:
                 rec = row["recipient"]
+            # no new call goes to a class-less epoch (one made before classes): retire it
+            con.execute("UPDATE key_epochs SET retired_utc = ? WHERE key_class IS NULL AND retired_utc IS NULL"
+                        " AND destroyed_utc IS NULL", (iso_utc(now),))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -95,14 +120,15 @@ def current_recipients(data: Path, now: float | None = None) -> list[bytes]:
     return [parse_recipient(rec)]
 
 
-def rotate(data: Path, now: float, swap=None) -> tuple[int, int | None]:
-    """Start a new epoch; ``swap(new_recipients)`` switches the running writer before the old
-    one is marked retired. Returns (new id, retired id)."""
+def rotate(data: Path, now: float, swap=None, key_class: str | None = None) -> tuple[int, int | None]:
+    """Start a new epoch of a class (default: the default class); ``swap(new_recipients)`` switches the running writer before
+    the old one is marked retired. Returns (new id, retired id)."""
+    key_class = key_class or default_key_class()
     con = connect_vault(data)
     try:
-        old = current_epoch(con)
+        old = current_epoch(con, key_class)
         with con:
-            eid, rec, _ = new_epoch(data, con, now)
+            eid, rec, _ = new_epoch(data, con, now, key_class)
         if swap is not None:
             swap([parse_recipient(rec)])
         if old is not None:
@@ -114,18 +140,28 @@ def rotate(data: Path, now: float, swap=None) -> tuple[int, int | None]:
     return eid, (old["id"] if old is not None else None)
 
 
-def epoch_due(con: sqlite3.Connection, now: float, epoch_days: float) -> bool:
-    row = current_epoch(con)
+def epoch_due(con: sqlite3.Connection, now: float, epoch_days: float, key_class: str | None = None) -> bool:
+    row = current_epoch(con, key_class or default_key_class())
     return row is None or now - parse_utc(row["created_utc"]).timestamp() >= epoch_days * 86400
 
 
 def destroyable(con: sqlite3.Connection, ignore: set[int] = frozenset()) -> list[sqlite3.Row]:
-    """Retired epochs that no call still in the index (other than ``ignore``, for a dry run) can depend on."""
+    """Retired epochs that no call still in the index (other than ``ignore``, for a dry run) can depend on.
+
+    A call can depend on an epoch of its own class (or, for a call from before classes, of any
+    class) that it started before the epoch's retirement (plus slack); a class-less epoch on
+    any call started before that.
+    """
     out = []
     for e in con.execute("SELECT * FROM key_epochs WHERE retired_utc IS NOT NULL AND destroyed_utc IS NULL"
                          " ORDER BY id"):
         limit = iso_utc(parse_utc(e["retired_utc"]).timestamp() + EPOCH_SLACK_S)
-        if not any(r["id"] not in ignore for r in con.execute("SELECT id FROM calls WHERE start_utc <= ?", (limit,))):
+        if e["key_class"] is None:
+            rows = con.execute("SELECT id FROM calls WHERE start_utc <= ?", (limit,))
+        else:
+            rows = con.execute("SELECT id FROM calls WHERE start_utc <= ? AND (key_class = ? OR key_class IS NULL)",
+                               (limit, e["key_class"]))
+        if not any(r["id"] not in ignore for r in rows):
             out.append(e)
     return out
 

@@ -104,6 +104,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
 _CALLS_ADDED = (
     ("numbers_sealed", "BLOB"),  # age file of {"dialed": ..., "caller_id": ...}; NULL when none
     ("numbers_masked", "BLOB"),  # BoxSealer blob of the same JSON, masked; NULL when none
+    ("key_class", "TEXT"),  # the key class ("30d") whose epoch the call was encrypted to; NULL: before classes
 )
 
 
@@ -125,13 +126,13 @@ class CallIndex:
         self.con.close()
 
     def open_call(self, line: int, line_name: str, start_ts: float, start_sample: int, rate: int,
-                  codec: str, file_for_id) -> tuple[int, str]:
+                  codec: str, file_for_id, key_class: str | None = None) -> tuple[int, str]:
         """Insert a call being recorded; ``file_for_id(id)`` names its file. Returns (id, file)."""
         with self.con:
             cur = self.con.execute(
-                "INSERT INTO calls (line, line_name, start_utc, start_sample, rate, file, codec, state)"
-                " VALUES (?, ?, ?, ?, ?, '', ?, 'recording')",
-                (line, line_name, iso_utc(start_ts), start_sample, rate, codec),
+                "INSERT INTO calls (line, line_name, start_utc, start_sample, rate, file, codec, state, key_class)"
+                " VALUES (?, ?, ?, ?, ?, '', ?, 'recording', ?)",
+                (line, line_name, iso_utc(start_ts), start_sample, rate, codec, key_class),
             )
             call_id = int(cur.lastrowid)
             rel = file_for_id(call_id)

@@ -52,17 +52,19 @@ def load_device_recovery_recipient(data: Path) -> bytes:
 def init_data_dir(data: Path, identity_out: Path | None = None,
                   device: DeviceSecret | None = None, *, passphrase: str | None = None,
                   pin: str | None = None, approver: str = DEFAULT_APPROVER,
-                  recovery_log_n: int = RECOVERY_LOG_N, pin_log_n: int = PIN_LOG_N) -> tuple[str, str]:
+                  recovery_log_n: int = RECOVERY_LOG_N, pin_log_n: int = PIN_LOG_N,
+                  key_classes: list[str] | None = None) -> tuple[str, str]:
     """Create the data directory and a new records key pair. Returns (identity, recipient).
 
     ``device`` is the device-bound secret (provisioned here if it is a new key file);
     by default a key file beside the data directory, as on a development machine.
     ``passphrase`` seals the identity for recovery (stock age scrypt); ``pin`` opens a PIN
     slot for ``approver``. Without a passphrase nothing sealed is kept (the caller holds
-    the identity: tests, development). The first key epoch is created here, so
-    ``identity_out`` (records identity, then the epoch identity) reads the first calls.
+    the identity: tests, development). The first key epoch of each key class (retention
+    period; by default that of the default configuration) is created here, so
+    ``identity_out`` (records identity, then the epoch identities) reads the first calls.
     """
-    from .epochs import new_epoch
+    from .epochs import default_key_class, new_epoch
     from .sealing import PinGuard, seal_pin_slot, seal_recovery
 
     data = Path(data)
@@ -91,10 +93,12 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         PinGuard(data, device).reset(approver)
     from .vaultdb import connect_vault
 
+    if key_classes is None:
+        key_classes = [default_key_class()]
     con = connect_vault(data)
     try:
         with con:
-            _, epoch_recipient, epoch_identity = new_epoch(data, con, time.time())
+            epochs = [(cls, *new_epoch(data, con, time.time(), cls)) for cls in sorted(set(key_classes))]
     finally:
         con.close()
     if identity_out is not None:
@@ -102,8 +106,9 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         with os.fdopen(fd, "w") as f:
             f.write(f"# nokbox records identity, created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
             f.write(f"# public key: {recipient}\n{identity}\n")
-            f.write(f"# key epoch 1 (calls until the first rotation): public key {epoch_recipient}\n")
-            f.write(f"{epoch_identity}\n")
+            for cls, eid, epoch_recipient, epoch_identity in epochs:
+                f.write(f"# key epoch {eid}, class {cls} (calls until its first rotation): public key {epoch_recipient}\n")
+                f.write(f"{epoch_identity}\n")
     connect(data / "index.sqlite").close()
     where = {"backend": device.name}
     if isinstance(device, FileDeviceSecret):
@@ -131,18 +136,24 @@ def _inside(path: Path, data: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(data).resolve())
 
 
-def load_recipients(data: Path) -> list[bytes]:
-    """The public keys new recordings are encrypted to: the current key epoch's recipient.
+def require_initialised(data: Path) -> Path:
+    """The records recipient file of an initialised data directory; DataDirError otherwise."""
+    path = Path(data) / "keys" / "recipient.txt"
+    if not (Path(data) / MARKER).exists() or not path.exists():
+        raise DataDirError(f"{data} is not an initialised nokbox data directory (run: nokbox init --data {data})")
+    return path
+
+
+def load_recipients(data: Path, key_class: str | None = None) -> list[bytes]:
+    """The public keys new recordings of a key class are encrypted to: its current epoch's recipient.
 
     The returned list is the one the writer keeps; ``RetentionMaintainer`` rotates epochs by
-    replacing its contents in place. Creates the first epoch for a directory made before epochs.
+    replacing its contents in place. Creates the class's first epoch when it has none.
     """
     from .epochs import current_recipients
 
     data = Path(data)
-    path = data / "keys" / "recipient.txt"
-    if not (data / MARKER).exists() or not path.exists():
-        raise DataDirError(f"{data} is not an initialised nokbox data directory (run: nokbox init --data {data})")
+    path = require_initialised(data)
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
@@ -150,7 +161,7 @@ def load_recipients(data: Path) -> list[bytes]:
             break
     else:
         raise VaultError(f"{path}: no recipient")
-    return current_recipients(data)
+    return current_recipients(data, key_class=key_class)
 
 
 # -- who can read: the API the approval workflow calls -----------------------------------

@@ -27,6 +27,8 @@ from .age import AgeWriter
 from .callfile import CallFile
 from .config import LineConfig, StorageConfig
 from .index import CallIndex
+from .epochs import default_key_class
+from .keys import load_recipients
 from .personal import seal_masked
 from .ring import LineRings
 
@@ -269,13 +271,14 @@ class WriterWorker(Worker):
 
     interval = 0.0
 
-    def __init__(self, inq: queue.Queue, data_dir: Path, recipients: list[bytes], rate: int,
+    def __init__(self, inq: queue.Queue, data_dir: Path, recipients: dict[str | None, list[bytes]], rate: int,
                  lines: list[LineConfig], storage: StorageConfig, device_recipient: bytes,
-                 masker=None) -> None:
+                 masker=None, key_class_of: Callable[[int], str | None] = lambda channel: None) -> None:
         super().__init__("writer")
         self.inq = inq
         self.data_dir = Path(data_dir)
-        self.recipients = recipients
+        self.recipients = recipients  # key class -> its current epoch's recipients (rotated in place)
+        self.key_class_of = key_class_of  # line channel -> key class (reads the running config)
         self.rate = rate
         self.lines = lines
         self.storage = storage
@@ -333,17 +336,21 @@ class WriterWorker(Worker):
         if kind == "open":
             _, _, idx, start, wall = item
             line = self.lines[idx]
+            cls = self.key_class_of(line.channel) or default_key_class()
+            if cls not in self.recipients:  # a retention period that came with a config reload
+                self.recipients[cls] = load_recipients(self.data_dir, cls)
+            recips = self.recipients[cls]
             call_id, rel = self._index.open_call(line.channel, line.name, wall, start, self.rate, self.codec,
-                                                 self._file_for(wall))
+                                                 self._file_for(wall), cls)
             cf = None
             try:
                 st = self.storage
-                cf = CallFile(self.data_dir / rel, self.recipients, self.rate, self.device_recipient,
+                cf = CallFile(self.data_dir / rel, recips, self.rate, self.device_recipient,
                               codec=st.codec, opus_kbps=st.opus_kbps, checkpoint_s=st.checkpoint_s,
                               opus_complexity=st.opus_complexity)
             except OSError as exc:
                 self._error(call_id, exc)
-            self._open[key] = (call_id, cf, [0, idx])
+            self._open[key] = (call_id, cf, [0, idx, list(recips)])
             self._ids[key] = call_id
             while len(self._ids) > 4096:
                 self._ids.pop(next(iter(self._ids)))
@@ -369,19 +376,19 @@ class WriterWorker(Worker):
         elif kind == "close":
             self._close(key, item[2], item[3] if len(item) > 3 else None)
 
-    def _seal(self, numbers: dict | None) -> bytes | None:
-        """The call's numbers as an age file to the records recipients (never stored in clear)."""
+    def _seal(self, numbers: dict | None, recipients: list[bytes]) -> bytes | None:
+        """The call's numbers as an age file to the call's epoch (never stored in clear)."""
         if not numbers:
             return None
         buf = io.BytesIO()
-        w = AgeWriter(buf, self.recipients)
+        w = AgeWriter(buf, recipients)
         w.write(json.dumps(numbers, ensure_ascii=False).encode("utf-8"))
         w.close()
         return buf.getvalue()
 
     def _close(self, key: int, reason: str, numbers: dict | None = None) -> None:
-        call_id, cf, (lost, idx) = self._open.pop(key)
-        sealed = self._seal(numbers)
+        call_id, cf, (lost, idx, recips) = self._open.pop(key)
+        sealed = self._seal(numbers, recips)
         if sealed is not None:
             masked = seal_masked(self.masker, numbers) if self.masker is not None else None
             self._index.set_sealed_numbers(call_id, sealed, masked)

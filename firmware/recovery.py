@@ -20,13 +20,17 @@ from .keys import device_for, device_recovery_identity, load_recipients
 log = logging.getLogger(__name__)
 
 
-def recover_data_dir(data: Path) -> list[dict]:
-    """Finish every call left 'recording'; returns what was done (no personal data)."""
+def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
+    """Finish every call left 'recording'; returns what was done (no personal data).
+
+    A recovered call is encrypted to the current epoch of its own key class; a call from before
+    key classes to that of its line (``key_class_of(channel)``, from the config) when given.
+    """
     data = Path(data)
     idx = CallIndex(data / "index.sqlite")
     done: list[dict] = []
     try:
-        rows = list(idx.con.execute("SELECT id, file, rate FROM calls WHERE state = 'recording'"))
+        rows = list(idx.con.execute("SELECT id, file, rate, line, key_class FROM calls WHERE state = 'recording'"))
         recording = {data / r["file"] for r in rows}
         # journals of calls the index already has as finished: the cut came just before their deletion
         finals = (j.with_name(j.name[:-len(".journal")]) for j in (data / "calls").rglob("*.age.journal"))
@@ -36,12 +40,15 @@ def recover_data_dir(data: Path) -> list[dict]:
         identity = device_recovery_identity(device_for(data))
         for final in stale:
             recover_call(final, [], identity)  # deletes the journal; the file and its row are complete
-        recipients = load_recipients(data) if rows else []
+        recipients: dict[str | None, list[bytes]] = {}
         audit = AuditLog(data)
         for row in rows:
             final = data / row["file"]
+            cls = row["key_class"] or (key_class_of(row["line"]) if key_class_of else None)
             try:
-                res = recover_call(final, recipients, identity)
+                if cls not in recipients:
+                    recipients[cls] = load_recipients(data, cls)
+                res = recover_call(final, recipients[cls], identity)
             except (VaultError, OSError) as exc:
                 log.error("call %s could not be recovered: %s", row["id"], exc)
                 idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")

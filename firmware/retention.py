@@ -400,13 +400,13 @@ class RetentionMaintainer(threading.Thread):
         try:
             last = con.execute("SELECT value FROM meta WHERE key = 'retention_last_run'").fetchone()
             due = last is None or now - parse_utc(last["value"]).timestamp() >= cfg.retention.interval_h * 3600
-            rotate_due = epoch_due(con, now, cfg.retention.epoch_days)
+            rotate_due = [cls for cls in list(rec.recipients) if epoch_due(con, now, cfg.retention.epoch_days, cls)]
         finally:
             con.close()
         if not due:
             return
-        if rotate_due:
-            self.rotate(now)
+        for cls in rotate_due:
+            self.rotate(now, cls)
         self.last_report = run_retention(rec.data_dir, cfg, now)
         con = connect_vault(rec.data_dir)
         try:
@@ -416,19 +416,19 @@ class RetentionMaintainer(threading.Thread):
         finally:
             con.close()
 
-    def rotate(self, now: float) -> None:
-        """Start a new key epoch and switch the running writer to it before retiring the old one."""
+    def rotate(self, now: float, key_class: str | None) -> None:
+        """Start a class's new key epoch and switch the running writer to it before retiring the old one."""
         rec = self.rec
-        shared = rec.recipients
-        if getattr(rec.writer, "recipients", None) is not shared:
+        if getattr(rec.writer, "recipients", None) is not rec.recipients:
             # a writer with its own copy would keep using the old epoch after it is retired
-            log.error("key epoch not rotated: the writer does not share the recorder's recipient list")
+            log.error("key epoch not rotated: the writer does not share the recorder's recipient lists")
             return
+        shared = rec.recipients[key_class]
 
         def swap(new: list[bytes]) -> None:
             shared[:] = new  # one list store: the writer reads it at each call open
 
-        rotate(rec.data_dir, now, swap)
+        rotate(rec.data_dir, now, swap, key_class)
 
     def _policy(self, cfg: NokboxConfig) -> None:
         when = cfg.retention.when_full

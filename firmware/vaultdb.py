@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS pin_state (
 def ensure_schema(con: sqlite3.Connection) -> None:
     with con:
         con.executescript(_SCHEMA)
+        have = {r["name"] for r in con.execute("PRAGMA table_info(key_epochs)")}
+        if "key_class" not in have:
+            # the retention period the epoch serves ("30d"); NULL: every line (before key classes)
+            con.execute("ALTER TABLE key_epochs ADD COLUMN key_class TEXT")
 
 
 def connect_vault(data: Path) -> sqlite3.Connection:

@@ -20,7 +20,7 @@ from firmware.age import AgeWriter
 from firmware.audit import AuditLog
 from firmware.config import parse_config
 from firmware.daemon import Recorder
-from firmware.epochs import rotate
+from firmware.epochs import key_class_for, rotate
 from firmware.hal.audio import ArraySource
 from firmware.index import CallIndex
 from firmware.keys import export_identity, load_recipients
@@ -42,15 +42,17 @@ def cfg_with(**retention_keys):
 
 
 def add_call(data, line, start_ts, seconds=5.0, payload=b"audio", size=None):
-    """One finished call as the writer leaves it: an index row and an age file to the current epoch."""
+    """One finished call as the writer leaves it: an index row and an age file to the current
+    epoch of the line's key class (its retention period under BASE)."""
+    cls = key_class_for(cfg_with(), line)
     idx = CallIndex(data / "index.sqlite")
     try:
         cid, rel = idx.open_call(line, f"회선 {line + 1}", start_ts, 0, 8000, "wav",
-                                 lambda i: f"calls/test/{i:08d}.wav.age")
+                                 lambda i: f"calls/test/{i:08d}.wav.age", cls)
         path = data / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            w = AgeWriter(f, load_recipients(data))
+            w = AgeWriter(f, load_recipients(data, cls))
             w.write(payload)
             w.close()
         idx.finish_call(cid, int(seconds * 8000), size or path.stat().st_size, "hangup", 0)
@@ -118,7 +120,7 @@ def test_crypto_erase_removes_the_key_material_not_only_the_file(tmp_path, age_t
     os.link(old_f, linked)                  # the same blocks, as a raw read of the disk would find them
     remnant = tmp_path / "remnant.age"
     remnant.write_bytes(old_f.read_bytes())  # a copy in other blocks (wear-levelling, an old disk image)
-    rotate(data, NOW - 35 * DAY)             # epoch 2 takes over; epoch 1 retired 35 days ago
+    rotate(data, NOW - 35 * DAY, key_class="30d")  # epoch 2 takes over; epoch 1 retired 35 days ago
     new, new_f = add_call(data, 0, NOW - 2 * DAY)
     dry = run_retention(data, cfg, NOW, dry_run=True)
     assert [d["call"] for d in dry.destroyed] == [old] and dry.epochs_destroyed == [1]
@@ -142,11 +144,34 @@ def test_crypto_erase_removes_the_key_material_not_only_the_file(tmp_path, age_t
 def test_a_key_epoch_stays_while_a_call_that_may_use_it_remains(tmp_path):
     data, _, _ = make_box(tmp_path)
     cfg = cfg_with()
-    add_call(data, 1, NOW - 40 * DAY)        # 3-year line, written under epoch 1
-    rotate(data, NOW - 35 * DAY)
+    add_call(data, 1, NOW - 40 * DAY)        # 3-year line: the first epoch of class 1095d (epoch 2)
+    rotate(data, NOW - 35 * DAY, key_class="1095d")
     rep = run_retention(data, cfg, NOW)
     assert rep.destroyed == [] and rep.epochs_destroyed == []
-    assert (data / "keys" / "epochs" / "000001.age").exists()
+    assert (data / "keys" / "epochs" / "000002.age").exists()
+
+
+def test_each_retention_period_has_its_own_key_epochs(tmp_path):
+    """On a box with 30-day and 3-year lines, the 30-day calls' epoch key is erased once they
+    expire, although 3-year calls of the same week remain (each under its own class's epoch)."""
+    data, _, _ = make_box(tmp_path)          # epoch 1: class 30d (init)
+    cfg = cfg_with()
+    short, short_f = add_call(data, 0, NOW - 40 * DAY)
+    long_, long_f = add_call(data, 1, NOW - 40 * DAY)     # epoch 2: class 1095d
+    remnant = tmp_path / "remnant.age"
+    remnant.write_bytes(short_f.read_bytes())
+    rotate(data, NOW - 35 * DAY, key_class="30d")         # epoch 3
+    rotate(data, NOW - 35 * DAY, key_class="1095d")       # epoch 4
+    rep = run_retention(data, cfg, NOW)
+    assert [d["call"] for d in rep.destroyed] == [short] and rep.epochs_destroyed == [1]
+    after = fresh_export(data, tmp_path, "after.txt")
+    assert not age_ok(after, remnant)                     # the 30-day remnant: key gone
+    assert age_ok(after, long_f)                          # the 3-year call of the same week: readable
+    assert (data / "keys" / "epochs" / "000002.age").exists()
+    con = sqlite3.connect(data / "index.sqlite")
+    classes = dict(con.execute("SELECT id, key_class FROM calls"))
+    con.close()
+    assert classes == {long_: "1095d"}
 
 
 def test_a_held_call_is_kept_until_the_hold_closes(tmp_path):
@@ -285,3 +310,24 @@ def test_retention_groups_are_checked():
         parse_config({"retention": {"when_full": "newest_first"}})
     cfg = cfg_with()
     assert cfg.retention.days_for(1) == (1095, "민원") and cfg.retention.days_for(0) == (30, "default")
+
+
+def test_epochs_from_before_key_classes_are_retired_and_erased_by_the_time_rule(tmp_path):
+    data, _, _ = make_box(tmp_path)
+    con = sqlite3.connect(data / "index.sqlite")
+    with con:
+        con.execute("UPDATE key_epochs SET key_class = NULL")  # as a box made before classes has it
+    con.close()
+    idx = CallIndex(data / "index.sqlite")
+    young = idx.open_call(0, "회선 1", NOW - 2 * DAY, 0, 8000, "wav", lambda i: f"calls/test/{i:08d}.wav.age")[0]
+    idx.finish_call(young, 8000, 0, "hangup", 0)
+    idx.close()
+    load_recipients(data, "30d")             # the first class epoch (2) retires the class-less one (1)
+    con = sqlite3.connect(data / "index.sqlite")
+    retired = con.execute("SELECT retired_utc FROM key_epochs WHERE id = 1").fetchone()[0]
+    con.close()
+    assert retired is not None
+    rep = run_retention(data, cfg_with(), NOW)
+    assert rep.epochs_destroyed == []        # the class-less call may depend on it
+    rep = run_retention(data, cfg_with(), NOW + 40 * DAY)
+    assert [d["call"] for d in rep.destroyed] == [young] and rep.epochs_destroyed == [1]
