@@ -19,6 +19,7 @@ chunks, no state but the last two windows' peaks and the per-bin peak rate.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 WINDOW_FRAMES = 5  # 50 ms windows of 10 ms frames
 _LO_HZ, _HI_HZ = 300.0, 3400.0
@@ -69,11 +70,12 @@ class TonalDetector:
         peaks = np.zeros((nw, self.nb), bool)
         if len(rows):
             seg = x[:nw * self.n].reshape(nw, self.n)[rows] * self.win
-            sp = np.fft.rfft(seg, axis=1)[:, self._lo:self._hi]
+            sp = scipy.fft.rfft(seg, axis=1)[:, self._lo:self._hi]
             p = sp.real * sp.real + sp.imag * sp.imag
             cs = np.concatenate((np.zeros((len(rows), 1)), np.cumsum(p, axis=1)), axis=1)
-            k = np.arange(_SIDE + 1, _SIDE + 1 + self.nb)
-            around = (cs[:, k + _SIDE + 1] - cs[:, k - _SIDE]) - (cs[:, k + 2] - cs[:, k - 1])
+            # for the judged bins k = _SIDE+1 ... : sum of bins k-_SIDE..k+_SIDE less bins k-1..k+1
+            nb, s = self.nb, _SIDE
+            around = (cs[:, 2 * s + 2:2 * s + 2 + nb] - cs[:, 1:1 + nb]) - (cs[:, s + 3:s + 3 + nb] - cs[:, s:s + nb])
             mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
             pk = (mid * (2 * _SIDE - 2) >= self.ratio * around) & (around > 0)
             peaks[rows] = pk

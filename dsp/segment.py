@@ -170,6 +170,7 @@ class LineSegmenter:
         self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
+        self._floor_idx: dict[int, np.ndarray] = {}
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
         self._tonal = TonalDetector(p.rate, self.flen)
@@ -198,6 +199,7 @@ class LineSegmenter:
         self._e = _Tape(3, np.float64, 0.0)
         self._e.a = np.zeros(3)
         self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
+        self._blockmins.a = np.full(self._floor_blocks, np.inf)
         self._spc = _Tape(fr(1.0) - 1, np.int32, 0)
         self._spc.a = np.zeros(fr(1.0) - 1, np.int32)
         self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
@@ -323,6 +325,14 @@ class LineSegmenter:
         self.call_start = at_sample
 
     # -- one chunk -------------------------------------------------------------------
+    def _floor_index(self, nb: int) -> np.ndarray:
+        """(nb, w) indices of the w blocks before each of nb new blocks, behind w blocks of history."""
+        t = self._floor_idx.get(nb)
+        if t is None:
+            w = self._floor_blocks
+            t = self._floor_idx[nb] = np.arange(nb)[:, None] + np.arange(w)[None, :]
+        return t
+
     def _chunk(self, x16: np.ndarray, first: int, events: list[Event]) -> None:
         p = self.p
         flen, half = self.flen, self.half
@@ -338,16 +348,11 @@ class LineSegmenter:
         # noise floor: minimum over the previous blocks of 0.25 s and the current block so far
         blk = lv.reshape(-1, 25)
         bmin = blk.min(axis=1)
-        prev = self._blockmins.a
-        allb = np.concatenate((prev, bmin))
         nb = len(bmin)
-        w = self._floor_blocks
         # minimum of the w blocks before each block (inf before the stream's first block)
-        padded = np.concatenate((np.full(max(0, w - len(prev)), np.inf), allb))
-        off = len(padded) - len(allb) + len(prev)
-        pm = np.lib.stride_tricks.sliding_window_view(padded[off - w:off - w + nb + w - 1], w).min(axis=1)
+        allb = self._blockmins.extend(bmin)  # always w blocks of history first
+        pm = allb[self._floor_index(nb)].min(axis=1)
         floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
-        self._blockmins.extend(bmin)
         self._floor_now = float(floor[-1])
         # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
         # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0

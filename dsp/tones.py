@@ -23,6 +23,8 @@ DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
 # A 20 ms window measures each tone's level to within about +-0.5 dB: the twist limits get this
 # margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
 TWIST_MARGIN_DB = 1.0
+_DTMF_FREQS = np.asarray(DTMF_LOW + DTMF_HIGH)
+_STEP4 = np.arange(4)[None, :, None]
 
 
 @dataclass(frozen=True)
@@ -140,24 +142,22 @@ def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndar
     if len(tone_cols):
         xt = cf[1:, tone_cols] + cf[:-1, tone_cols]
         ew = ew - (xt.real * xt.real + xt.imag * xt.imag).sum(axis=1) * (2.0 / (n2 * n2))
-    rows = np.argmax(raw[:, :4], axis=1)
-    cols = 4 + np.argmax(raw[:, 4:], axis=1)
-    idx = np.arange(nw)
-    pr = raw[idx, rows]
-    pc = raw[idx, cols]
+    pr = raw[:, :4].max(axis=1)  # the strongest row and column tone
+    pc = raw[:, 4:].max(axis=1)
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
     cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
-                          & (pr >= 0.3 * floor) & (pc >= 0.3 * floor))
+                          & (np.minimum(pr, pc) >= 0.3 * floor))
     if len(cand) == 0:
         return codes
-    r_, c_ = rows[cand], cols[cand]
+    rc = raw[cand]
+    r_ = np.argmax(rc[:, :4], axis=1)
+    c_ = 4 + np.argmax(rc[:, 4:], axis=1)
     # phase advance between consecutive half-frames, summed over the window's 3 steps
-    h = 2 * cand
     both = np.stack((r_, c_), axis=1)  # (n, 2) bank columns
-    h0, h1, h2, h3 = (np.take_along_axis(ch[h + k], both, axis=1) for k in range(4))
-    r = h1 * np.conj(h0) + h2 * np.conj(h1) + h3 * np.conj(h2)
-    fr = np.asarray(DTMF_LOW + DTMF_HIGH)[both]
+    hk = ch[(2 * cand)[:, None, None] + _STEP4, both[:, None, :]]  # (n, 4 half-frames, 2 tones)
+    r = hk[:, 1] * np.conj(hk[:, 0]) + hk[:, 2] * np.conj(hk[:, 1]) + hk[:, 3] * np.conj(hk[:, 2])
+    fr = _DTMF_FREQS[both]
     off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
     dev = off_hz / fr
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
@@ -165,8 +165,9 @@ def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
         frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
-    emin = np.minimum(e[1:], e[:-1])[cand]
-    emax = np.maximum(e[1:], e[:-1])[cand]
+    e0, e1 = e[:-1][cand], e[1:][cand]
+    emin = np.minimum(e1, e0)
+    emax = np.maximum(e1, e0)
     ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
           & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
           & (frac >= p.min_fraction) & (emin >= p.balance * emax))
@@ -190,6 +191,11 @@ class DtmfSequencer:
         if len(codes) == 0:
             return out
         p = self.p
+        if codes.max() < 0:  # no key anywhere (the common case): one pause
+            self.gap += len(codes)
+            if self.gap >= p.off_windows:
+                self.cur, self.count, self.emitted = -1, 0, False
+            return out
         change = np.flatnonzero(np.diff(codes)) + 1
         starts = np.concatenate(([0], change))
         ends = np.concatenate((change, [len(codes)]))
@@ -222,24 +228,40 @@ def tone_labels(cf4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: in
     """
     out = np.full(len(e4), -1, dtype=np.int64)
     ms = e4 / n4
-    loud = np.flatnonzero(ms >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
+    lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
+    loud = np.flatnonzero(ms >= lim)
     if len(loud) == 0:
         return out
     ms = ms[loud]
     c = cf4[loud]
     pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
-    scores = np.empty((len(ms), len(groups)))
-    ok = np.empty((len(ms), len(groups)), dtype=bool)
-    for g, cols in enumerate(groups):
-        sub = pw[:, cols]
-        tot = sub.sum(axis=1)
-        scores[:, g] = tot / ms
-        # every component present (a lone 440 Hz is not dial tone), loud enough
-        ok[:, g] = (sub.min(axis=1) >= 0.12 * tot) & (tot >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
-    scores = np.where(ok, scores, 0.0)
+    cols, valid = _group_table(tuple(tuple(g) for g in groups))
+    sub = pw[:, cols]  # (n, groups, components)
+    if valid is None:
+        tot = sub.sum(axis=2)
+        low = sub.min(axis=2)
+    else:
+        tot = np.where(valid, sub, 0.0).sum(axis=2)
+        low = np.where(valid, sub, np.inf).min(axis=2)
+    # every component present (a lone 440 Hz is not dial tone), loud enough
+    scores = np.where((low >= 0.12 * tot) & (tot >= lim), tot / ms[:, None], 0.0)
     best = np.argmax(scores, axis=1)
-    out[loud] = np.where(scores[np.arange(len(ms)), best] >= min_fraction, best, -1)
+    out[loud] = np.where(scores.max(axis=1) >= min_fraction, best, -1)
     return out
+
+
+_GROUP_TABLES: dict = {}
+
+
+def _group_table(groups: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bank columns of each group as a (groups, components) index table (padded) and its mask."""
+    t = _GROUP_TABLES.get(groups)
+    if t is None:
+        w = max(len(g) for g in groups)
+        cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
+        valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
+        t = _GROUP_TABLES[groups] = (cols, None if valid.all() else valid)
+    return t
 
 
 class CadenceTracker:
@@ -266,8 +288,8 @@ class CadenceTracker:
     def feed(self, labels: np.ndarray, first_frame: int) -> list[tuple[int, str]]:
         """Tone events as (frame, spec name) when a tone is recognised."""
         out: list[tuple[int, str]] = []
-        if len(labels) == 0:
-            return out
+        if len(labels) == 0 or (self.run_label < 0 and labels.max() < 0):
+            return out  # no tone before or in this block
         change = np.flatnonzero(np.diff(labels)) + 1
         starts = np.concatenate(([0], change))
         ends = np.concatenate((change, [len(labels)]))
