@@ -72,10 +72,14 @@ class TonalDetector:
             seg = x[:nw * self.n].reshape(nw, self.n)[rows] * self.win
             sp = scipy.fft.rfft(seg, axis=1)[:, self._lo:self._hi]
             p = sp.real * sp.real + sp.imag * sp.imag
-            cs = np.concatenate((np.zeros((len(rows), 1)), np.cumsum(p, axis=1)), axis=1)
-            # for the judged bins k = _SIDE+1 ... : sum of bins k-_SIDE..k+_SIDE less bins k-1..k+1
+            # for the judged bins k = _SIDE+1 ...: the sum of bins k-_SIDE..k-2 and k+2..k+_SIDE
+            # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
             nb, s = self.nb, _SIDE
-            around = (cs[:, 2 * s + 2:2 * s + 2 + nb] - cs[:, 1:1 + nb]) - (cs[:, s + 3:s + 3 + nb] - cs[:, s:s + nb])
+            m = p.shape[1] - (s - 1) + 1
+            box = p[:, :m].copy()
+            for d in range(1, s - 1):
+                box += p[:, d:d + m]
+            around = box[:, 1:1 + nb] + box[:, s + 3:s + 3 + nb]
             mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
             pk = (mid * (2 * _SIDE - 2) >= self.ratio * around) & (around > 0)
             peaks[rows] = pk

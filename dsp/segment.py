@@ -368,55 +368,53 @@ class LineSegmenter:
             # detector can fire here, so only the features later chunks look back on are kept
             self._quiet_chunk(x, e, f0, nf, lv, floor)
             return
-        if loud.all():
-            ch = self.bank.terms(halves, first)
-        else:
-            ch = np.zeros((2 * nf, k), np.complex64)
+        ch = self.bank.terms(halves, first)
+        if not loud.all():
+            # frames that cannot hold a tone (nor the 3 after them, whose windows reach back) count as 0
             near = loud.copy()
             for d in (1, 2, 3):
                 near[:-d] |= loud[d:]
-            rows = np.flatnonzero(np.repeat(near, 2))
-            if len(rows):
-                t = self.bank.terms(halves, first)  if len(rows) > nf else None
-                if t is None:
-                    sub = halves[rows] @ self.bank._basis
-                    sub = sub.view(np.complex64)[:, :k]
-                    ph = self.bank.phases(first, 2 * nf)[rows]
-                    ch[rows] = sub * ph
-                else:
-                    ch = t
+            ch.reshape(nf, 2 * k)[~near] = 0
         cf = ch[0::2] + ch[1::2]
         cf_ext = self._cf.extend(cf)  # 3 frames of history first
         ch_ext = self._ch.extend(ch)  # 2 half-frames of history first
         e_ext = self._e.extend(e)
-        # DTMF: 20 ms windows (frames i-1, i)
-        codes = dtmf_codes(cf_ext[2:], ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
+        # window terms and powers, computed once for every detector: 20 ms windows (frames i-1, i)
+        # and 40 ms windows (frames i-3 .. i) ending at each frame of the chunk
+        w2 = cf_ext[1:] + cf_ext[:-1]
+        w4 = w2[2:] + w2[:-2]
+        e2 = e_ext[1:] + e_ext[:-1]
+        e4 = e2[2:] + e2[:-2]
+        w2 = w2[2:]
+        p2 = w2.real * w2.real + w2.imag * w2.imag
+        p4 = w4.real * w4.real + w4.imag * w4.imag
+        # DTMF: 20 ms windows
+        codes = dtmf_codes(p2, ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
         dt = codes >= 0
-        dtmf_frame = dt.copy()  # frames under a valid window, and the 3 on each side (the edges)
-        for d in (1, 2, 3):
-            dtmf_frame[:-d] |= dt[d:]
-            dtmf_frame[d:] |= dt[:-d]
-        # call-progress tones: 40 ms windows (frames i-3 .. i)
-        cs = np.cumsum(cf_ext, axis=0)
-        cf4 = cs[3:] - np.concatenate((np.zeros((1, cs.shape[1])), cs[:-4]))
-        es = np.cumsum(e_ext)
-        e4 = es[3:] - np.concatenate(([0.0], es[:-4]))
-        tl = tone_labels(cf4, e4, self._groups, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
+        if dt.any():  # frames under a valid window, and the 3 on each side (the edges)
+            dtmf_frame = np.convolve(dt, np.ones(7, bool), mode="same") > 0
+        else:
+            dtmf_frame = dt
+        # call-progress tones: 40 ms windows
+        tl = tone_labels(p4, e4, self._groups, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
-        fsk_frame = np.zeros(nf, bool)
+        fsk_frame = None
         if self._marks:
-            self._fsk(cf4, e4, x, first, f0, cid_events)
+            self._fsk(p4, e4, x, first, f0, cid_events)
             # the caller-ID burst is not speech (its confirmation is the decoded caller ID)
             ws, we = self._fsk_win
             a = max(0, (ws - self._seizure - first) // flen)
             b = min(nf, -(-(we - first) // flen))
             if b > a:
+                fsk_frame = np.zeros(nf, bool)
                 fsk_frame[a:b] = True
         # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
-        spc = ((lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame & ~fsk_frame)
+        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame
+        if fsk_frame is not None:
+            spc &= ~fsk_frame
         hist = self._spc.keep
         cs1 = np.concatenate(([0], np.cumsum(self._spc.extend(spc.astype(np.int32)))))
         cnt = cs1[hist + 1:hist + 1 + nf] - cs1[:nf]  # speech frames in the second ending at each frame
@@ -450,7 +448,7 @@ class LineSegmenter:
         none = np.full(nf, -1, np.int64)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
-        self._recent = x[-int(0.1 * self.p.rate):].copy()
+        self._recent = x[-int(0.1 * self.p.rate):]
         # speech needs floor + trigger_db, idle activity floor + release_db: none here
         self._spc.extend(np.zeros(nf, np.int32))
         self._act_idle.extend(np.zeros(nf, bool))
@@ -479,7 +477,7 @@ class LineSegmenter:
         cands = [c for c in cands if c[0] >= i]
         return min(cands) if cands else None
 
-    def _fsk(self, cf4, e4, x, first, f0, out) -> None:
+    def _fsk(self, p4, e4, x, first, f0, out) -> None:
         """Start an FSK decode at a steady mark tone; decode once 1.4 s of signal is in."""
         p = self.p
         n4 = 4 * self.flen
@@ -487,11 +485,11 @@ class LineSegmenter:
         mark = ms >= (32768.0 ** 2) * 1e-4  # >= -40 dBFS
         loud = np.flatnonzero(mark)
         if len(loud):
-            c = cf4[loud][:, self._mark_cols]
-            pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
+            pw = p4[loud][:, self._mark_cols] * (2.0 / (n4 * n4))
             mark[loud] = pw.max(axis=1) / ms[loud] >= 0.7
-        ext = np.concatenate((self._recent, x))
-        ext_first = first - len(self._recent)
+        recent = self._recent
+        self._recent = x[-int(0.1 * p.rate):]
+        ext_first = first - len(recent)
         if self._fsk_pending is None and mark.any():
             run = np.convolve(mark.astype(np.int32), np.ones(5, np.int32), mode="full")[:len(mark)]
             for h in np.flatnonzero(run >= 5).tolist():
@@ -507,6 +505,7 @@ class LineSegmenter:
             s, end, fa = self._fsk_pending
             hi = min(end, first + len(x))
             if hi > self._fsk_have:
+                ext = np.concatenate((recent, x))
                 self._fsk_parts.append(ext[self._fsk_have - ext_first:hi - ext_first])
                 self._fsk_have = hi
             if first + len(x) >= end:
@@ -516,7 +515,6 @@ class LineSegmenter:
                 self._fsk_parts = []
                 if cid is not None and (cid.number or cid.absent):
                     out.append((max(fa, f0), cid.number or f"({cid.absent})"))
-        self._recent = x[-int(0.1 * p.rate):].copy()
 
     # -- the state machine -----------------------------------------------------------
     def _run_state(self, F, digits, tone_events, cid_events, events) -> None:

@@ -96,7 +96,9 @@ class GoertzelBank:
         """(M, block) float32 samples starting at absolute ``first_sample`` -> (M, K) complex64."""
         y = np.ascontiguousarray(blocks, dtype=np.float32) @ self._basis
         c = y.view(np.complex64)
-        return c * self.phases(first_sample, len(c))
+        c *= self._step_table(len(c))
+        c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate).astype(np.complex64)
+        return c
 
     def phases(self, first_sample: int, m: int) -> np.ndarray:
         """(m, K) factors that refer block phases to the absolute sample index (exact modulo the rate)."""
@@ -123,25 +125,24 @@ class DtmfParams:
     balance: float = 0.4  # both 10 ms halves of a window must carry the tone
 
 
-def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray, flen: int, rate: int,
+def dtmf_codes(p2: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray, flen: int, rate: int,
                p: DtmfParams) -> np.ndarray:
     """Per 20 ms window (frames i-1, i) the DTMF key index 0-15, or -1.
 
-    ``cf``: (F+1, K) frame terms (first row = previous frame), columns 0-7 the DTMF
-    frequencies; ``ch``: (2F+2, K) half-frame terms aligned the same way; ``e``: (F+1,)
-    frame energies; ``tone_cols``: bank columns of call-progress tone frequencies whose
-    power is excluded (DTMF over dial tone).
+    ``p2``: (F, K) squared magnitudes of the window terms, columns 0-7 the DTMF
+    frequencies; ``ch``: (2F+2, K) half-frame terms, the first two from the frame before
+    the first window; ``e``: (F+1,) frame energies (first = the frame before);
+    ``tone_cols``: bank columns of
+    call-progress tone frequencies whose power is excluded (DTMF over dial tone).
     """
     n2 = 2 * flen
     half = flen // 2
-    nw = len(cf) - 1
+    nw = len(p2)
     codes = np.full(nw, -1, dtype=np.int64)
-    x = cf[1:, :8] + cf[:-1, :8]  # (F, 8)
-    raw = (x.real * x.real + x.imag * x.imag) * (2.0 / (n2 * n2))  # each tone's mean-square power
+    raw = p2[:, :8] * (2.0 / (n2 * n2))  # each tone's mean-square power
     ew = (e[1:] + e[:-1]) / n2
     if len(tone_cols):
-        xt = cf[1:, tone_cols] + cf[:-1, tone_cols]
-        ew = ew - (xt.real * xt.real + xt.imag * xt.imag).sum(axis=1) * (2.0 / (n2 * n2))
+        ew = ew - p2[:, tone_cols].sum(axis=1) * (2.0 / (n2 * n2))
     pr = raw[:, :4].max(axis=1)  # the strongest row and column tone
     pc = raw[:, 4:].max(axis=1)
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
@@ -165,7 +166,7 @@ def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
         frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
-    e0, e1 = e[:-1][cand], e[1:][cand]
+    e0, e1 = e[:-1][cand], e[1:][cand]  # the window's two frames
     emin = np.minimum(e1, e0)
     emax = np.maximum(e1, e0)
     ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
@@ -219,11 +220,11 @@ class DtmfSequencer:
         return out
 
 
-def tone_labels(cf4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: int, min_fraction: float,
+def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: int, min_fraction: float,
                 min_level_dbfs: float) -> np.ndarray:
     """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
 
-    ``cf4``: (F, K) window terms, ``e4``: (F,) window energies, ``groups``: bank
+    ``p4``: (F, K) squared magnitudes of the window terms, ``e4``: (F,) window energies, ``groups``: bank
     columns of each group's frequencies.
     """
     out = np.full(len(e4), -1, dtype=np.int64)
@@ -233,8 +234,7 @@ def tone_labels(cf4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: in
     if len(loud) == 0:
         return out
     ms = ms[loud]
-    c = cf4[loud]
-    pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
+    pw = p4[loud] * (2.0 / (n4 * n4))
     cols, valid = _group_table(tuple(tuple(g) for g in groups))
     sub = pw[:, cols]  # (n, groups, components)
     if valid is None:
