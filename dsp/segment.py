@@ -28,7 +28,7 @@ from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
-                    ToneSpec, dtmf_codes, tone_labels)
+                    ToneSpec, dtmf_codes, group_table, rows_of, tone_labels)
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
@@ -166,11 +166,16 @@ class LineSegmenter:
             if g not in groups:
                 groups.append(g)
         self._groups = [[col[f] for f in g] for g in groups]
+        self._groups4 = group_table([[c - 8 for c in g] for g in self._groups])  # rows of the 40 ms window powers
+        self._mark_rows4 = rows_of([c - 8 for c in self._mark_cols])
+        self._tone_rows = rows_of(self._tone_cols)
+        self._n2 = 8 + len(tone_freqs)  # rows of the 20 ms window powers: DTMF and call-progress
         self._group_of = [groups.index(tuple(sorted(t.freqs))) for t in p.tones]
         self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
         self._floor_idx: dict[int, np.ndarray] = {}
+        self._chunk_n = p.chunk
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
         self._tonal = TonalDetector(p.rate, self.flen)
@@ -192,10 +197,10 @@ class LineSegmenter:
         self._frame0 = 0  # absolute frame index of the next chunk's first frame (frames counted from origin)
         k = self.bank._k
         # history for windows that reach back across a chunk boundary (silence before the stream)
-        self._cf = _Tape(3, np.complex64, 0)
-        self._cf.a = np.zeros((3, k), np.complex64)
-        self._ch = _Tape(2, np.complex64, 0)
-        self._ch.a = np.zeros((2, k), np.complex64)
+        # bank terms are kept frequency-major, (K, frames): reductions over the frequencies are then
+        # element-wise operations over whole rows (numpy is several times slower along short last axes)
+        self._cf = np.zeros((k, 3), np.complex64)  # the last 3 frames' terms
+        self._ch = np.zeros((k, 2), np.complex64)  # the last 2 half-frames' terms
         self._e = _Tape(3, np.float64, 0.0)
         self._e.a = np.zeros(3)
         self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
@@ -280,7 +285,7 @@ class LineSegmenter:
         self.level_dbfs = rms_dbfs(x[-min(len(x), self.p.rate // 10):])
         self._pending.append(np.asarray(x, dtype=np.int16))
         self._pending_n += len(x)
-        chunk = self.p.chunk
+        chunk = self._chunk_n
         if self._pending_n < chunk:
             return []
         buf = np.concatenate(self._pending)
@@ -363,33 +368,36 @@ class LineSegmenter:
             loud &= lv >= floor + _GATE_DB
         k = self.bank._k
         if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
-                and not self._cf.a.any() and not self._spc.a.any()):
+                and not self._cf.any() and not self._spc.a.any()):
             # idle, nothing to analyse and nothing under way (the common case on an idle line): no
             # detector can fire here, so only the features later chunks look back on are kept
             self._quiet_chunk(x, e, f0, nf, lv, floor)
             return
-        ch = self.bank.terms(halves, first)
+        ch = self.bank.terms_t(halves, first)  # (K, 2 nf)
         if not loud.all():
             # frames that cannot hold a tone (nor the 3 after them, whose windows reach back) count as 0
             near = loud.copy()
             for d in (1, 2, 3):
                 near[:-d] |= loud[d:]
-            ch.reshape(nf, 2 * k)[~near] = 0
-        cf = ch[0::2] + ch[1::2]
-        cf_ext = self._cf.extend(cf)  # 3 frames of history first
-        ch_ext = self._ch.extend(ch)  # 2 half-frames of history first
+            ch.reshape(k, nf, 2)[:, ~near] = 0
+        cf = ch[:, 0::2] + ch[:, 1::2]
+        cf_ext = np.concatenate((self._cf, cf), axis=1)  # 3 frames of history first
+        self._cf = cf_ext[:, -3:]
+        ch_hist = self._ch  # 2 half-frames of history, for DTMF windows reaching back
+        self._ch = ch[:, -2:]
         e_ext = self._e.extend(e)
         # window terms and powers, computed once for every detector: 20 ms windows (frames i-1, i)
-        # and 40 ms windows (frames i-3 .. i) ending at each frame of the chunk
-        w2 = cf_ext[1:] + cf_ext[:-1]
-        w4 = w2[2:] + w2[:-2]
+        # over the DTMF and call-progress frequencies, 40 ms windows (frames i-3 .. i) over the
+        # call-progress and FSK-mark frequencies, ending at each frame of the chunk
+        w2 = cf_ext[:, 1:] + cf_ext[:, :-1]
+        w4 = w2[8:, 2:] + w2[8:, :-2]
         e2 = e_ext[1:] + e_ext[:-1]
         e4 = e2[2:] + e2[:-2]
-        w2 = w2[2:]
+        w2 = w2[:self._n2, 2:]
         p2 = w2.real * w2.real + w2.imag * w2.imag
         p4 = w4.real * w4.real + w4.imag * w4.imag
         # DTMF: 20 ms windows
-        codes = dtmf_codes(p2, ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
+        codes = dtmf_codes(p2, ch_hist, ch, e_ext[2:], self._tone_rows, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
         dt = codes >= 0
         if dt.any():  # frames under a valid window, and the 3 on each side (the edges)
@@ -397,7 +405,7 @@ class LineSegmenter:
         else:
             dtmf_frame = dt
         # call-progress tones: 40 ms windows
-        tl = tone_labels(p4, e4, self._groups, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
+        tl = tone_labels(p4, e4, self._groups4, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
@@ -442,8 +450,8 @@ class LineSegmenter:
     def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
         """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""
         k = self.bank._k
-        self._cf.extend(np.zeros((nf, k), np.complex64))
-        self._ch.extend(np.zeros((2 * nf, k), np.complex64))
+        self._cf = np.zeros((k, 3), np.complex64)
+        self._ch = np.zeros((k, 2), np.complex64)
         self._e.extend(e)
         none = np.full(nf, -1, np.int64)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
@@ -485,8 +493,8 @@ class LineSegmenter:
         mark = ms >= (32768.0 ** 2) * 1e-4  # >= -40 dBFS
         loud = np.flatnonzero(mark)
         if len(loud):
-            pw = p4[loud][:, self._mark_cols] * (2.0 / (n4 * n4))
-            mark[loud] = pw.max(axis=1) / ms[loud] >= 0.7
+            pw = p4[self._mark_rows4][:, loud] * (2.0 / (n4 * n4))
+            mark[loud] = pw.max(axis=0) / ms[loud] >= 0.7
         recent = self._recent
         self._recent = x[-int(0.1 * p.rate):]
         ext_first = first - len(recent)
@@ -672,10 +680,11 @@ class LineSegmenter:
             self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
             self.last_active_end = self._sample(self._last_act + 1)
-            for g in range(len(self._groups)):
-                hit = np.flatnonzero(tl == g)
-                if len(hit):
-                    self._last_group_frame[g] = fa0 + int(hit[-1])
+            if len(tl) and tl.max() >= 0:
+                for g in range(len(self._groups)):
+                    hit = np.flatnonzero(tl == g)
+                    if len(hit):
+                        self._last_group_frame[g] = fa0 + int(hit[-1])
             return nf
         kk, reason, end = min(cands, key=lambda c: c[0])
         keep = (self._ref, float(callmin[kk]))

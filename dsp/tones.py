@@ -82,6 +82,9 @@ class GoertzelBank:
         self._basis = basis
         self._k = len(self.freqs)
         self._steps: dict[int, np.ndarray] = {}
+        # the same basis frequency-major: rows cos for every frequency, then -sin for every frequency
+        self._basis_t = np.ascontiguousarray(np.concatenate((basis[:, 0::2], basis[:, 1::2]), axis=1).T)
+        self._steps_t: dict[int, np.ndarray] = {}
 
     def _step_table(self, m: int) -> np.ndarray:
         """Phase of block i relative to block 0: e^{-j w i block}, cached per block count."""
@@ -98,6 +101,21 @@ class GoertzelBank:
         c = y.view(np.complex64)
         c *= self._step_table(len(c))
         c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate).astype(np.complex64)
+        return c
+
+    def terms_t(self, blocks: np.ndarray, first_sample: int) -> np.ndarray:
+        """Like ``terms``, frequency-major: (M, block) float32 samples -> (K, M) complex64."""
+        k = self._k
+        y = self._basis_t @ np.asarray(blocks, dtype=np.float32).T
+        c = np.empty((k, len(blocks)), np.complex64)
+        c.real = y[:k]
+        c.imag = y[k:]
+        t = self._steps_t.get(len(blocks))
+        if t is None:
+            t = self._steps_t[len(blocks)] = np.ascontiguousarray(self._step_table(len(blocks)).T)
+        c *= t
+        c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate)
+                    / self.rate).astype(np.complex64)[:, None]
         return c
 
     def phases(self, first_sample: int, m: int) -> np.ndarray:
@@ -125,44 +143,50 @@ class DtmfParams:
     balance: float = 0.4  # both 10 ms halves of a window must carry the tone
 
 
-def dtmf_codes(p2: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray, flen: int, rate: int,
-               p: DtmfParams) -> np.ndarray:
+def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray,
+               flen: int, rate: int, p: DtmfParams) -> np.ndarray:
     """Per 20 ms window (frames i-1, i) the DTMF key index 0-15, or -1.
 
-    ``p2``: (F, K) squared magnitudes of the window terms, columns 0-7 the DTMF
-    frequencies; ``ch``: (2F+2, K) half-frame terms, the first two from the frame before
-    the first window; ``e``: (F+1,) frame energies (first = the frame before);
-    ``tone_cols``: bank columns of
-    call-progress tone frequencies whose power is excluded (DTMF over dial tone).
+    Frequency-major arrays: ``p2``: (>= 8, F) squared magnitudes of the window terms, rows
+    0-7 the DTMF frequencies; ``ch``: (K, 2F) half-frame terms of the chunk, ``ch_hist``:
+    (K, 2) the two before it; ``e``: (F+1,) frame energies (first = the frame before);
+    ``tone_cols``: rows (index array or slice) of call-progress tone frequencies whose power is
+    excluded (DTMF over dial tone), or None.
     """
     n2 = 2 * flen
     half = flen // 2
-    nw = len(p2)
+    nw = p2.shape[1]
     codes = np.full(nw, -1, dtype=np.int64)
-    raw = p2[:, :8] * (2.0 / (n2 * n2))  # each tone's mean-square power
+    raw = p2[:8] * (2.0 / (n2 * n2))  # each tone's mean-square power
     ew = (e[1:] + e[:-1]) / n2
-    if len(tone_cols):
-        ew = ew - p2[:, tone_cols].sum(axis=1) * (2.0 / (n2 * n2))
-    pr = raw[:, :4].max(axis=1)  # the strongest row and column tone
-    pc = raw[:, 4:].max(axis=1)
+    if tone_cols is not None:
+        ew = ew - p2[tone_cols].sum(axis=0) * (2.0 / (n2 * n2))
+    pr = raw[:4].max(axis=0)  # the strongest row and column tone
+    pc = raw[4:].max(axis=0)
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
     cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
                           & (np.minimum(pr, pc) >= 0.3 * floor))
     if len(cand) == 0:
         return codes
-    rc = raw[cand]
-    r_ = np.argmax(rc[:, :4], axis=1)
-    c_ = 4 + np.argmax(rc[:, 4:], axis=1)
+    rc = raw[:, cand]
+    both = np.empty((len(cand), 2), np.int64)  # (n, 2) bank rows of the strongest row and column tone
+    r_ = both[:, 0]
+    c_ = both[:, 1]
+    r_[:] = np.argmax(rc[:4], axis=0)
+    c_[:] = 4 + np.argmax(rc[4:], axis=0)
     # phase advance between consecutive half-frames, summed over the window's 3 steps
-    both = np.stack((r_, c_), axis=1)  # (n, 2) bank columns
-    hk = ch[(2 * cand)[:, None, None] + _STEP4, both[:, None, :]]  # (n, 4 half-frames, 2 tones)
+    chx = np.concatenate((ch_hist, ch), axis=1)
+    hk = chx[both[:, None, :], (2 * cand)[:, None, None] + _STEP4]  # (n, 4 half-frames, 2 tones)
     r = hk[:, 1] * np.conj(hk[:, 0]) + hk[:, 2] * np.conj(hk[:, 1]) + hk[:, 3] * np.conj(hk[:, 2])
     fr = _DTMF_FREQS[both]
     off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
     dev = off_hz / fr
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
-    pw = np.stack((pr[cand], pc[cand]), axis=1) / (gain * gain)  # undo the window's loss for the offset
+    pw = np.empty((len(cand), 2))
+    pw[:, 0] = pr[cand]
+    pw[:, 1] = pc[cand]
+    pw /= gain * gain  # undo the window's loss for the offset
     with np.errstate(divide="ignore", invalid="ignore"):
         twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
         frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
@@ -220,48 +244,52 @@ class DtmfSequencer:
         return out
 
 
-def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: int, min_fraction: float,
+def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.ndarray | None], n4: int, min_fraction: float,
                 min_level_dbfs: float) -> np.ndarray:
     """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
 
-    ``p4``: (F, K) squared magnitudes of the window terms, ``e4``: (F,) window energies, ``groups``: bank
-    columns of each group's frequencies.
+    ``p4``: (K, F) squared magnitudes of the window terms (frequency-major), ``e4``: (F,)
+    window energies, ``groups``: ``group_table`` of the rows of each group's frequencies.
     """
     out = np.full(len(e4), -1, dtype=np.int64)
     ms = e4 / n4
     lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
     loud = np.flatnonzero(ms >= lim)
-    if len(loud) == 0:
+    cols, valid = groups
+    if len(loud) == 0 or cols.size == 0:
         return out
     ms = ms[loud]
-    pw = p4[loud] * (2.0 / (n4 * n4))
-    cols, valid = _group_table(tuple(tuple(g) for g in groups))
-    sub = pw[:, cols]  # (n, groups, components)
+    sub = p4[:, loud][cols] * (2.0 / (n4 * n4))  # (groups, components, n)
     if valid is None:
-        tot = sub.sum(axis=2)
-        low = sub.min(axis=2)
+        tot = sub.sum(axis=1)
+        low = sub.min(axis=1)
     else:
-        tot = np.where(valid, sub, 0.0).sum(axis=2)
-        low = np.where(valid, sub, np.inf).min(axis=2)
+        tot = np.where(valid[:, :, None], sub, 0.0).sum(axis=1)
+        low = np.where(valid[:, :, None], sub, np.inf).min(axis=1)
     # every component present (a lone 440 Hz is not dial tone), loud enough
-    scores = np.where((low >= 0.12 * tot) & (tot >= lim), tot / ms[:, None], 0.0)
-    best = np.argmax(scores, axis=1)
-    out[loud] = np.where(scores.max(axis=1) >= min_fraction, best, -1)
+    scores = np.where((low >= 0.12 * tot) & (tot >= lim), tot / ms, 0.0)
+    best = np.argmax(scores, axis=0)
+    out[loud] = np.where(scores.max(axis=0) >= min_fraction, best, -1)
     return out
 
 
-_GROUP_TABLES: dict = {}
+def rows_of(idx) -> slice | np.ndarray | None:
+    """A run of consecutive row indices as a slice (a view, not a copy)."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return None
+    if np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        return slice(int(idx[0]), int(idx[0]) + len(idx))
+    return idx
 
 
-def _group_table(groups: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bank columns of each group as a (groups, components) index table (padded) and its mask."""
-    t = _GROUP_TABLES.get(groups)
-    if t is None:
-        w = max(len(g) for g in groups)
-        cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
-        valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
-        t = _GROUP_TABLES[groups] = (cols, None if valid.all() else valid)
-    return t
+def group_table(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of each group's frequencies as a (groups, components) index table (padded) and its mask
+    (None when every group has the same number of components)."""
+    w = max((len(g) for g in groups), default=0)
+    cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
+    valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
+    return cols, None if valid.all() else valid
 
 
 class CadenceTracker:
