@@ -69,9 +69,12 @@ class TonalDetector:
         rows = np.flatnonzero(look)
         peaks = np.zeros((nw, self.nb), bool)
         if len(rows):
-            seg = x[:nw * self.n].reshape(nw, self.n)[rows] * self.win
-            sp = scipy.fft.rfft(seg, axis=1)[:, self._lo:self._hi]
-            p = sp.real * sp.real + sp.imag * sp.imag
+            seg = x[:nw * self.n].reshape(nw, self.n)
+            seg = (seg if len(rows) == nw else seg[rows]) * self.win
+            sp = scipy.fft.rfft(seg, axis=1, overwrite_x=True)[:, self._lo:self._hi]
+            sq = sp.view(np.float32)  # (re, im) pairs
+            sq = sq * sq
+            p = sq[:, 0::2] + sq[:, 1::2]
             # for the judged bins k = _SIDE+1 ...: the sum of bins k-_SIDE..k-2 and k+2..k+_SIDE
             # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
             nb, s = self.nb, _SIDE
@@ -85,7 +88,7 @@ class TonalDetector:
             peaks[rows] = pk
             # the per-bin peak rate over the windows looked at (a steady line tone is always a peak)
             a = 1.0 - (1.0 - self._alpha_per_window) ** len(rows)
-            self._rate += a * (pk.mean(axis=0) - self._rate)
+            self._rate += a * (pk.sum(axis=0) / len(rows) - self._rate)
         ext = np.concatenate((self._prev, peaks))
         self._prev = ext[-2:]
         dil = ext.copy()

@@ -205,8 +205,8 @@ class LineSegmenter:
         self._e.a = np.zeros(3)
         self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
         self._blockmins.a = np.full(self._floor_blocks, np.inf)
-        self._spc = _Tape(fr(1.0) - 1, np.int32, 0)
-        self._spc.a = np.zeros(fr(1.0) - 1, np.int32)
+        self._spc = _Tape(fr(1.0) - 1, bool, False)
+        self._spc.a = np.zeros(fr(1.0) - 1, bool)
         self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
         self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
         self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
@@ -424,8 +424,9 @@ class LineSegmenter:
         if fsk_frame is not None:
             spc &= ~fsk_frame
         hist = self._spc.keep
-        cs1 = np.concatenate(([0], np.cumsum(self._spc.extend(spc.astype(np.int32)))))
-        cnt = cs1[hist + 1:hist + 1 + nf] - cs1[:nf]  # speech frames in the second ending at each frame
+        c = np.cumsum(self._spc.extend(spc))
+        cnt = c[hist:hist + nf].copy()  # speech frames in the second ending at each frame
+        cnt[1:] -= c[:nf - 1]
         talk = cnt >= self._fr(p.speech_confirm_s)
         busyish = np.zeros(nf, bool)
         for g in self._end_groups:
@@ -437,10 +438,10 @@ class LineSegmenter:
         lvl_ext = self._lvl.extend(lv)
         # level movement: mean |change| of the frame level over the last 20 frames (stationary
         # hiss and hum stay under ~1 dB; speech and music move several dB)
-        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
-        dl = np.where(np.isfinite(dl), dl, 0.0)
-        cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
-        moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
+        c = np.cumsum(self._dl.extend(self._level_steps(lvl_ext, nf)))
+        moving = c[_SUSTAIN_WIN - 1:].copy()  # sum of the last 20 steps at each frame
+        moving[1:] -= c[:nf - 1]
+        moving = moving / _SUSTAIN_WIN >= _MOVING_DB
         F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
@@ -458,14 +459,21 @@ class LineSegmenter:
         self._cad.feed(none, f0)
         self._recent = x[-int(0.1 * self.p.rate):]
         # speech needs floor + trigger_db, idle activity floor + release_db: none here
-        self._spc.extend(np.zeros(nf, np.int32))
+        self._spc.extend(np.zeros(nf, bool))
         self._act_idle.extend(np.zeros(nf, bool))
         self._endtone.extend(np.zeros(nf, bool))
         self._floor_tape.extend(floor)
         lvl_ext = self._lvl.extend(lv)
-        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
-        self._dl.extend(np.where(np.isfinite(dl), dl, 0.0))
+        self._dl.extend(self._level_steps(lvl_ext, nf))
         self._tonal.reset()
+
+    @staticmethod
+    def _level_steps(lvl_ext: np.ndarray, nf: int) -> np.ndarray:
+        """|frame-to-frame level change| of the last nf frames (0 where the history is still empty)."""
+        dl = np.abs(lvl_ext[-nf:] - lvl_ext[-nf - 1:-1])
+        if np.isinf(lvl_ext[-nf - 1]):  # the history is filled with inf before the stream's first frame
+            dl = np.where(np.isfinite(dl), dl, 0.0)
+        return dl
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""
