@@ -235,7 +235,7 @@ class LineSegmenter:
         self._ref = SILENCE_DBFS
         self._last_act = _NEG  # frame index of the last activity in the call
         self._raised = False
-        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, np.int32)
+        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, bool)
         self._call_min = np.inf  # lowest noise floor seen in the call (after its first seconds)
         lag = self._fr(self.p.idle_hold_s + self.p.floor_window_s + 0.5)
         self._callmin_tape = _Tape(lag, np.float64, np.inf)
@@ -348,8 +348,8 @@ class LineSegmenter:
         halves = x.reshape(2 * nf, half)
         eh = np.einsum("ij,ij->i", halves, halves).astype(np.float64)
         e = eh[0::2] + eh[1::2]
-        with np.errstate(divide="ignore"):
-            lv = np.maximum(10.0 * np.log10(e / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
+        # (a silent frame's energy is 0; any other is >= 1, so the clamp changes nothing else)
+        lv = np.maximum(10.0 * np.log10(np.maximum(e, 1e-30) / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
         # noise floor: minimum over the previous blocks of 0.25 s and the current block so far
         blk = lv.reshape(-1, 25)
         bmin = blk.min(axis=1)
@@ -429,8 +429,9 @@ class LineSegmenter:
         cnt[1:] -= c[:nf - 1]
         talk = cnt >= self._fr(p.speech_confirm_s)
         busyish = np.zeros(nf, bool)
-        for g in self._end_groups:
-            busyish |= tl == g
+        if len(tl) and tl.max() >= 0:
+            for g in self._end_groups:
+                busyish |= tl == g
         act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
         endtone_ext = self._endtone.extend(busyish)
@@ -605,10 +606,11 @@ class LineSegmenter:
         if F["tonal"] is not None:
             loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
-        ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
-        cs = np.concatenate(([0], np.cumsum(ext)))
-        t = len(self._act_tail)
-        act = (cs[t + 1:] - cs[t + 1 - _SUSTAIN_WIN:len(cs) - _SUSTAIN_WIN]) >= _SUSTAIN_MIN
+        ext = np.concatenate((self._act_tail, loud))
+        c = np.cumsum(ext)
+        act = c[_SUSTAIN_WIN - 1:].copy()  # loud frames among the 20 ending at each frame
+        act[1:] -= c[:n - 1]
+        act = act >= _SUSTAIN_MIN
         last = np.maximum.accumulate(np.where(act, idx, _NEG))
         last = np.maximum(last, self._last_act)
         cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)

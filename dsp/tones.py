@@ -24,7 +24,7 @@ DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
 # margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
 TWIST_MARGIN_DB = 1.0
 _DTMF_FREQS = np.asarray(DTMF_LOW + DTMF_HIGH)
-_STEP4 = np.arange(4)[None, :, None]
+_STEP4 = np.arange(4)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -170,32 +170,30 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     if len(cand) == 0:
         return codes
     rc = raw[:, cand]
-    both = np.empty((len(cand), 2), np.int64)  # (n, 2) bank rows of the strongest row and column tone
-    r_ = both[:, 0]
-    c_ = both[:, 1]
+    # per candidate window, tone-major (row tone, column tone) x windows: the strongest row and column
+    both = np.empty((2, len(cand)), np.int64)
+    r_, c_ = both
     r_[:] = np.argmax(rc[:4], axis=0)
-    c_[:] = 4 + np.argmax(rc[4:], axis=0)
+    c_[:] = np.argmax(rc[4:], axis=0)
+    c_ += 4
     # phase advance between consecutive half-frames, summed over the window's 3 steps
     chx = np.concatenate((ch_hist, ch), axis=1)
-    hk = chx[both[:, None, :], (2 * cand)[:, None, None] + _STEP4]  # (n, 4 half-frames, 2 tones)
-    r = hk[:, 1] * np.conj(hk[:, 0]) + hk[:, 2] * np.conj(hk[:, 1]) + hk[:, 3] * np.conj(hk[:, 2])
-    fr = _DTMF_FREQS[both]
+    hk = chx[both[None], 2 * cand + _STEP4]  # (4 half-frames, 2 tones, n)
+    r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
     off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
-    dev = off_hz / fr
+    dev = off_hz / _DTMF_FREQS[both]
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
-    pw = np.empty((len(cand), 2))
-    pw[:, 0] = pr[cand]
-    pw[:, 1] = pc[cand]
+    pw = np.empty((2, len(cand)), pr.dtype)
+    pw[0] = pr[cand]
+    pw[1] = pc[cand]
     pw /= gain * gain  # undo the window's loss for the offset
-    with np.errstate(divide="ignore", invalid="ignore"):
-        twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
-        frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
-    e0, e1 = e[:-1][cand], e[1:][cand]  # the window's two frames
-    emin = np.minimum(e1, e0)
-    emax = np.maximum(e1, e0)
-    ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
+    # both powers are > 0 here (the screen asked >= 0.3 floor of each)
+    twist = 10.0 * np.log10(pw[1] / pw[0])
+    frac = (pw[0] + pw[1]) / np.maximum(ew[cand], 1e-9)
+    e0, e1 = e[cand], e[cand + 1]  # the window's two frames
+    ok = ((pw.min(axis=0) >= floor) & (np.abs(dev).max(axis=0) <= p.freq_tol)
           & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
-          & (frac >= p.min_fraction) & (emin >= p.balance * emax))
+          & (frac >= p.min_fraction) & (np.minimum(e1, e0) >= p.balance * np.maximum(e1, e0)))
     codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
     return codes
 
