@@ -500,11 +500,10 @@ class LineSegmenter:
         p = self.p
         n4 = 4 * self.flen
         ms = e4 / n4
-        mark = ms >= (32768.0 ** 2) * 1e-4  # >= -40 dBFS
-        loud = np.flatnonzero(mark)
-        if len(loud):
-            pw = p4[self._mark_rows4][:, loud] * (2.0 / (n4 * n4))
-            mark[loud] = pw.max(axis=0) / ms[loud] >= 0.7
+        lim = (32768.0 ** 2) * 1e-4  # >= -40 dBFS
+        # over whole rows (the quieter windows' ratio is computed against lim and then dropped)
+        pw = p4[self._mark_rows4].max(axis=0) * (2.0 / (n4 * n4))
+        mark = (pw / np.maximum(ms, lim) >= 0.7) & (ms >= lim)
         recent = self._recent
         self._recent = x[-int(0.1 * p.rate):]
         ext_first = first - len(recent)

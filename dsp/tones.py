@@ -252,9 +252,15 @@ def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.nda
     out = np.full(len(e4), -1, dtype=np.int64)
     ms = e4 / n4
     lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
-    loud = np.flatnonzero(ms >= lim)
     cols, valid = groups
-    if len(loud) == 0 or cols.size == 0:
+    if cols.size == 0:
+        return out
+    # screen: a group's power is at most the power of all tone frequencies together (the margin
+    # keeps the screen from refusing a window the exact test below would accept)
+    nt = int(cols.max()) + 1
+    any_tone = p4[:nt].sum(axis=0) * (2.0 / (n4 * n4)) >= (0.999 * min_fraction) * ms
+    loud = np.flatnonzero(any_tone & (ms >= lim))
+    if len(loud) == 0:
         return out
     ms = ms[loud]
     sub = p4[:, loud][cols] * (2.0 / (n4 * n4))  # (groups, components, n)
