@@ -96,6 +96,8 @@ class TonalDetector:
         dil[:, :-1] |= ext[:, 1:]
         run = ext[2:] & dil[1:-1] & dil[:-2] & (self._rate < _STEADY_RATE)
         hit = run.any(axis=1)
+        if not hit.any():
+            return out
         # music has partials all the time: a run counts when another one lies within 0.5 s of it
         c = np.concatenate(([0], np.cumsum(hit)))
         span = _PAIR_WINDOWS

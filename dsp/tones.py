@@ -182,6 +182,9 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
     off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
     dev = off_hz / _DTMF_FREQS[both]
+    in_tol = np.abs(dev).max(axis=0) <= p.freq_tol
+    if not in_tol.any():  # speech: its strongest components are rarely both on DTMF frequencies
+        return codes
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
     pw = np.empty((2, len(cand)), pr.dtype)
     pw[0] = pr[cand]
@@ -191,7 +194,7 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     twist = 10.0 * np.log10(pw[1] / pw[0])
     frac = (pw[0] + pw[1]) / np.maximum(ew[cand], 1e-9)
     e0, e1 = e[cand], e[cand + 1]  # the window's two frames
-    ok = ((pw.min(axis=0) >= floor) & (np.abs(dev).max(axis=0) <= p.freq_tol)
+    ok = ((pw.min(axis=0) >= floor) & in_tol
           & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
           & (frac >= p.min_fraction) & (np.minimum(e1, e0) >= p.balance * np.maximum(e1, e0)))
     codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
