@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FULL_SCALE = 32768.0
@@ -28,4 +30,4 @@ def rms_dbfs(x: np.ndarray) -> float:
     ms = float(np.dot(f, f)) / len(f)
     if ms <= 0.0:
         return SILENCE_DBFS
-    return max(10.0 * float(np.log10(ms / (FULL_SCALE * FULL_SCALE))), SILENCE_DBFS)
+    return max(10.0 * math.log10(ms / (FULL_SCALE * FULL_SCALE)), SILENCE_DBFS)

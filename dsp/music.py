@@ -19,6 +19,7 @@ chunks, no state but the last two windows' peaks and the per-bin peak rate.
 from __future__ import annotations
 
 import numpy as np
+import scipy.fft
 
 WINDOW_FRAMES = 5  # 50 ms windows of 10 ms frames
 _LO_HZ, _HI_HZ = 300.0, 3400.0
@@ -68,18 +69,26 @@ class TonalDetector:
         rows = np.flatnonzero(look)
         peaks = np.zeros((nw, self.nb), bool)
         if len(rows):
-            seg = x[:nw * self.n].reshape(nw, self.n)[rows] * self.win
-            sp = np.fft.rfft(seg, axis=1)[:, self._lo:self._hi]
-            p = sp.real * sp.real + sp.imag * sp.imag
-            cs = np.concatenate((np.zeros((len(rows), 1)), np.cumsum(p, axis=1)), axis=1)
-            k = np.arange(_SIDE + 1, _SIDE + 1 + self.nb)
-            around = (cs[:, k + _SIDE + 1] - cs[:, k - _SIDE]) - (cs[:, k + 2] - cs[:, k - 1])
+            seg = x[:nw * self.n].reshape(nw, self.n)
+            seg = (seg if len(rows) == nw else seg[rows]) * self.win
+            sp = scipy.fft.rfft(seg, axis=1, overwrite_x=True)[:, self._lo:self._hi]
+            sq = sp.view(np.float32)  # (re, im) pairs
+            sq = sq * sq
+            p = sq[:, 0::2] + sq[:, 1::2]
+            # for the judged bins k = _SIDE+1 ...: the sum of bins k-_SIDE..k-2 and k+2..k+_SIDE
+            # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
+            nb, s = self.nb, _SIDE
+            m = p.shape[1] - (s - 1) + 1
+            box = p[:, :m].copy()
+            for d in range(1, s - 1):
+                box += p[:, d:d + m]
+            around = box[:, 1:1 + nb] + box[:, s + 3:s + 3 + nb]
             mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
             pk = (mid * (2 * _SIDE - 2) >= self.ratio * around) & (around > 0)
             peaks[rows] = pk
             # the per-bin peak rate over the windows looked at (a steady line tone is always a peak)
             a = 1.0 - (1.0 - self._alpha_per_window) ** len(rows)
-            self._rate += a * (pk.mean(axis=0) - self._rate)
+            self._rate += a * (pk.sum(axis=0) / len(rows) - self._rate)
         ext = np.concatenate((self._prev, peaks))
         self._prev = ext[-2:]
         dil = ext.copy()
@@ -87,6 +96,8 @@ class TonalDetector:
         dil[:, :-1] |= ext[:, 1:]
         run = ext[2:] & dil[1:-1] & dil[:-2] & (self._rate < _STEADY_RATE)
         hit = run.any(axis=1)
+        if not hit.any():
+            return out
         # music has partials all the time: a run counts when another one lies within 0.5 s of it
         c = np.concatenate(([0], np.cumsum(hit)))
         span = _PAIR_WINDOWS

@@ -28,7 +28,7 @@ from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
-                    ToneSpec, dtmf_codes, tone_labels)
+                    ToneSpec, dtmf_codes, group_table, rows_of, tone_labels)
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
@@ -166,10 +166,17 @@ class LineSegmenter:
             if g not in groups:
                 groups.append(g)
         self._groups = [[col[f] for f in g] for g in groups]
+        self._groups4 = group_table([[c - 8 for c in g] for g in self._groups])  # rows of the 40 ms window powers
+        self._mark_rows4 = rows_of([c - 8 for c in self._mark_cols])
+        self._tone_rows = rows_of(self._tone_cols)
+        self._n2 = 8 + len(tone_freqs)  # rows of the 20 ms window powers: DTMF and call-progress
         self._group_of = [groups.index(tuple(sorted(t.freqs))) for t in p.tones]
         self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
+        self._floor_idx: dict[int, np.ndarray] = {}
+        self._chunk_n = p.chunk
+        self._ones = np.ones(self.flen, np.float32)
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
         self._tonal = TonalDetector(p.rate, self.flen)
@@ -191,15 +198,16 @@ class LineSegmenter:
         self._frame0 = 0  # absolute frame index of the next chunk's first frame (frames counted from origin)
         k = self.bank._k
         # history for windows that reach back across a chunk boundary (silence before the stream)
-        self._cf = _Tape(3, np.complex64, 0)
-        self._cf.a = np.zeros((3, k), np.complex64)
-        self._ch = _Tape(2, np.complex64, 0)
-        self._ch.a = np.zeros((2, k), np.complex64)
+        # bank terms are kept frequency-major, (K, frames): reductions over the frequencies are then
+        # element-wise operations over whole rows (numpy is several times slower along short last axes)
+        self._cf = np.zeros((k, 3), np.complex64)  # the last 3 frames' terms
+        self._ch = np.zeros((k, 2), np.complex64)  # the last 2 half-frames' terms
         self._e = _Tape(3, np.float64, 0.0)
         self._e.a = np.zeros(3)
         self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
-        self._spc = _Tape(fr(1.0) - 1, np.int32, 0)
-        self._spc.a = np.zeros(fr(1.0) - 1, np.int32)
+        self._blockmins.a = np.full(self._floor_blocks, np.inf)
+        self._spc = _Tape(fr(1.0) - 1, bool, False)
+        self._spc.a = np.zeros(fr(1.0) - 1, bool)
         self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
         self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
         self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
@@ -228,7 +236,7 @@ class LineSegmenter:
         self._ref = SILENCE_DBFS
         self._last_act = _NEG  # frame index of the last activity in the call
         self._raised = False
-        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, np.int32)
+        self._act_tail = np.zeros(_SUSTAIN_WIN - 1, bool)
         self._call_min = np.inf  # lowest noise floor seen in the call (after its first seconds)
         lag = self._fr(self.p.idle_hold_s + self.p.floor_window_s + 0.5)
         self._callmin_tape = _Tape(lag, np.float64, np.inf)
@@ -278,7 +286,7 @@ class LineSegmenter:
         self.level_dbfs = rms_dbfs(x[-min(len(x), self.p.rate // 10):])
         self._pending.append(np.asarray(x, dtype=np.int16))
         self._pending_n += len(x)
-        chunk = self.p.chunk
+        chunk = self._chunk_n
         if self._pending_n < chunk:
             return []
         buf = np.concatenate(self._pending)
@@ -323,6 +331,14 @@ class LineSegmenter:
         self.call_start = at_sample
 
     # -- one chunk -------------------------------------------------------------------
+    def _floor_index(self, nb: int) -> np.ndarray:
+        """(nb, w) indices of the w blocks before each of nb new blocks, behind w blocks of history."""
+        t = self._floor_idx.get(nb)
+        if t is None:
+            w = self._floor_blocks
+            t = self._floor_idx[nb] = np.arange(nb)[:, None] + np.arange(w)[None, :]
+        return t
+
     def _chunk(self, x16: np.ndarray, first: int, events: list[Event]) -> None:
         p = self.p
         flen, half = self.flen, self.half
@@ -331,23 +347,18 @@ class LineSegmenter:
         self._frame0 += nf
         x = x16.astype(np.float32)
         halves = x.reshape(2 * nf, half)
-        eh = np.einsum("ij,ij->i", halves, halves).astype(np.float64)
-        e = eh[0::2] + eh[1::2]
-        with np.errstate(divide="ignore"):
-            lv = np.maximum(10.0 * np.log10(e / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
+        # frame energies: squares summed by a matrix-vector product (faster here than einsum)
+        e = (np.square(x).reshape(nf, flen) @ self._ones).astype(np.float64)
+        # (a silent frame's energy is 0; any other is >= 1, so the clamp changes nothing else)
+        lv = np.maximum(10.0 * np.log10(np.maximum(e, 1e-30) / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
         # noise floor: minimum over the previous blocks of 0.25 s and the current block so far
         blk = lv.reshape(-1, 25)
         bmin = blk.min(axis=1)
-        prev = self._blockmins.a
-        allb = np.concatenate((prev, bmin))
         nb = len(bmin)
-        w = self._floor_blocks
         # minimum of the w blocks before each block (inf before the stream's first block)
-        padded = np.concatenate((np.full(max(0, w - len(prev)), np.inf), allb))
-        off = len(padded) - len(allb) + len(prev)
-        pm = np.lib.stride_tricks.sliding_window_view(padded[off - w:off - w + nb + w - 1], w).min(axis=1)
+        allb = self._blockmins.extend(bmin)  # always w blocks of history first
+        pm = allb[self._floor_index(nb)].min(axis=1)
         floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
-        self._blockmins.extend(bmin)
         self._floor_now = float(floor[-1])
         # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
         # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
@@ -358,67 +369,70 @@ class LineSegmenter:
             loud &= lv >= floor + _GATE_DB
         k = self.bank._k
         if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
-                and not self._cf.a.any() and not self._spc.a.any()):
+                and not self._cf.any() and not self._spc.a.any()):
             # idle, nothing to analyse and nothing under way (the common case on an idle line): no
             # detector can fire here, so only the features later chunks look back on are kept
             self._quiet_chunk(x, e, f0, nf, lv, floor)
             return
-        if loud.all():
-            ch = self.bank.terms(halves, first)
-        else:
-            ch = np.zeros((2 * nf, k), np.complex64)
+        ch = self.bank.terms_t(halves, first)  # (K, 2 nf)
+        if not loud.all():
+            # frames that cannot hold a tone (nor the 3 after them, whose windows reach back) count as 0
             near = loud.copy()
             for d in (1, 2, 3):
                 near[:-d] |= loud[d:]
-            rows = np.flatnonzero(np.repeat(near, 2))
-            if len(rows):
-                t = self.bank.terms(halves, first)  if len(rows) > nf else None
-                if t is None:
-                    sub = halves[rows] @ self.bank._basis
-                    sub = sub.view(np.complex64)[:, :k]
-                    ph = self.bank.phases(first, 2 * nf)[rows]
-                    ch[rows] = sub * ph
-                else:
-                    ch = t
-        cf = ch[0::2] + ch[1::2]
-        cf_ext = self._cf.extend(cf)  # 3 frames of history first
-        ch_ext = self._ch.extend(ch)  # 2 half-frames of history first
+            ch.reshape(k, nf, 2)[:, ~near] = 0
+        cf = ch[:, 0::2] + ch[:, 1::2]
+        cf_ext = np.concatenate((self._cf, cf), axis=1)  # 3 frames of history first
+        self._cf = cf_ext[:, -3:]
+        ch_hist = self._ch  # 2 half-frames of history, for DTMF windows reaching back
+        self._ch = ch[:, -2:]
         e_ext = self._e.extend(e)
-        # DTMF: 20 ms windows (frames i-1, i)
-        codes = dtmf_codes(cf_ext[2:], ch_ext, e_ext[2:], self._tone_cols, flen, p.rate, p.dtmf)
+        # window terms and powers, computed once for every detector: 20 ms windows (frames i-1, i)
+        # over the DTMF and call-progress frequencies, 40 ms windows (frames i-3 .. i) over the
+        # call-progress and FSK-mark frequencies, ending at each frame of the chunk
+        w2 = cf_ext[:, 1:] + cf_ext[:, :-1]
+        w4 = w2[8:, 2:] + w2[8:, :-2]
+        e2 = e_ext[1:] + e_ext[:-1]
+        e4 = e2[2:] + e2[:-2]
+        w2 = w2[:self._n2, 2:]
+        p2 = w2.real * w2.real + w2.imag * w2.imag
+        p4 = w4.real * w4.real + w4.imag * w4.imag
+        # DTMF: 20 ms windows
+        codes = dtmf_codes(p2, ch_hist, ch, e_ext[2:], self._tone_rows, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
         dt = codes >= 0
-        dtmf_frame = dt.copy()  # frames under a valid window, and the 3 on each side (the edges)
-        for d in (1, 2, 3):
-            dtmf_frame[:-d] |= dt[d:]
-            dtmf_frame[d:] |= dt[:-d]
-        # call-progress tones: 40 ms windows (frames i-3 .. i)
-        cs = np.cumsum(cf_ext, axis=0)
-        cf4 = cs[3:] - np.concatenate((np.zeros((1, cs.shape[1])), cs[:-4]))
-        es = np.cumsum(e_ext)
-        e4 = es[3:] - np.concatenate(([0.0], es[:-4]))
-        tl = tone_labels(cf4, e4, self._groups, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
+        if dt.any():  # frames under a valid window, and the 3 on each side (the edges)
+            dtmf_frame = np.convolve(dt, np.ones(7, bool), mode="same") > 0
+        else:
+            dtmf_frame = dt
+        # call-progress tones: 40 ms windows
+        tl = tone_labels(p4, e4, self._groups4, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
-        fsk_frame = np.zeros(nf, bool)
+        fsk_frame = None
         if self._marks:
-            self._fsk(cf4, e4, x, first, f0, cid_events)
+            self._fsk(p4, e4, x, first, f0, cid_events)
             # the caller-ID burst is not speech (its confirmation is the decoded caller ID)
             ws, we = self._fsk_win
             a = max(0, (ws - self._seizure - first) // flen)
             b = min(nf, -(-(we - first) // flen))
             if b > a:
+                fsk_frame = np.zeros(nf, bool)
                 fsk_frame[a:b] = True
         # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
-        spc = ((lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame & ~fsk_frame)
+        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame
+        if fsk_frame is not None:
+            spc &= ~fsk_frame
         hist = self._spc.keep
-        cs1 = np.concatenate(([0], np.cumsum(self._spc.extend(spc.astype(np.int32)))))
-        cnt = cs1[hist + 1:hist + 1 + nf] - cs1[:nf]  # speech frames in the second ending at each frame
+        c = np.cumsum(self._spc.extend(spc))
+        cnt = c[hist:hist + nf].copy()  # speech frames in the second ending at each frame
+        cnt[1:] -= c[:nf - 1]
         talk = cnt >= self._fr(p.speech_confirm_s)
         busyish = np.zeros(nf, bool)
-        for g in self._end_groups:
-            busyish |= tl == g
+        if len(tl) and tl.max() >= 0:
+            for g in self._end_groups:
+                busyish |= tl == g
         act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
         endtone_ext = self._endtone.extend(busyish)
@@ -426,10 +440,10 @@ class LineSegmenter:
         lvl_ext = self._lvl.extend(lv)
         # level movement: mean |change| of the frame level over the last 20 frames (stationary
         # hiss and hum stay under ~1 dB; speech and music move several dB)
-        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
-        dl = np.where(np.isfinite(dl), dl, 0.0)
-        cd = np.concatenate(([0.0], np.cumsum(self._dl.extend(dl))))
-        moving = (cd[_SUSTAIN_WIN:] - cd[:-_SUSTAIN_WIN])[-nf:] / _SUSTAIN_WIN >= _MOVING_DB
+        c = np.cumsum(self._dl.extend(self._level_steps(lvl_ext, nf)))
+        moving = c[_SUSTAIN_WIN - 1:].copy()  # sum of the last 20 steps at each frame
+        moving[1:] -= c[:nf - 1]
+        moving = moving / _SUSTAIN_WIN >= _MOVING_DB
         F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
@@ -439,22 +453,29 @@ class LineSegmenter:
     def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
         """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""
         k = self.bank._k
-        self._cf.extend(np.zeros((nf, k), np.complex64))
-        self._ch.extend(np.zeros((2 * nf, k), np.complex64))
+        self._cf = np.zeros((k, 3), np.complex64)
+        self._ch = np.zeros((k, 2), np.complex64)
         self._e.extend(e)
         none = np.full(nf, -1, np.int64)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
-        self._recent = x[-int(0.1 * self.p.rate):].copy()
+        self._recent = x[-int(0.1 * self.p.rate):]
         # speech needs floor + trigger_db, idle activity floor + release_db: none here
-        self._spc.extend(np.zeros(nf, np.int32))
+        self._spc.extend(np.zeros(nf, bool))
         self._act_idle.extend(np.zeros(nf, bool))
         self._endtone.extend(np.zeros(nf, bool))
         self._floor_tape.extend(floor)
         lvl_ext = self._lvl.extend(lv)
-        dl = np.abs(np.diff(lvl_ext[-(nf + 1):])) if len(lvl_ext) > nf else np.zeros(nf)
-        self._dl.extend(np.where(np.isfinite(dl), dl, 0.0))
+        self._dl.extend(self._level_steps(lvl_ext, nf))
         self._tonal.reset()
+
+    @staticmethod
+    def _level_steps(lvl_ext: np.ndarray, nf: int) -> np.ndarray:
+        """|frame-to-frame level change| of the last nf frames (0 where the history is still empty)."""
+        dl = np.abs(lvl_ext[-nf:] - lvl_ext[-nf - 1:-1])
+        if np.isinf(lvl_ext[-nf - 1]):  # the history is filled with inf before the stream's first frame
+            dl = np.where(np.isfinite(dl), dl, 0.0)
+        return dl
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""
@@ -474,19 +495,18 @@ class LineSegmenter:
         cands = [c for c in cands if c[0] >= i]
         return min(cands) if cands else None
 
-    def _fsk(self, cf4, e4, x, first, f0, out) -> None:
+    def _fsk(self, p4, e4, x, first, f0, out) -> None:
         """Start an FSK decode at a steady mark tone; decode once 1.4 s of signal is in."""
         p = self.p
         n4 = 4 * self.flen
         ms = e4 / n4
-        mark = ms >= (32768.0 ** 2) * 1e-4  # >= -40 dBFS
-        loud = np.flatnonzero(mark)
-        if len(loud):
-            c = cf4[loud][:, self._mark_cols]
-            pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
-            mark[loud] = pw.max(axis=1) / ms[loud] >= 0.7
-        ext = np.concatenate((self._recent, x))
-        ext_first = first - len(self._recent)
+        lim = (32768.0 ** 2) * 1e-4  # >= -40 dBFS
+        # over whole rows (the quieter windows' ratio is computed against lim and then dropped)
+        pw = p4[self._mark_rows4].max(axis=0) * (2.0 / (n4 * n4))
+        mark = (pw / np.maximum(ms, lim) >= 0.7) & (ms >= lim)
+        recent = self._recent
+        self._recent = x[-int(0.1 * p.rate):]
+        ext_first = first - len(recent)
         if self._fsk_pending is None and mark.any():
             run = np.convolve(mark.astype(np.int32), np.ones(5, np.int32), mode="full")[:len(mark)]
             for h in np.flatnonzero(run >= 5).tolist():
@@ -502,6 +522,7 @@ class LineSegmenter:
             s, end, fa = self._fsk_pending
             hi = min(end, first + len(x))
             if hi > self._fsk_have:
+                ext = np.concatenate((recent, x))
                 self._fsk_parts.append(ext[self._fsk_have - ext_first:hi - ext_first])
                 self._fsk_have = hi
             if first + len(x) >= end:
@@ -511,7 +532,6 @@ class LineSegmenter:
                 self._fsk_parts = []
                 if cid is not None and (cid.number or cid.absent):
                     out.append((max(fa, f0), cid.number or f"({cid.absent})"))
-        self._recent = x[-int(0.1 * p.rate):].copy()
 
     # -- the state machine -----------------------------------------------------------
     def _run_state(self, F, digits, tone_events, cid_events, events) -> None:
@@ -586,10 +606,11 @@ class LineSegmenter:
         if F["tonal"] is not None:
             loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
-        ext = np.concatenate((self._act_tail, loud.astype(np.int32)))
-        cs = np.concatenate(([0], np.cumsum(ext)))
-        t = len(self._act_tail)
-        act = (cs[t + 1:] - cs[t + 1 - _SUSTAIN_WIN:len(cs) - _SUSTAIN_WIN]) >= _SUSTAIN_MIN
+        ext = np.concatenate((self._act_tail, loud))
+        c = np.cumsum(ext)
+        act = c[_SUSTAIN_WIN - 1:].copy()  # loud frames among the 20 ending at each frame
+        act[1:] -= c[:n - 1]
+        act = act >= _SUSTAIN_MIN
         last = np.maximum.accumulate(np.where(act, idx, _NEG))
         last = np.maximum(last, self._last_act)
         cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
@@ -669,10 +690,11 @@ class LineSegmenter:
             self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
             self.last_active_end = self._sample(self._last_act + 1)
-            for g in range(len(self._groups)):
-                hit = np.flatnonzero(tl == g)
-                if len(hit):
-                    self._last_group_frame[g] = fa0 + int(hit[-1])
+            if len(tl) and tl.max() >= 0:
+                for g in range(len(self._groups)):
+                    hit = np.flatnonzero(tl == g)
+                    if len(hit):
+                        self._last_group_frame[g] = fa0 + int(hit[-1])
             return nf
         kk, reason, end = min(cands, key=lambda c: c[0])
         keep = (self._ref, float(callmin[kk]))

@@ -23,6 +23,8 @@ DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
 # A 20 ms window measures each tone's level to within about +-0.5 dB: the twist limits get this
 # margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
 TWIST_MARGIN_DB = 1.0
+_DTMF_FREQS = np.asarray(DTMF_LOW + DTMF_HIGH)
+_STEP4 = np.arange(4)[:, None, None]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class GoertzelBank:
         self._basis = basis
         self._k = len(self.freqs)
         self._steps: dict[int, np.ndarray] = {}
+        # the same basis frequency-major: rows cos for every frequency, then -sin for every frequency
+        self._basis_t = np.ascontiguousarray(np.concatenate((basis[:, 0::2], basis[:, 1::2]), axis=1).T)
+        self._steps_t: dict[int, np.ndarray] = {}
 
     def _step_table(self, m: int) -> np.ndarray:
         """Phase of block i relative to block 0: e^{-j w i block}, cached per block count."""
@@ -94,7 +99,24 @@ class GoertzelBank:
         """(M, block) float32 samples starting at absolute ``first_sample`` -> (M, K) complex64."""
         y = np.ascontiguousarray(blocks, dtype=np.float32) @ self._basis
         c = y.view(np.complex64)
-        return c * self.phases(first_sample, len(c))
+        c *= self._step_table(len(c))
+        c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate).astype(np.complex64)
+        return c
+
+    def terms_t(self, blocks: np.ndarray, first_sample: int) -> np.ndarray:
+        """Like ``terms``, frequency-major: (M, block) float32 samples -> (K, M) complex64."""
+        k = self._k
+        y = self._basis_t @ np.asarray(blocks, dtype=np.float32).T
+        c = np.empty((k, len(blocks)), np.complex64)
+        c.real = y[:k]
+        c.imag = y[k:]
+        t = self._steps_t.get(len(blocks))
+        if t is None:
+            t = self._steps_t[len(blocks)] = np.ascontiguousarray(self._step_table(len(blocks)).T)
+        c *= t
+        c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate)
+                    / self.rate).astype(np.complex64)[:, None]
+        return c
 
     def phases(self, first_sample: int, m: int) -> np.ndarray:
         """(m, K) factors that refer block phases to the absolute sample index (exact modulo the rate)."""
@@ -121,55 +143,60 @@ class DtmfParams:
     balance: float = 0.4  # both 10 ms halves of a window must carry the tone
 
 
-def dtmf_codes(cf: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray, flen: int, rate: int,
-               p: DtmfParams) -> np.ndarray:
+def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray,
+               flen: int, rate: int, p: DtmfParams) -> np.ndarray:
     """Per 20 ms window (frames i-1, i) the DTMF key index 0-15, or -1.
 
-    ``cf``: (F+1, K) frame terms (first row = previous frame), columns 0-7 the DTMF
-    frequencies; ``ch``: (2F+2, K) half-frame terms aligned the same way; ``e``: (F+1,)
-    frame energies; ``tone_cols``: bank columns of call-progress tone frequencies whose
-    power is excluded (DTMF over dial tone).
+    Frequency-major arrays: ``p2``: (>= 8, F) squared magnitudes of the window terms, rows
+    0-7 the DTMF frequencies; ``ch``: (K, 2F) half-frame terms of the chunk, ``ch_hist``:
+    (K, 2) the two before it; ``e``: (F+1,) frame energies (first = the frame before);
+    ``tone_cols``: rows (index array or slice) of call-progress tone frequencies whose power is
+    excluded (DTMF over dial tone), or None.
     """
     n2 = 2 * flen
     half = flen // 2
-    nw = len(cf) - 1
+    nw = p2.shape[1]
     codes = np.full(nw, -1, dtype=np.int64)
-    x = cf[1:, :8] + cf[:-1, :8]  # (F, 8)
-    raw = (x.real * x.real + x.imag * x.imag) * (2.0 / (n2 * n2))  # each tone's mean-square power
+    raw = p2[:8] * (2.0 / (n2 * n2))  # each tone's mean-square power
     ew = (e[1:] + e[:-1]) / n2
-    if len(tone_cols):
-        xt = cf[1:, tone_cols] + cf[:-1, tone_cols]
-        ew = ew - (xt.real * xt.real + xt.imag * xt.imag).sum(axis=1) * (2.0 / (n2 * n2))
-    rows = np.argmax(raw[:, :4], axis=1)
-    cols = 4 + np.argmax(raw[:, 4:], axis=1)
-    idx = np.arange(nw)
-    pr = raw[idx, rows]
-    pc = raw[idx, cols]
+    if tone_cols is not None:
+        ew = ew - p2[tone_cols].sum(axis=0) * (2.0 / (n2 * n2))
+    pr = raw[:4].max(axis=0)  # the strongest row and column tone
+    pc = raw[4:].max(axis=0)
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
     cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
-                          & (pr >= 0.3 * floor) & (pc >= 0.3 * floor))
+                          & (np.minimum(pr, pc) >= 0.3 * floor))
     if len(cand) == 0:
         return codes
-    r_, c_ = rows[cand], cols[cand]
+    rc = raw[:, cand]
+    # per candidate window, tone-major (row tone, column tone) x windows: the strongest row and column
+    both = np.empty((2, len(cand)), np.int64)
+    r_, c_ = both
+    r_[:] = np.argmax(rc[:4], axis=0)
+    c_[:] = np.argmax(rc[4:], axis=0)
+    c_ += 4
     # phase advance between consecutive half-frames, summed over the window's 3 steps
-    h = 2 * cand
-    both = np.stack((r_, c_), axis=1)  # (n, 2) bank columns
-    h0, h1, h2, h3 = (np.take_along_axis(ch[h + k], both, axis=1) for k in range(4))
-    r = h1 * np.conj(h0) + h2 * np.conj(h1) + h3 * np.conj(h2)
-    fr = np.asarray(DTMF_LOW + DTMF_HIGH)[both]
+    chx = np.concatenate((ch_hist, ch), axis=1)
+    hk = chx[both[None], 2 * cand + _STEP4]  # (4 half-frames, 2 tones, n)
+    r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
     off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
-    dev = off_hz / fr
+    dev = off_hz / _DTMF_FREQS[both]
+    in_tol = np.abs(dev).max(axis=0) <= p.freq_tol
+    if not in_tol.any():  # speech: its strongest components are rarely both on DTMF frequencies
+        return codes
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
-    pw = np.stack((pr[cand], pc[cand]), axis=1) / (gain * gain)  # undo the window's loss for the offset
-    with np.errstate(divide="ignore", invalid="ignore"):
-        twist = 10.0 * np.log10(pw[:, 1] / pw[:, 0])
-        frac = pw.sum(axis=1) / np.maximum(ew[cand], 1e-9)
-    emin = np.minimum(e[1:], e[:-1])[cand]
-    emax = np.maximum(e[1:], e[:-1])[cand]
-    ok = ((pw[:, 0] >= floor) & (pw[:, 1] >= floor) & (np.abs(dev) <= p.freq_tol).all(axis=1)
+    pw = np.empty((2, len(cand)), pr.dtype)
+    pw[0] = pr[cand]
+    pw[1] = pc[cand]
+    pw /= gain * gain  # undo the window's loss for the offset
+    # both powers are > 0 here (the screen asked >= 0.3 floor of each)
+    twist = 10.0 * np.log10(pw[1] / pw[0])
+    frac = (pw[0] + pw[1]) / np.maximum(ew[cand], 1e-9)
+    e0, e1 = e[cand], e[cand + 1]  # the window's two frames
+    ok = ((pw.min(axis=0) >= floor) & in_tol
           & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
-          & (frac >= p.min_fraction) & (emin >= p.balance * emax))
+          & (frac >= p.min_fraction) & (np.minimum(e1, e0) >= p.balance * np.maximum(e1, e0)))
     codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
     return codes
 
@@ -190,6 +217,11 @@ class DtmfSequencer:
         if len(codes) == 0:
             return out
         p = self.p
+        if codes.max() < 0:  # no key anywhere (the common case): one pause
+            self.gap += len(codes)
+            if self.gap >= p.off_windows:
+                self.cur, self.count, self.emitted = -1, 0, False
+            return out
         change = np.flatnonzero(np.diff(codes)) + 1
         starts = np.concatenate(([0], change))
         ends = np.concatenate((change, [len(codes)]))
@@ -213,33 +245,58 @@ class DtmfSequencer:
         return out
 
 
-def tone_labels(cf4: np.ndarray, e4: np.ndarray, groups: list[list[int]], n4: int, min_fraction: float,
+def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.ndarray | None], n4: int, min_fraction: float,
                 min_level_dbfs: float) -> np.ndarray:
     """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
 
-    ``cf4``: (F, K) window terms, ``e4``: (F,) window energies, ``groups``: bank
-    columns of each group's frequencies.
+    ``p4``: (K, F) squared magnitudes of the window terms (frequency-major), ``e4``: (F,)
+    window energies, ``groups``: ``group_table`` of the rows of each group's frequencies.
     """
     out = np.full(len(e4), -1, dtype=np.int64)
     ms = e4 / n4
-    loud = np.flatnonzero(ms >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
+    lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
+    cols, valid = groups
+    if cols.size == 0:
+        return out
+    # screen: a group's power is at most the power of all tone frequencies together (the margin
+    # keeps the screen from refusing a window the exact test below would accept)
+    nt = int(cols.max()) + 1
+    any_tone = p4[:nt].sum(axis=0) * (2.0 / (n4 * n4)) >= (0.999 * min_fraction) * ms
+    loud = np.flatnonzero(any_tone & (ms >= lim))
     if len(loud) == 0:
         return out
     ms = ms[loud]
-    c = cf4[loud]
-    pw = (c.real * c.real + c.imag * c.imag) * (2.0 / (n4 * n4))
-    scores = np.empty((len(ms), len(groups)))
-    ok = np.empty((len(ms), len(groups)), dtype=bool)
-    for g, cols in enumerate(groups):
-        sub = pw[:, cols]
+    sub = p4[:, loud][cols] * (2.0 / (n4 * n4))  # (groups, components, n)
+    if valid is None:
         tot = sub.sum(axis=1)
-        scores[:, g] = tot / ms
-        # every component present (a lone 440 Hz is not dial tone), loud enough
-        ok[:, g] = (sub.min(axis=1) >= 0.12 * tot) & (tot >= (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0))
-    scores = np.where(ok, scores, 0.0)
-    best = np.argmax(scores, axis=1)
-    out[loud] = np.where(scores[np.arange(len(ms)), best] >= min_fraction, best, -1)
+        low = sub.min(axis=1)
+    else:
+        tot = np.where(valid[:, :, None], sub, 0.0).sum(axis=1)
+        low = np.where(valid[:, :, None], sub, np.inf).min(axis=1)
+    # every component present (a lone 440 Hz is not dial tone), loud enough
+    scores = np.where((low >= 0.12 * tot) & (tot >= lim), tot / ms, 0.0)
+    best = np.argmax(scores, axis=0)
+    out[loud] = np.where(scores.max(axis=0) >= min_fraction, best, -1)
     return out
+
+
+def rows_of(idx) -> slice | np.ndarray | None:
+    """A run of consecutive row indices as a slice (a view, not a copy)."""
+    idx = np.asarray(idx)
+    if len(idx) == 0:
+        return None
+    if np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
+        return slice(int(idx[0]), int(idx[0]) + len(idx))
+    return idx
+
+
+def group_table(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rows of each group's frequencies as a (groups, components) index table (padded) and its mask
+    (None when every group has the same number of components)."""
+    w = max((len(g) for g in groups), default=0)
+    cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
+    valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
+    return cols, None if valid.all() else valid
 
 
 class CadenceTracker:
@@ -266,8 +323,8 @@ class CadenceTracker:
     def feed(self, labels: np.ndarray, first_frame: int) -> list[tuple[int, str]]:
         """Tone events as (frame, spec name) when a tone is recognised."""
         out: list[tuple[int, str]] = []
-        if len(labels) == 0:
-            return out
+        if len(labels) == 0 or (self.run_label < 0 and labels.max() < 0):
+            return out  # no tone before or in this block
         change = np.flatnonzero(np.diff(labels)) + 1
         starts = np.concatenate(([0], change))
         ends = np.concatenate((change, [len(labels)]))

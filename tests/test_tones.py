@@ -60,6 +60,8 @@ def test_bank_equals_the_goertzel_recursion():
         for k, f in enumerate(freqs):
             ref = goertzel(x[m * 40:(m + 1) * 40], f, RATE) * np.exp(-2j * np.pi * f * (first + 40 * m) / RATE)
             assert terms[m, k] == pytest.approx(ref, rel=1e-4, abs=1e-3)
+    # the frequency-major form the segmenter uses holds the same terms
+    np.testing.assert_allclose(bank.terms_t(x.reshape(6, 40), first), terms.T, rtol=1e-4, atol=1e-3)
 
 
 def test_all_sixteen_keys_at_40_ms_on_40_ms_off():
