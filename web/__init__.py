@@ -49,8 +49,22 @@ class _Server:
         self._thread.start()
 
     def close(self) -> None:
-        self._srv.close()
-        self._thread.join(5.0)
+        """Stop serving. The sockets are closed by the loop thread itself (a trigger thunk), so
+        its select() never sees a descriptor closed under it (EBADF in the web thread)."""
+        from waitress import wasyncore
+
+        srv = self._srv
+
+        def shut() -> None:
+            wasyncore.close_all(srv._map, ignore_all=True)  # listener, channels, trigger: the loop ends
+
+        if self._thread.is_alive():
+            srv.trigger.pull_trigger(shut)
+            self._thread.join(5.0)
+        if self._thread.is_alive():  # the loop did not take the thunk: close from here as before
+            srv.close()
+            self._thread.join(5.0)
+        srv.task_dispatcher.shutdown()
 
 
 def serve(recorder, host: str = "127.0.0.1", port: int = 8080, **app_kw) -> _Server:
