@@ -28,7 +28,7 @@ from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
-                    ToneSpec, dtmf_codes, group_table, rows_of, tone_labels)
+                    ToneSpec, dtmf_codes, group_table, no_codes, rows_of, tone_labels)
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
@@ -400,11 +400,11 @@ class LineSegmenter:
         # DTMF: 20 ms windows
         codes = dtmf_codes(p2, ch_hist, ch, e_ext[2:], self._tone_rows, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
-        dt = codes >= 0
-        if dt.any():  # frames under a valid window, and the 3 on each side (the edges)
-            dtmf_frame = np.convolve(dt, np.ones(7, bool), mode="same") > 0
+        none = no_codes(nf)
+        if codes is not none:  # frames under a valid window, and the 3 on each side (the edges)
+            dtmf_frame = np.convolve(codes >= 0, np.ones(7, bool), mode="same") > 0
         else:
-            dtmf_frame = dt
+            dtmf_frame = None
         # call-progress tones: 40 ms windows
         tl = tone_labels(p4, e4, self._groups4, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
@@ -421,7 +421,11 @@ class LineSegmenter:
                 fsk_frame = np.zeros(nf, bool)
                 fsk_frame[a:b] = True
         # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
-        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame
+        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
+        if tl is not none:
+            spc &= tl < 0
+        if dtmf_frame is not None:
+            spc &= ~dtmf_frame
         if fsk_frame is not None:
             spc &= ~fsk_frame
         hist = self._spc.keep
@@ -430,10 +434,11 @@ class LineSegmenter:
         cnt[1:] -= c[:nf - 1]
         talk = cnt >= self._fr(p.speech_confirm_s)
         busyish = np.zeros(nf, bool)
-        if len(tl) and tl.max() >= 0:
+        act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs)
+        if tl is not none:
             for g in self._end_groups:
                 busyish |= tl == g
-        act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
+            act_idle &= ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
         endtone_ext = self._endtone.extend(busyish)
         floor_ext = self._floor_tape.extend(floor)
@@ -444,7 +449,7 @@ class LineSegmenter:
         moving = c[_SUSTAIN_WIN - 1:].copy()  # sum of the last 20 steps at each frame
         moving[1:] -= c[:nf - 1]
         moving = moving / _SUSTAIN_WIN >= _MOVING_DB
-        F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
+        F = dict(lv=lv, floor=floor, tl=tl, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
         if F["tonal"] is None:
@@ -456,7 +461,7 @@ class LineSegmenter:
         self._cf = np.zeros((k, 3), np.complex64)
         self._ch = np.zeros((k, 2), np.complex64)
         self._e.extend(e)
-        none = np.full(nf, -1, np.int64)
+        none = no_codes(nf)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
         self._recent = x[-int(0.1 * self.p.rate):]
@@ -594,8 +599,11 @@ class LineSegmenter:
         thr = np.maximum(floor, self._ref) + p.release_db
         # loud over the current floor, or over the idle floor while the level moves (music on hold
         # whose quiet passages the floor has risen to; never steady off-hook hiss)
-        loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
-            | (tl >= 0) | F["dtmf"][i:]
+        loud = ((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)
+        if F["tone_any"]:
+            loud |= tl >= 0
+        if F["dtmf"] is not None:
+            loud |= F["dtmf"][i:]
         # music under the off-hook noise (quiet passages, a track fading out): persistent spectral
         # peaks, looked for only where the level alone says nothing and the line is over its idle floor
         want = ~loud & (lv >= self._ref + p.release_db) & (lv >= p.min_level_dbfs)
@@ -667,7 +675,7 @@ class LineSegmenter:
             hf, g, name = hang
             spec = self._spec_by_name[name][1]
             gap_lim = self._fr(spec.off_s * (1 + p.cadence_tol) + 0.15)
-            lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG))
+            lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG)) if F["tone_any"] else np.full(n, _NEG)
             lastg = np.maximum(lastg, self._last_group_frame.get(g, _NEG))
             after = idx >= hf
             k = np.flatnonzero(after & (((idx - lastg) > gap_lim) | (idx - hf >= self._fr(p.hangup_hold_s))))
@@ -690,7 +698,7 @@ class LineSegmenter:
             self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
             self.last_active_end = self._sample(self._last_act + 1)
-            if len(tl) and tl.max() >= 0:
+            if F["tone_any"] and tl.max() >= 0:
                 for g in range(len(self._groups)):
                     hit = np.flatnonzero(tl == g)
                     if len(hit):
