@@ -14,6 +14,7 @@ reference the tests compare the bank against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -203,10 +204,13 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     c_[:] = np.argmax(rc[4:], axis=0)
     c_ += 4
     # phase advance between consecutive half-frames, summed over the window's 3 steps
-    chx = np.concatenate((ch_hist, ch), axis=1)
-    hk = chx[both[None], 2 * cand + _STEP4]  # (4 half-frames, 2 tones, n)
+    if cand[0] >= 1:  # every window lies in this chunk: read the half-frames directly
+        hk = ch[both[None], 2 * cand - 2 + _STEP4]  # (4 half-frames, 2 tones, n)
+    else:
+        chx = np.concatenate((ch_hist, ch), axis=1)
+        hk = chx[both[None], 2 * cand + _STEP4]
     r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
-    off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
+    off_hz = np.arctan2(r.imag, r.real) * rate / (2.0 * np.pi * half)  # np.angle(r)
     dev = off_hz / _DTMF_FREQS[both]
     in_tol = np.abs(dev).max(axis=0) <= p.freq_tol
     if not in_tol.any():  # speech: its strongest components are rarely both on DTMF frequencies
@@ -274,7 +278,7 @@ class DtmfSequencer:
         return out
 
 
-def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.ndarray | None], n4: int, min_fraction: float,
+def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: "GroupTable", n4: int, min_fraction: float,
                 min_level_dbfs: float) -> np.ndarray:
     """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
 
@@ -283,12 +287,11 @@ def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.nda
     """
     ms = e4 / n4
     lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
-    cols, valid = groups
+    cols, valid, nt = groups
     if cols.size == 0:
         return no_codes(len(e4))
     # screen: a group's power is at most the power of all tone frequencies together (the margin
     # keeps the screen from refusing a window the exact test below would accept)
-    nt = int(cols.max()) + 1
     any_tone = p4[:nt].sum(axis=0) * (2.0 / (n4 * n4)) >= (0.999 * min_fraction) * ms
     loud = np.flatnonzero(any_tone & (ms >= lim))
     if len(loud) == 0:
@@ -319,13 +322,21 @@ def rows_of(idx) -> slice | np.ndarray | None:
     return idx
 
 
-def group_table(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rows of each group's frequencies as a (groups, components) index table (padded) and its mask
-    (None when every group has the same number of components)."""
+class GroupTable(NamedTuple):
+    """Rows of each group's frequencies as a (groups, components) index table (padded), its mask
+    (None when every group has the same number of components) and the rows read (0 .. nt-1)."""
+
+    cols: np.ndarray
+    valid: np.ndarray | None
+    nt: int
+
+
+def group_table(groups: list[list[int]]) -> GroupTable:
+    """The ``GroupTable`` of the given groups of row indices."""
     w = max((len(g) for g in groups), default=0)
     cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
     valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
-    return cols, None if valid.all() else valid
+    return GroupTable(cols, None if valid.all() else valid, int(cols.max()) + 1 if cols.size else 0)
 
 
 class CadenceTracker:
