@@ -188,8 +188,7 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     ew = (e[1:] + e[:-1]) / n2
     if tone_cols is not None:
         ew = ew - p2[tone_cols].sum(axis=0) * (2.0 / (n2 * n2))
-    pr = raw[:4].max(axis=0)  # the strongest row and column tone
-    pc = raw[4:].max(axis=0)
+    pr, pc = raw.reshape(2, 4, nw).max(axis=1)  # the strongest row and column tone
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
     cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
