@@ -79,8 +79,8 @@ class TonalDetector:
             # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
             nb, s = self.nb, _SIDE
             m = p.shape[1] - (s - 1) + 1
-            box = p[:, :m].copy()
-            for d in range(1, s - 1):
+            box = p[:, :m] + p[:, 1:1 + m]
+            for d in range(2, s - 1):
                 box += p[:, d:d + m]
             around = box[:, 1:1 + nb] + box[:, s + 3:s + 3 + nb]
             mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
