@@ -67,7 +67,7 @@ class TonalDetector:
         look[:-1] |= wantw[1:]
         look[:-2] |= wantw[2:]
         rows = np.flatnonzero(look)
-        peaks = np.zeros((nw, self.nb), bool)
+        peaks = None
         if len(rows):
             seg = x[:nw * self.n].reshape(nw, self.n)
             seg = (seg if len(rows) == nw else seg[rows]) * self.win
@@ -79,16 +79,22 @@ class TonalDetector:
             # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
             nb, s = self.nb, _SIDE
             m = p.shape[1] - (s - 1) + 1
-            box = p[:, :m].copy()
-            for d in range(1, s - 1):
+            box = p[:, :m] + p[:, 1:1 + m]
+            for d in range(2, s - 1):
                 box += p[:, d:d + m]
             around = box[:, 1:1 + nb] + box[:, s + 3:s + 3 + nb]
             mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
             pk = (mid * (2 * _SIDE - 2) >= self.ratio * around) & (around > 0)
-            peaks[rows] = pk
+            if len(rows) == nw:
+                peaks = pk
+            else:
+                peaks = np.zeros((nw, self.nb), bool)
+                peaks[rows] = pk
             # the per-bin peak rate over the windows looked at (a steady line tone is always a peak)
             a = 1.0 - (1.0 - self._alpha_per_window) ** len(rows)
             self._rate += a * (pk.sum(axis=0) / len(rows) - self._rate)
+        if peaks is None:
+            peaks = np.zeros((nw, self.nb), bool)
         ext = np.concatenate((self._prev, peaks))
         self._prev = ext[-2:]
         dil = ext.copy()

@@ -28,7 +28,7 @@ from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
-                    ToneSpec, dtmf_codes, group_table, rows_of, tone_labels)
+                    ToneSpec, dtmf_codes, group_table, no_codes, rows_of, tone_labels)
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
@@ -152,6 +152,12 @@ class LineSegmenter:
         self.half = self.flen // 2
         fr = lambda s: int(round(s / FRAME_S))  # noqa: E731 - seconds -> frames
         self._fr = fr
+        # frame counts used per chunk
+        self._n_confirm = fr(p.speech_confirm_s)
+        self._n_half = fr(0.5)
+        self._n_silence = fr(p.silence_s + p.hangover_s)
+        self._n_settle = fr(p.floor_window_s + 0.5)
+        self._n_hold = fr(p.idle_hold_s)
         # the Goertzel bank: 8 DTMF, then the call-progress frequencies, then the FSK marks
         tone_freqs = sorted({f for t in p.tones for f in t.freqs})
         self._marks = sorted({m for m, _ in FSK_STANDARDS.values()}) if p.cid_fsk else []
@@ -186,7 +192,16 @@ class LineSegmenter:
         self.call_start = start_sample
         self.onset = start_sample
         self.last_active_end = start_sample
-        self.level_dbfs = SILENCE_DBFS
+        self._level = SILENCE_DBFS
+        self._level_src: np.ndarray | None = None
+
+    @property
+    def level_dbfs(self) -> float:
+        """RMS level of the last 0.1 s of the newest block fed (SILENCE_DBFS before any)."""
+        if self._level_src is not None:
+            self._level = rms_dbfs(self._level_src)
+            self._level_src = None
+        return self._level
 
     def _reset_stream(self, at: int) -> None:
         p = self.p
@@ -210,6 +225,7 @@ class LineSegmenter:
         self._spc.a = np.zeros(fr(1.0) - 1, bool)
         self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
         self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
+        self._lvl_fresh = True  # no frame level in the history yet (all inf)
         self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
         self._dl.a = np.zeros(_SUSTAIN_WIN - 1)
         self._act_idle = _Tape(fr(p.confirm_s) + 1, bool, False)  # idle activity, for the onset search
@@ -283,7 +299,7 @@ class LineSegmenter:
         if len(x) == 0:
             return []
         self.pos = start + len(x)
-        self.level_dbfs = rms_dbfs(x[-min(len(x), self.p.rate // 10):])
+        self._level_src = np.array(x[-min(len(x), self.p.rate // 10):])  # level_dbfs, computed when asked
         self._pending.append(np.asarray(x, dtype=np.int16))
         self._pending_n += len(x)
         chunk = self._chunk_n
@@ -400,11 +416,11 @@ class LineSegmenter:
         # DTMF: 20 ms windows
         codes = dtmf_codes(p2, ch_hist, ch, e_ext[2:], self._tone_rows, flen, p.rate, p.dtmf)
         digits = self._dtmf.feed(codes, f0)
-        dt = codes >= 0
-        if dt.any():  # frames under a valid window, and the 3 on each side (the edges)
-            dtmf_frame = np.convolve(dt, np.ones(7, bool), mode="same") > 0
+        none = no_codes(nf)
+        if codes is not none:  # frames under a valid window, and the 3 on each side (the edges)
+            dtmf_frame = np.convolve(codes >= 0, np.ones(7, bool), mode="same") > 0
         else:
-            dtmf_frame = dt
+            dtmf_frame = None
         # call-progress tones: 40 ms windows
         tl = tone_labels(p4, e4, self._groups4, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
@@ -421,19 +437,25 @@ class LineSegmenter:
                 fsk_frame = np.zeros(nf, bool)
                 fsk_frame[a:b] = True
         # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
-        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs) & (tl < 0) & ~dtmf_frame
+        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
+        if tl is not none:
+            spc &= tl < 0
+        if dtmf_frame is not None:
+            spc &= ~dtmf_frame
         if fsk_frame is not None:
             spc &= ~fsk_frame
         hist = self._spc.keep
         c = np.cumsum(self._spc.extend(spc))
         cnt = c[hist:hist + nf].copy()  # speech frames in the second ending at each frame
         cnt[1:] -= c[:nf - 1]
-        talk = cnt >= self._fr(p.speech_confirm_s)
+        talk = cnt >= self._n_confirm
         busyish = np.zeros(nf, bool)
-        if len(tl) and tl.max() >= 0:
+        lv_min = lv >= p.min_level_dbfs
+        act_idle = (lv >= floor + p.release_db) & lv_min
+        if tl is not none:
             for g in self._end_groups:
                 busyish |= tl == g
-        act_idle = (lv >= floor + p.release_db) & (lv >= p.min_level_dbfs) & ~busyish
+            act_idle &= ~busyish
         act_idle_ext = self._act_idle.extend(act_idle)
         endtone_ext = self._endtone.extend(busyish)
         floor_ext = self._floor_tape.extend(floor)
@@ -444,7 +466,7 @@ class LineSegmenter:
         moving = c[_SUSTAIN_WIN - 1:].copy()  # sum of the last 20 steps at each frame
         moving[1:] -= c[:nf - 1]
         moving = moving / _SUSTAIN_WIN >= _MOVING_DB
-        F = dict(lv=lv, floor=floor, tl=tl, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
+        F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
         if F["tonal"] is None:
@@ -456,7 +478,7 @@ class LineSegmenter:
         self._cf = np.zeros((k, 3), np.complex64)
         self._ch = np.zeros((k, 2), np.complex64)
         self._e.extend(e)
-        none = np.full(nf, -1, np.int64)
+        none = no_codes(nf)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
         self._recent = x[-int(0.1 * self.p.rate):]
@@ -469,12 +491,13 @@ class LineSegmenter:
         self._dl.extend(self._level_steps(lvl_ext, nf))
         self._tonal.reset()
 
-    @staticmethod
-    def _level_steps(lvl_ext: np.ndarray, nf: int) -> np.ndarray:
+    def _level_steps(self, lvl_ext: np.ndarray, nf: int) -> np.ndarray:
         """|frame-to-frame level change| of the last nf frames (0 where the history is still empty)."""
         dl = np.abs(lvl_ext[-nf:] - lvl_ext[-nf - 1:-1])
-        if np.isinf(lvl_ext[-nf - 1]):  # the history is filled with inf before the stream's first frame
-            dl = np.where(np.isfinite(dl), dl, 0.0)
+        if self._lvl_fresh:  # only the stream's first chunk reaches into the history's inf fill
+            if np.isinf(lvl_ext[-nf - 1]):
+                dl = np.where(np.isfinite(dl), dl, 0.0)
+            self._lvl_fresh = nf == 0
         return dl
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
@@ -594,12 +617,17 @@ class LineSegmenter:
         thr = np.maximum(floor, self._ref) + p.release_db
         # loud over the current floor, or over the idle floor while the level moves (music on hold
         # whose quiet passages the floor has risen to; never steady off-hook hiss)
-        loud = (((lv >= thr) | ((lv >= self._ref + p.release_db) & F["moving"][i:])) & (lv >= p.min_level_dbfs)) \
-            | (tl >= 0) | F["dtmf"][i:]
+        over_ref = lv >= self._ref + p.release_db
+        lv_min = F["lv_min"][i:]
+        loud = ((lv >= thr) | (over_ref & F["moving"][i:])) & lv_min
+        if F["tone_any"]:
+            loud |= tl >= 0
+        if F["dtmf"] is not None:
+            loud |= F["dtmf"][i:]
         # music under the off-hook noise (quiet passages, a track fading out): persistent spectral
         # peaks, looked for only where the level alone says nothing and the line is over its idle floor
-        want = ~loud & (lv >= self._ref + p.release_db) & (lv >= p.min_level_dbfs)
-        if F["tonal"] is None and want.sum() >= self._fr(0.5):
+        want = ~loud & over_ref & lv_min
+        if F["tonal"] is None and want.sum() >= self._n_half:
             full = np.zeros(nf, bool)
             full[i:] = want
             F["tonal"] = self._tonal.frames(F["x"], full)
@@ -611,12 +639,14 @@ class LineSegmenter:
         act = c[_SUSTAIN_WIN - 1:].copy()  # loud frames among the 20 ending at each frame
         act[1:] -= c[:n - 1]
         act = act >= _SUSTAIN_MIN
-        last = np.maximum.accumulate(np.where(act, idx, _NEG))
-        last = np.maximum(last, self._last_act)
+        last = np.where(act, idx, _NEG)
+        if n:  # the carried last activity joins the running maximum at the first frame (exact for integers)
+            last[0] = max(int(last[0]), self._last_act)
+        last = np.maximum.accumulate(last)
         cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
         # 1. silence: no activity for silence_s (+ hang-over)
         quiet_for = idx - last
-        k = np.flatnonzero(quiet_for >= self._fr(p.silence_s + p.hangover_s))
+        k = np.flatnonzero(quiet_for >= self._n_silence)
         if len(k):
             kk = int(k[0])
             cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
@@ -633,24 +663,30 @@ class LineSegmenter:
         if self._talk0 is None:
             settled = np.zeros(n, bool)
         else:
-            settled = idx >= self._talk0 + self._fr(p.floor_window_s + 0.5)
-        callmin = np.minimum.accumulate(np.where(settled, floor, np.inf))
-        callmin = np.minimum(callmin, self._call_min)
+            settled = idx >= self._talk0 + self._n_settle
+        callmin = np.where(settled, floor, np.inf)
+        if n:  # the call's lowest floor so far joins the running minimum at the first frame (min is exact)
+            callmin[0] = min(float(callmin[0]), self._call_min)
+        callmin = np.minimum.accumulate(callmin)
         # judged on the call's floor as it was before the quiet second being tested (and before
         # the floor window could take in that quiet)
         lagged = self._callmin_tape.extend(callmin)[:n]
         raised = np.isfinite(lagged) & (lagged >= self._ref + p.idle_step_db)
         if raised.any():
-            hold = self._fr(p.idle_hold_s)
+            hold = self._n_hold
             le = F["lvl_ext"]
             hist = len(le) - nf
             seg = le[max(0, hist + i - hold + 1):]
             if len(seg) >= hold:
                 # >= 90 % of the last idle_hold_s within idle_margin_db of the idle floor
-                cq = np.concatenate(([0], np.cumsum(seg <= self._ref + p.idle_margin_db)))
-                near = (cq[hold:] - cq[:-hold]) / hold
-                near = np.concatenate((np.zeros(max(0, n - len(near))), near))[-n:]
-                q = np.flatnonzero(raised & (near >= 0.9))
+                quiet = seg <= self._ref + p.idle_margin_db
+                if quiet.any():  # (no frame near the idle floor: no window of them, nothing to find)
+                    cq = np.concatenate(([0], np.cumsum(quiet)))
+                    near = (cq[hold:] - cq[:-hold]) / hold
+                    near = np.concatenate((np.zeros(max(0, n - len(near))), near))[-n:]
+                    q = np.flatnonzero(raised & (near >= 0.9))
+                else:
+                    q = ()
                 if len(q):
                     kk = int(q[0])
                     # the last activity before the quiet second (the on-hook click)
@@ -667,7 +703,7 @@ class LineSegmenter:
             hf, g, name = hang
             spec = self._spec_by_name[name][1]
             gap_lim = self._fr(spec.off_s * (1 + p.cadence_tol) + 0.15)
-            lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG))
+            lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG)) if F["tone_any"] else np.full(n, _NEG)
             lastg = np.maximum(lastg, self._last_group_frame.get(g, _NEG))
             after = idx >= hf
             k = np.flatnonzero(after & (((idx - lastg) > gap_lim) | (idx - hf >= self._fr(p.hangup_hold_s))))
@@ -690,7 +726,7 @@ class LineSegmenter:
             self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
             self.last_active_end = self._sample(self._last_act + 1)
-            if len(tl) and tl.max() >= 0:
+            if F["tone_any"] and tl.max() >= 0:
                 for g in range(len(self._groups)):
                     hit = np.flatnonzero(tl == g)
                     if len(hit):

@@ -14,6 +14,7 @@ reference the tests compare the bank against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,17 @@ DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
 TWIST_MARGIN_DB = 1.0
 _DTMF_FREQS = np.asarray(DTMF_LOW + DTMF_HIGH)
 _STEP4 = np.arange(4)[:, None, None]
+_NONE: dict[int, np.ndarray] = {}
+
+
+def no_codes(n: int) -> np.ndarray:
+    """A read-only array of n times -1 ("nothing"), shared: the common result costs no allocation."""
+    a = _NONE.get(n)
+    if a is None:
+        a = np.full(n, -1, dtype=np.int64)
+        a.flags.writeable = False
+        _NONE[n] = a
+    return a
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,10 @@ class GoertzelBank:
         # the same basis frequency-major: rows cos for every frequency, then -sin for every frequency
         self._basis_t = np.ascontiguousarray(np.concatenate((basis[:, 0::2], basis[:, 1::2]), axis=1).T)
         self._steps_t: dict[int, np.ndarray] = {}
+        # with whole-Hz frequencies, a block's phase factor depends only on first_sample modulo the rate
+        # (the products are exact integers in float64), so it is computed once per residue
+        self._int_freqs = bool(np.all(self.freqs == np.round(self.freqs))) and float(np.abs(self.freqs).max(initial=0.0)) * rate < 2.0 ** 40
+        self._p0_t: dict[int, np.ndarray] = {}
 
     def _step_table(self, m: int) -> np.ndarray:
         """Phase of block i relative to block 0: e^{-j w i block}, cached per block count."""
@@ -114,9 +130,21 @@ class GoertzelBank:
         if t is None:
             t = self._steps_t[len(blocks)] = np.ascontiguousarray(self._step_table(len(blocks)).T)
         c *= t
-        c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate)
-                    / self.rate).astype(np.complex64)[:, None]
+        c *= self._p0(first_sample)
         return c
+
+    def _p0(self, first_sample: int) -> np.ndarray:
+        """(K, 1) complex64 phase factors of a block starting at absolute ``first_sample``."""
+        key = first_sample % self.rate if self._int_freqs else None
+        p0 = self._p0_t.get(key) if key is not None else None
+        if p0 is None:
+            # mod(first * f, rate) == mod((first mod rate) * f, rate) exactly for whole-Hz f
+            fs = float(key if key is not None else first_sample)
+            p0 = np.exp(-2j * np.pi * np.mod(fs * self.freqs, self.rate)
+                        / self.rate).astype(np.complex64)[:, None]
+            if key is not None:
+                self._p0_t[key] = p0
+        return p0
 
     def phases(self, first_sample: int, m: int) -> np.ndarray:
         """(m, K) factors that refer block phases to the absolute sample index (exact modulo the rate)."""
@@ -156,19 +184,17 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     n2 = 2 * flen
     half = flen // 2
     nw = p2.shape[1]
-    codes = np.full(nw, -1, dtype=np.int64)
     raw = p2[:8] * (2.0 / (n2 * n2))  # each tone's mean-square power
     ew = (e[1:] + e[:-1]) / n2
     if tone_cols is not None:
         ew = ew - p2[tone_cols].sum(axis=0) * (2.0 / (n2 * n2))
-    pr = raw[:4].max(axis=0)  # the strongest row and column tone
-    pc = raw[4:].max(axis=0)
+    pr, pc = raw.reshape(2, 4, nw).max(axis=1)  # the strongest row and column tone
     floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
     cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
                           & (np.minimum(pr, pc) >= 0.3 * floor))
     if len(cand) == 0:
-        return codes
+        return no_codes(nw)
     rc = raw[:, cand]
     # per candidate window, tone-major (row tone, column tone) x windows: the strongest row and column
     both = np.empty((2, len(cand)), np.int64)
@@ -177,14 +203,17 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     c_[:] = np.argmax(rc[4:], axis=0)
     c_ += 4
     # phase advance between consecutive half-frames, summed over the window's 3 steps
-    chx = np.concatenate((ch_hist, ch), axis=1)
-    hk = chx[both[None], 2 * cand + _STEP4]  # (4 half-frames, 2 tones, n)
+    if cand[0] >= 1:  # every window lies in this chunk: read the half-frames directly
+        hk = ch[both[None], 2 * cand - 2 + _STEP4]  # (4 half-frames, 2 tones, n)
+    else:
+        chx = np.concatenate((ch_hist, ch), axis=1)
+        hk = chx[both[None], 2 * cand + _STEP4]
     r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
-    off_hz = np.angle(r) * rate / (2.0 * np.pi * half)
+    off_hz = np.arctan2(r.imag, r.real) * rate / (2.0 * np.pi * half)  # np.angle(r)
     dev = off_hz / _DTMF_FREQS[both]
     in_tol = np.abs(dev).max(axis=0) <= p.freq_tol
     if not in_tol.any():  # speech: its strongest components are rarely both on DTMF frequencies
-        return codes
+        return no_codes(nw)
     gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
     pw = np.empty((2, len(cand)), pr.dtype)
     pw[0] = pr[cand]
@@ -197,6 +226,9 @@ def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarra
     ok = ((pw.min(axis=0) >= floor) & in_tol
           & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
           & (frac >= p.min_fraction) & (np.minimum(e1, e0) >= p.balance * np.maximum(e1, e0)))
+    if not ok.any():
+        return no_codes(nw)
+    codes = np.full(nw, -1, dtype=np.int64)
     codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
     return codes
 
@@ -217,7 +249,7 @@ class DtmfSequencer:
         if len(codes) == 0:
             return out
         p = self.p
-        if codes.max() < 0:  # no key anywhere (the common case): one pause
+        if codes is _NONE.get(len(codes)) or codes.max() < 0:  # no key anywhere (the common case): one pause
             self.gap += len(codes)
             if self.gap >= p.off_windows:
                 self.cur, self.count, self.emitted = -1, 0, False
@@ -245,26 +277,25 @@ class DtmfSequencer:
         return out
 
 
-def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: tuple[np.ndarray, np.ndarray | None], n4: int, min_fraction: float,
+def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: "GroupTable", n4: int, min_fraction: float,
                 min_level_dbfs: float) -> np.ndarray:
     """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
 
     ``p4``: (K, F) squared magnitudes of the window terms (frequency-major), ``e4``: (F,)
     window energies, ``groups``: ``group_table`` of the rows of each group's frequencies.
     """
-    out = np.full(len(e4), -1, dtype=np.int64)
     ms = e4 / n4
     lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
-    cols, valid = groups
+    cols, valid, nt = groups
     if cols.size == 0:
-        return out
+        return no_codes(len(e4))
     # screen: a group's power is at most the power of all tone frequencies together (the margin
     # keeps the screen from refusing a window the exact test below would accept)
-    nt = int(cols.max()) + 1
     any_tone = p4[:nt].sum(axis=0) * (2.0 / (n4 * n4)) >= (0.999 * min_fraction) * ms
     loud = np.flatnonzero(any_tone & (ms >= lim))
     if len(loud) == 0:
-        return out
+        return no_codes(len(e4))
+    out = np.full(len(e4), -1, dtype=np.int64)
     ms = ms[loud]
     sub = p4[:, loud][cols] * (2.0 / (n4 * n4))  # (groups, components, n)
     if valid is None:
@@ -290,13 +321,21 @@ def rows_of(idx) -> slice | np.ndarray | None:
     return idx
 
 
-def group_table(groups: list[list[int]]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rows of each group's frequencies as a (groups, components) index table (padded) and its mask
-    (None when every group has the same number of components)."""
+class GroupTable(NamedTuple):
+    """Rows of each group's frequencies as a (groups, components) index table (padded), its mask
+    (None when every group has the same number of components) and the rows read (0 .. nt-1)."""
+
+    cols: np.ndarray
+    valid: np.ndarray | None
+    nt: int
+
+
+def group_table(groups: list[list[int]]) -> GroupTable:
+    """The ``GroupTable`` of the given groups of row indices."""
     w = max((len(g) for g in groups), default=0)
     cols = np.asarray([list(g) + [g[0]] * (w - len(g)) for g in groups], dtype=np.int64)
     valid = np.asarray([[i < len(g) for i in range(w)] for g in groups])
-    return cols, None if valid.all() else valid
+    return GroupTable(cols, None if valid.all() else valid, int(cols.max()) + 1 if cols.size else 0)
 
 
 class CadenceTracker:
@@ -323,7 +362,7 @@ class CadenceTracker:
     def feed(self, labels: np.ndarray, first_frame: int) -> list[tuple[int, str]]:
         """Tone events as (frame, spec name) when a tone is recognised."""
         out: list[tuple[int, str]] = []
-        if len(labels) == 0 or (self.run_label < 0 and labels.max() < 0):
+        if len(labels) == 0 or (self.run_label < 0 and (labels is _NONE.get(len(labels)) or labels.max() < 0)):
             return out  # no tone before or in this block
         change = np.flatnonzero(np.diff(labels)) + 1
         starts = np.concatenate(([0], change))

@@ -97,7 +97,11 @@ class LineState:
     lost_frames: int = 0  # samples overwritten in the ring before they were analysed
     held_lost: int = 0  # analysed samples held for a call (pre-roll, hang-over) then overwritten
     calls_started: int = 0
-    level_dbfs: float = -120.0
+
+    @property
+    def level_dbfs(self) -> float:
+        """The line's level (last 0.1 s fed), computed only when asked (status requests)."""
+        return self.seg.level_dbfs
 
 
 @dataclass
@@ -196,7 +200,6 @@ class SegmenterWorker(Worker):
                     self._flush(ls, ev.sample)
                     self._close(ls, ev.reason, ev)
             ls.pos = b
-            ls.level_dbfs = ls.seg.level_dbfs
             if ls.call_key is not None:
                 self._flush(ls, ls.seg.committed_upto)
                 rings.release(ls.idx, ls.written)
