@@ -9,7 +9,6 @@ per line and per call (``lost_frames``), logged and shown.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import queue
@@ -19,17 +18,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 from pathlib import Path
 
-import numpy as np
-
 from dsp.segment import CallEnd, CallStart, LineSegmenter, SegmentParams
 
-from .age import AgeWriter
 from .callfile import CallFile
 from .config import LineConfig, StorageConfig
-from .index import CallIndex
 from .epochs import default_key_class
+from .index import CallIndex
 from .keys import load_recipients
-from .personal import seal_masked
+from .personal import seal_masked, seal_value
 from .ring import LineRings
 
 log = logging.getLogger(__name__)
@@ -289,7 +285,7 @@ class WriterWorker(Worker):
         self.device_recipient = device_recipient
         self.masker = masker  # personal.BoxSealer: masked numbers under the device-bound secret
         self.stats = WriterStats()
-        self._open: dict[int, tuple[int, CallFile | None, list[int]]] = {}
+        self._open: dict[int, tuple[int, CallFile | None, list]] = {}  # [lost, line index, recipients]
         self._ids: dict[int, int] = {}  # call key -> index id, kept after close for late notice results
         self._index: CallIndex | None = None
         self._done = False
@@ -379,20 +375,10 @@ class WriterWorker(Worker):
         elif kind == "close":
             self._close(key, item[2], item[3] if len(item) > 3 else None)
 
-    def _seal(self, numbers: dict | None, recipients: list[bytes]) -> bytes | None:
-        """The call's numbers as an age file to the call's epoch (never stored in clear)."""
-        if not numbers:
-            return None
-        buf = io.BytesIO()
-        w = AgeWriter(buf, recipients)
-        w.write(json.dumps(numbers, ensure_ascii=False).encode("utf-8"))
-        w.close()
-        return buf.getvalue()
-
     def _close(self, key: int, reason: str, numbers: dict | None = None) -> None:
         call_id, cf, (lost, idx, recips) = self._open.pop(key)
-        sealed = self._seal(numbers, recips)
-        if sealed is not None:
+        if numbers:  # sealed to the call's own epoch (never stored in clear), and masked for lists
+            sealed = seal_value(json.dumps(numbers, ensure_ascii=False), recips)
             masked = seal_masked(self.masker, numbers) if self.masker is not None else None
             self._index.set_sealed_numbers(call_id, sealed, masked)
         self.stats.open_ids.pop(idx, None)

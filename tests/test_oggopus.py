@@ -12,12 +12,12 @@ import pytest
 import soundfile as sf
 
 from dsp.synth import speech_like, to_int16
-from firmware.age import generate_identity, parse_recipient
 from firmware.callfile import CallFile
 from firmware.errors import VaultError
 from firmware.oggopus import OggOpusWriter
 
 from .conftest import age_decrypt
+from .test_vault_crash import keys  # noqa: F401  (the module's key pair fixture)
 
 RATE = 8000
 
@@ -30,15 +30,6 @@ def opus_tools():
     return tools
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    d = tmp_path_factory.mktemp("keys")
-    rec_id, rec = generate_identity()
-    _, dev = generate_identity()
-    (d / "records.txt").write_text(rec_id + "\n")
-    return {"ident": d / "records.txt", "rec_pub": parse_recipient(rec), "dev_pub": parse_recipient(dev)}
-
-
 def _call(tmp_path, keys, age_tool, pcm, block=800, **kw):
     final = tmp_path / "00000001.opus.age"
     cf = CallFile(final, [keys["rec_pub"]], RATE, keys["dev_pub"], codec="opus", **kw)
@@ -46,7 +37,7 @@ def _call(tmp_path, keys, age_tool, pcm, block=800, **kw):
         cf.write(pcm[s:s + block])
     cf.close()
     ogg = tmp_path / "call.opus"
-    ogg.write_bytes(age_decrypt(age_tool, keys["ident"], final))
+    ogg.write_bytes(age_decrypt(age_tool, keys["dir"] / "records.txt", final))
     return ogg
 
 
