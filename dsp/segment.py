@@ -27,8 +27,8 @@ import numpy as np
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
-from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, CadenceTracker, DtmfParams, DtmfSequencer, GoertzelBank,
-                    ToneSpec, dtmf_codes, group_table, no_codes, rows_of, tone_labels)
+from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, TWIST_MARGIN_DB, CadenceTracker, DtmfParams, DtmfSequencer,
+                    GoertzelBank, ToneSpec, analyse_windows, group_table, no_codes)
 
 FRAME_S = 0.01
 _NEG = -(1 << 60)
@@ -172,10 +172,16 @@ class LineSegmenter:
             if g not in groups:
                 groups.append(g)
         self._groups = [[col[f] for f in g] for g in groups]
-        self._groups4 = group_table([[c - 8 for c in g] for g in self._groups])  # rows of the 40 ms window powers
-        self._mark_rows4 = rows_of([c - 8 for c in self._mark_cols])
-        self._tone_rows = rows_of(self._tone_cols)
         self._n2 = 8 + len(tone_freqs)  # rows of the 20 ms window powers: DTMF and call-progress
+        # the window detectors' constants (rows of the 40 ms window powers count from the first tone)
+        g4 = group_table([[c - 8 for c in g] for g in self._groups])
+        valid = g4.valid if g4.valid is not None else np.ones(g4.cols.shape, bool)
+        d = p.dtmf
+        self._win_args = (self._n2, 8, self._n2, self.flen, p.rate, np.asarray(DTMF_LOW + DTMF_HIGH), d.freq_tol,
+                          (32768.0 ** 2) * 10.0 ** (d.min_level_dbfs / 10.0), -(d.normal_twist_db + TWIST_MARGIN_DB),
+                          d.reverse_twist_db + TWIST_MARGIN_DB, d.min_fraction, d.balance,
+                          g4.cols, valid, g4.nt, p.tone_min_fraction, (32768.0 ** 2) * 10.0 ** (p.tone_min_dbfs / 10.0),
+                          len(tone_freqs), len(tone_freqs) + len(self._marks))
         self._group_of = [groups.index(tuple(sorted(t.freqs))) for t in p.tones]
         self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
@@ -397,38 +403,28 @@ class LineSegmenter:
             for d in (1, 2, 3):
                 near[:-d] |= loud[d:]
             ch.reshape(k, nf, 2)[:, ~near] = 0
-        cf = ch[:, 0::2] + ch[:, 1::2]
-        cf_ext = np.concatenate((self._cf, cf), axis=1)  # 3 frames of history first
-        self._cf = cf_ext[:, -3:]
         ch_hist = self._ch  # 2 half-frames of history, for DTMF windows reaching back
         self._ch = ch[:, -2:]
-        e_ext = self._e.extend(e)
-        # window terms and powers, computed once for every detector: 20 ms windows (frames i-1, i)
-        # over the DTMF and call-progress frequencies, 40 ms windows (frames i-3 .. i) over the
-        # call-progress and FSK-mark frequencies, ending at each frame of the chunk
-        w2 = cf_ext[:, 1:] + cf_ext[:, :-1]
-        w4 = w2[8:, 2:] + w2[8:, :-2]
-        e2 = e_ext[1:] + e_ext[:-1]
-        e4 = e2[2:] + e2[:-2]
-        w2 = w2[:self._n2, 2:]
-        p2 = w2.real * w2.real + w2.imag * w2.imag
-        p4 = w4.real * w4.real + w4.imag * w4.imag
-        # DTMF: 20 ms windows
-        codes = dtmf_codes(p2, ch_hist, ch, e_ext[2:], self._tone_rows, flen, p.rate, p.dtmf)
-        digits = self._dtmf.feed(codes, f0)
+        e_ext = self._e.extend(e)  # 3 frames of history first
+        # every window detector in one pass: DTMF key codes of the 20 ms windows (frames i-1, i),
+        # call-progress group labels and FSK marks of the 40 ms windows (frames i-3 .. i)
+        codes, tl, mark, found, self._cf = analyse_windows(ch, ch_hist, self._cf, e_ext, *self._win_args)
         none = no_codes(nf)
+        if not found[0]:
+            codes = none
+        if not found[1]:
+            tl = none
+        digits = self._dtmf.feed(codes, f0)
         if codes is not none:  # frames under a valid window, and the 3 on each side (the edges)
             dtmf_frame = np.convolve(codes >= 0, np.ones(7, bool), mode="same") > 0
         else:
             dtmf_frame = None
-        # call-progress tones: 40 ms windows
-        tl = tone_labels(p4, e4, self._groups4, 4 * flen, p.tone_min_fraction, p.tone_min_dbfs)
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
         fsk_frame = None
         if self._marks:
-            self._fsk(p4, e4, x, first, f0, cid_events)
+            self._fsk(mark if found[2] else None, x, first, f0, cid_events)
             # the caller-ID burst is not speech (its confirmation is the decoded caller ID)
             ws, we = self._fsk_win
             a = max(0, (ws - self._seizure - first) // flen)
@@ -518,19 +514,16 @@ class LineSegmenter:
         cands = [c for c in cands if c[0] >= i]
         return min(cands) if cands else None
 
-    def _fsk(self, p4, e4, x, first, f0, out) -> None:
-        """Start an FSK decode at a steady mark tone; decode once 1.4 s of signal is in."""
+    def _fsk(self, mark, x, first, f0, out) -> None:
+        """Start an FSK decode at a steady mark tone; decode once 1.4 s of signal is in.
+
+        ``mark``: per frame, the 40 ms window ending there is a steady mark (None: none is).
+        """
         p = self.p
-        n4 = 4 * self.flen
-        ms = e4 / n4
-        lim = (32768.0 ** 2) * 1e-4  # >= -40 dBFS
-        # over whole rows (the quieter windows' ratio is computed against lim and then dropped)
-        pw = p4[self._mark_rows4].max(axis=0) * (2.0 / (n4 * n4))
-        mark = (pw / np.maximum(ms, lim) >= 0.7) & (ms >= lim)
         recent = self._recent
         self._recent = x[-int(0.1 * p.rate):]
         ext_first = first - len(recent)
-        if self._fsk_pending is None and mark.any():
+        if self._fsk_pending is None and mark is not None:
             run = np.convolve(mark.astype(np.int32), np.ones(5, np.int32), mode="full")[:len(mark)]
             for h in np.flatnonzero(run >= 5).tolist():
                 fa = f0 + h - 4

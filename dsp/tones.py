@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 
 DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
 DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
@@ -171,66 +172,165 @@ class DtmfParams:
     balance: float = 0.4  # both 10 ms halves of a window must carry the tone
 
 
-def dtmf_codes(p2: np.ndarray, ch_hist: np.ndarray, ch: np.ndarray, e: np.ndarray, tone_cols: np.ndarray,
-               flen: int, rate: int, p: DtmfParams) -> np.ndarray:
-    """Per 20 ms window (frames i-1, i) the DTMF key index 0-15, or -1.
-
-    Frequency-major arrays: ``p2``: (>= 8, F) squared magnitudes of the window terms, rows
-    0-7 the DTMF frequencies; ``ch``: (K, 2F) half-frame terms of the chunk, ``ch_hist``:
-    (K, 2) the two before it; ``e``: (F+1,) frame energies (first = the frame before);
-    ``tone_cols``: rows (index array or slice) of call-progress tone frequencies whose power is
-    excluded (DTMF over dial tone), or None.
-    """
+@njit(cache=True)
+def _dtmf_window(p2, ch_hist, ch, e, i, t_lo, t_hi, flen, rate, freqs, freq_tol, floor, twist_lo, twist_hi,
+                 min_fraction, balance):
+    """The key index 0-15 of the 20 ms window ending at frame ``i``, or -1 (see ``dtmf_codes``)."""
     n2 = 2 * flen
     half = flen // 2
-    nw = p2.shape[1]
-    raw = p2[:8] * (2.0 / (n2 * n2))  # each tone's mean-square power
-    ew = (e[1:] + e[:-1]) / n2
-    if tone_cols is not None:
-        ew = ew - p2[tone_cols].sum(axis=0) * (2.0 / (n2 * n2))
-    pr, pc = raw.reshape(2, 4, nw).max(axis=1)  # the strongest row and column tone
-    floor = (32768.0 ** 2) * 10.0 ** (p.min_level_dbfs / 10.0)
+    c = np.float32(2.0 / (n2 * n2))
+    ew = (e[i + 1] + e[i]) / n2  # the window's mean-square power, less the call-progress tones'
+    if t_hi > t_lo:
+        s = p2[t_lo, i]
+        for r in range(t_lo + 1, t_hi):
+            s += p2[r, i]
+        ew = ew - np.float64(s * c)
+    # the strongest row and column tone (each tone's mean-square power; the first on a tie)
+    row = 0
+    pr = p2[0, i] * c
+    for r in range(1, 4):
+        v = p2[r, i] * c
+        if v > pr:
+            pr, row = v, r
+    col = 4
+    pc = p2[4, i] * c
+    for r in range(5, 8):
+        v = p2[r, i] * c
+        if v > pc:
+            pc, col = v, r
     # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
-    cand = np.flatnonzero((pr + pc >= 0.4 * np.maximum(ew, 1e-9) * p.min_fraction)
-                          & (np.minimum(pr, pc) >= 0.3 * floor))
-    if len(cand) == 0:
-        return no_codes(nw)
-    rc = raw[:, cand]
-    # per candidate window, tone-major (row tone, column tone) x windows: the strongest row and column
-    both = np.empty((2, len(cand)), np.int64)
-    r_, c_ = both
-    r_[:] = np.argmax(rc[:4], axis=0)
-    c_[:] = np.argmax(rc[4:], axis=0)
-    c_ += 4
-    # phase advance between consecutive half-frames, summed over the window's 3 steps
-    if cand[0] >= 1:  # every window lies in this chunk: read the half-frames directly
-        hk = ch[both[None], 2 * cand - 2 + _STEP4]  # (4 half-frames, 2 tones, n)
-    else:
-        chx = np.concatenate((ch_hist, ch), axis=1)
-        hk = chx[both[None], 2 * cand + _STEP4]
-    r = (hk[1:] * np.conj(hk[:-1])).sum(axis=0)
-    off_hz = np.arctan2(r.imag, r.real) * rate / (2.0 * np.pi * half)  # np.angle(r)
-    dev = off_hz / _DTMF_FREQS[both]
-    in_tol = np.abs(dev).max(axis=0) <= p.freq_tol
-    if not in_tol.any():  # speech: its strongest components are rarely both on DTMF frequencies
-        return no_codes(nw)
-    gain = np.maximum(sinc_gain(off_hz, n2, rate), 0.2)
-    pw = np.empty((2, len(cand)), pr.dtype)
-    pw[0] = pr[cand]
-    pw[1] = pc[cand]
-    pw /= gain * gain  # undo the window's loss for the offset
+    if not (np.float64(pr + pc) >= 0.4 * max(ew, 1e-9) * min_fraction and np.float64(min(pr, pc)) >= 0.3 * floor):
+        return -1
+    # frequency offsets: the phase advance between the window's 4 consecutive half-frames
+    off = np.empty(2, np.float32)
+    for t in range(2):
+        k = row if t == 0 else col
+        acc = np.complex64(0)
+        for step in range(1, 4):
+            j1 = 2 * i + step  # half-frame index with the 2 history half-frames first
+            j0 = j1 - 1
+            h1 = ch_hist[k, j1] if j1 < 2 else ch[k, j1 - 2]
+            h0 = ch_hist[k, j0] if j0 < 2 else ch[k, j0 - 2]
+            acc = h1 * np.conj(h0) if step == 1 else acc + h1 * np.conj(h0)
+        off[t] = np.arctan2(acc.imag, acc.real) * np.float32(rate) / np.float32(2.0 * np.pi * half)
+        if abs(off[t] / freqs[k]) > freq_tol:
+            return -1
+    # undo the window's loss for the offset (the magnitude response of an n2-sample DFT term)
+    pw = np.empty(2, np.float32)
+    for t in range(2):
+        x = off[t] * np.float32(n2) / np.float32(rate)
+        y = np.float32(np.pi) * (x if x != 0 else np.float32(1.0e-20))
+        g = max(abs(np.sin(y) / y), np.float32(0.2))
+        pw[t] = (pr if t == 0 else pc) / (g * g)
     # both powers are > 0 here (the screen asked >= 0.3 floor of each)
-    twist = 10.0 * np.log10(pw[1] / pw[0])
-    frac = (pw[0] + pw[1]) / np.maximum(ew[cand], 1e-9)
-    e0, e1 = e[cand], e[cand + 1]  # the window's two frames
-    ok = ((pw.min(axis=0) >= floor) & in_tol
-          & (twist >= -(p.normal_twist_db + TWIST_MARGIN_DB)) & (twist <= p.reverse_twist_db + TWIST_MARGIN_DB)
-          & (frac >= p.min_fraction) & (np.minimum(e1, e0) >= p.balance * np.maximum(e1, e0)))
-    if not ok.any():
-        return no_codes(nw)
-    codes = np.full(nw, -1, dtype=np.int64)
-    codes[cand[ok]] = r_[ok] * 4 + (c_[ok] - 4)
-    return codes
+    twist = np.float32(10.0) * np.log10(pw[1] / pw[0])
+    frac = np.float64(pw[0] + pw[1]) / max(ew, 1e-9)
+    e0, e1 = e[i], e[i + 1]  # the window's two frames
+    if (min(pw[0], pw[1]) >= floor and twist >= twist_lo and twist <= twist_hi and frac >= min_fraction
+            and min(e1, e0) >= balance * max(e1, e0)):
+        return row * 4 + (col - 4)
+    return -1
+
+
+@njit(cache=True)
+def _window_powers(ch, cf_hist, n2):
+    """Window powers from half-frame terms: (p2, p4, the last 3 frames' terms).
+
+    p2[k, i]: |20 ms window term|^2 (frames i-1, i) for rows k < n2; p4[k - 8, i]: |40 ms window
+    term|^2 (frames i-3 .. i) for rows k >= 8. ``cf_hist``: the 3 frames before the chunk.
+    """
+    nk = ch.shape[0]
+    nf = ch.shape[1] // 2
+    cf = np.empty((nk, nf + 3), np.complex64)
+    p2 = np.empty((n2, nf), np.float32)
+    p4 = np.empty((nk - 8, nf), np.float32)
+    for k in range(nk):
+        cf[k, 0] = cf_hist[k, 0]
+        cf[k, 1] = cf_hist[k, 1]
+        cf[k, 2] = cf_hist[k, 2]
+        for i in range(nf):
+            cf[k, i + 3] = ch[k, 2 * i] + ch[k, 2 * i + 1]
+        for i in range(nf):
+            a = cf[k, i + 3] + cf[k, i + 2]
+            if k < n2:
+                p2[k, i] = a.real * a.real + a.imag * a.imag
+            if k >= 8:
+                w = a + (cf[k, i + 1] + cf[k, i])
+                p4[k - 8, i] = w.real * w.real + w.imag * w.imag
+    return p2, p4, cf[:, nf:].copy()
+
+
+@njit(cache=True)
+def _tone_window(p4, ms, i, cols, valid, nt, c, min_fraction, lim):
+    """The call-progress group filling the 40 ms window ending at frame ``i``, or -1."""
+    # screen: a group's power is at most the power of all tone frequencies together (the margin
+    # keeps the screen from refusing a window the exact test below would accept)
+    s = p4[0, i]
+    for r in range(1, nt):
+        s += p4[r, i]
+    if not (np.float64(s * c) >= (0.999 * min_fraction) * ms and ms >= lim):
+        return -1
+    best = -1
+    top = -1.0
+    for g in range(cols.shape[0]):
+        tot = np.float32(0.0)
+        low = np.float32(np.inf)
+        for m in range(cols.shape[1]):
+            if valid[g, m]:
+                v = p4[cols[g, m], i] * c
+                tot += v
+                low = min(low, v)
+        # every component present (a lone 440 Hz is not dial tone), loud enough
+        score = np.float64(tot) / ms if (low >= np.float32(0.12) * tot and tot >= lim) else 0.0
+        if score > top:
+            top, best = score, g
+    return best if top >= min_fraction else -1
+
+
+@njit(cache=True)
+def analyse_windows(ch, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
+                    twist_hi, dtmf_fraction, balance, cols, valid, nt, tone_fraction, tone_lim, mark_lo, mark_hi):
+    """Every window detector of one chunk in one pass over its half-frame Goertzel terms.
+
+    ``ch``: (K, 2F) half-frame terms, frequency-major (rows 0-7 the DTMF frequencies, then the
+    call-progress frequencies, then the FSK marks); ``ch_hist``/``cf_hist``: the 2 half-frames /
+    3 frames before the chunk; ``e``: (F + 3,) frame energies, the 3 frames before first.
+    Returns per frame the DTMF key code of the 20 ms window ending there (``dtmf_codes``), the
+    call-progress group of the 40 ms window (``tone_labels``), whether that window is a steady FSK
+    mark, how many of each were found, and the new ``cf_hist``.
+    """
+    nf = ch.shape[1] // 2
+    p2, p4, cf_next = _window_powers(ch, cf_hist, n2)
+    codes = np.full(nf, -1, np.int64)
+    labels = np.full(nf, -1, np.int64)
+    mark = np.zeros(nf, np.bool_)
+    n4 = 4 * flen
+    c4 = np.float32(2.0 / (n4 * n4))
+    found = np.zeros(3, np.int64)
+    for i in range(nf):
+        k = _dtmf_window(p2, ch_hist, ch, e[2:], i, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
+                         twist_hi, dtmf_fraction, balance)
+        if k >= 0:
+            codes[i] = k
+            found[0] += 1
+        e4 = ((e[i + 3] + e[i + 2]) + (e[i + 1] + e[i]))  # the 40 ms window's energy
+        ms = e4 / n4
+        if nt > 0:
+            g = _tone_window(p4, ms, i, cols, valid, nt, c4, tone_fraction, tone_lim)
+            if g >= 0:
+                labels[i] = g
+                found[1] += 1
+        if mark_hi > mark_lo:
+            # FSK caller ID: a steady 1200 or 1300 Hz mark holding >= 70 % of a window >= -40 dBFS
+            pm = p4[mark_lo, i]
+            for r in range(mark_lo + 1, mark_hi):
+                pm = max(pm, p4[r, i])
+            pm = pm * c4
+            lim = (32768.0 ** 2) * 1e-4
+            if np.float64(pm) / max(ms, lim) >= 0.7 and ms >= lim:
+                mark[i] = True
+                found[2] += 1
+    return codes, labels, mark, found, cf_next
 
 
 class DtmfSequencer:
@@ -275,40 +375,6 @@ class DtmfSequencer:
                 out.append((self._began, DTMF_KEYS[c]))
                 self.emitted = True
         return out
-
-
-def tone_labels(p4: np.ndarray, e4: np.ndarray, groups: "GroupTable", n4: int, min_fraction: float,
-                min_level_dbfs: float) -> np.ndarray:
-    """Per 40 ms window, the index of the call-progress frequency group that fills it, or -1.
-
-    ``p4``: (K, F) squared magnitudes of the window terms (frequency-major), ``e4``: (F,)
-    window energies, ``groups``: ``group_table`` of the rows of each group's frequencies.
-    """
-    ms = e4 / n4
-    lim = (32768.0 ** 2) * 10.0 ** (min_level_dbfs / 10.0)
-    cols, valid, nt = groups
-    if cols.size == 0:
-        return no_codes(len(e4))
-    # screen: a group's power is at most the power of all tone frequencies together (the margin
-    # keeps the screen from refusing a window the exact test below would accept)
-    any_tone = p4[:nt].sum(axis=0) * (2.0 / (n4 * n4)) >= (0.999 * min_fraction) * ms
-    loud = np.flatnonzero(any_tone & (ms >= lim))
-    if len(loud) == 0:
-        return no_codes(len(e4))
-    out = np.full(len(e4), -1, dtype=np.int64)
-    ms = ms[loud]
-    sub = p4[:, loud][cols] * (2.0 / (n4 * n4))  # (groups, components, n)
-    if valid is None:
-        tot = sub.sum(axis=1)
-        low = sub.min(axis=1)
-    else:
-        tot = np.where(valid[:, :, None], sub, 0.0).sum(axis=1)
-        low = np.where(valid[:, :, None], sub, np.inf).min(axis=1)
-    # every component present (a lone 440 Hz is not dial tone), loud enough
-    scores = np.where((low >= 0.12 * tot) & (tot >= lim), tot / ms, 0.0)
-    best = np.argmax(scores, axis=0)
-    out[loud] = np.where(scores.max(axis=0) >= min_fraction, best, -1)
-    return out
 
 
 def rows_of(idx) -> slice | np.ndarray | None:
