@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
@@ -37,6 +38,118 @@ _SUSTAIN_MIN = 5
 _DIAL_GAP_S = 3.0
 _MOVING_DB = 1.5
 _GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral analysis
+
+
+@njit(cache=True)
+def _levels(e, flen, blockmins):
+    """Frame levels (dBFS) and the noise floor of one chunk from its frame energies ``e``.
+
+    The floor at a frame is the minimum over the ``len(blockmins)`` blocks of 25 frames (0.25 s)
+    before its block and its own block so far; ``blockmins`` holds the minima of the blocks before
+    the chunk (inf where there were none). Returns (levels, floor, the new ``blockmins``).
+    """
+    nf = e.shape[0]
+    nb = nf // 25
+    w = blockmins.shape[0]
+    lv = np.empty(nf)
+    floor = np.empty(nf)
+    allb = np.empty(w + nb)
+    allb[:w] = blockmins
+    scale = flen * 32768.0 * 32768.0
+    for i in range(nf):
+        # (a silent frame's energy is 0; any other is >= 1, so the clamp changes nothing else)
+        lv[i] = max(10.0 * np.log10(max(e[i], 1e-30) / scale), SILENCE_DBFS)
+    for b in range(nb):
+        m = lv[b * 25]
+        for j in range(1, 25):
+            m = min(m, lv[b * 25 + j])
+        allb[w + b] = m
+    for b in range(nb):
+        pm = allb[b]
+        for j in range(b + 1, b + w):
+            pm = min(pm, allb[j])
+        run = np.inf
+        for j in range(25):
+            run = min(run, lv[b * 25 + j])
+            floor[b * 25 + j] = min(run, pm)
+    return lv, floor, allb[nb:].copy()
+
+
+@njit(cache=True)
+def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, end_hist, floor_hist, lvl_hist,
+           dl_hist, trigger_db, speech_min_dbfs, min_level_dbfs, release_db, n_confirm):
+    """The per-frame masks of one chunk and its history tapes extended by it.
+
+    ``tl``/``codes``: tone group labels and DTMF key codes per frame (-1 none); frames
+    ``fsk_a``..``fsk_b`` lie in an FSK caller-ID burst. Each ``*_hist`` is a tape's history
+    (the last frames before the chunk); the matching output is that history followed by the
+    chunk. Returns (talk, speech tape, idle activity tape, end-tone tape, floor tape, level
+    tape, level-step tape, level moving, over min_level, DTMF frame).
+    """
+    nf = lv.shape[0]
+    # DTMF frames: under a valid window, and the 3 on each side (the edges)
+    dtmf = np.zeros(nf, np.bool_)
+    for i in range(nf):
+        if codes[i] >= 0:
+            for j in range(max(0, i - 3), min(nf, i + 4)):
+                dtmf[j] = True
+    hs = spc_hist.shape[0]
+    spc = np.empty(hs + nf, np.bool_)
+    spc[:hs] = spc_hist
+    ha = act_hist.shape[0]
+    act = np.empty(ha + nf, np.bool_)
+    act[:ha] = act_hist
+    endt = np.empty(end_hist.shape[0] + nf, np.bool_)
+    endt[:end_hist.shape[0]] = end_hist
+    fl = np.empty(floor_hist.shape[0] + nf)
+    fl[:floor_hist.shape[0]] = floor_hist
+    fl[floor_hist.shape[0]:] = floor
+    hl = lvl_hist.shape[0]
+    lvl = np.empty(hl + nf)
+    lvl[:hl] = lvl_hist
+    lvl[hl:] = lv
+    lv_min = np.empty(nf, np.bool_)
+    for i in range(nf):
+        t = tl[i]
+        busy = False
+        for g in end_groups:
+            if t == g:
+                busy = True
+        # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
+        spc[hs + i] = (lv[i] >= floor[i] + trigger_db and lv[i] >= speech_min_dbfs and t < 0 and not dtmf[i]
+                       and not (fsk_a <= i < fsk_b))
+        lv_min[i] = lv[i] >= min_level_dbfs
+        act[ha + i] = lv[i] >= floor[i] + release_db and lv_min[i] and not busy
+        endt[end_hist.shape[0] + i] = busy
+    # speech frames in the second ending at each frame (hs + 1 frames)
+    talk = np.empty(nf, np.bool_)
+    cnt = 0
+    for j in range(hs):
+        cnt += spc[j]
+    for i in range(nf):
+        cnt += spc[hs + i]
+        if i > 0:
+            cnt -= spc[i - 1]
+        talk[i] = cnt >= n_confirm
+    # level movement: mean |change| of the frame level over the last 20 frames (stationary hiss and
+    # hum stay under ~1 dB; speech and music move several dB); a step out of the history's inf
+    # fill (the stream's first frame) counts as 0
+    hd = dl_hist.shape[0]
+    dl = np.empty(hd + nf)
+    dl[:hd] = dl_hist
+    for i in range(nf):
+        d = abs(lvl[hl + i] - lvl[hl + i - 1])
+        dl[hd + i] = d if np.isfinite(d) else 0.0
+    moving = np.empty(nf, np.bool_)
+    c = np.empty(hd + nf)
+    acc = 0.0
+    for j in range(hd + nf):
+        acc += dl[j]
+        c[j] = acc
+    for i in range(nf):
+        m = c[hd + i] - c[i - 1] if i > 0 else c[hd]
+        moving[i] = m / (hd + 1) >= 1.5
+    return talk, spc, act, endt, fl, lvl, dl, moving, lv_min, dtmf
 
 
 @dataclass(frozen=True)
@@ -129,6 +242,11 @@ class CallEnd:
 Event = CallStart | CallEnd
 
 
+def _push(hist: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """The history ``hist`` followed by ``new``, cut to the length of ``hist``."""
+    return np.concatenate((hist, new))[len(new):]
+
+
 class _Tape:
     """The last ``keep`` values of a per-frame feature, for windows that reach into the past."""
 
@@ -184,6 +302,7 @@ class LineSegmenter:
                           len(tone_freqs), len(tone_freqs) + len(self._marks))
         self._group_of = [groups.index(tuple(sorted(t.freqs))) for t in p.tones]
         self._end_groups = {self._group_of[i] for i, t in enumerate(p.tones) if t.ends_call}
+        self._end_group_arr = np.asarray(sorted(self._end_groups), dtype=np.int64)
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
         self._floor_idx: dict[int, np.ndarray] = {}
@@ -225,27 +344,19 @@ class LineSegmenter:
         self._ch = np.zeros((k, 2), np.complex64)  # the last 2 half-frames' terms
         self._e = _Tape(3, np.float64, 0.0)
         self._e.a = np.zeros(3)
-        self._blockmins = _Tape(self._floor_blocks, np.float64, 0.0)
-        self._blockmins.a = np.full(self._floor_blocks, np.inf)
-        self._spc = _Tape(fr(1.0) - 1, bool, False)
-        self._spc.a = np.zeros(fr(1.0) - 1, bool)
-        self._lvl = _Tape(fr(p.idle_hold_s) - 1, np.float64, 0.0)
-        self._lvl.a = np.full(fr(p.idle_hold_s) - 1, np.inf)
-        self._lvl_fresh = True  # no frame level in the history yet (all inf)
-        self._dl = _Tape(_SUSTAIN_WIN - 1, np.float64, 0.0)
-        self._dl.a = np.zeros(_SUSTAIN_WIN - 1)
-        self._act_idle = _Tape(fr(p.confirm_s) + 1, bool, False)  # idle activity, for the onset search
-        self._act_idle.a = np.zeros(fr(p.confirm_s) + 1, bool)
-        self._endtone = _Tape(fr(p.confirm_s) + 1, bool, False)  # busy/reorder frames, for the onset search
-        self._endtone.a = np.zeros(fr(p.confirm_s) + 1, bool)
-        self._floor_tape = _Tape(fr(p.confirm_s) + 1, np.float64, 0.0)  # the floor, for the call's reference
-        self._floor_tape.a = np.full(fr(p.confirm_s) + 1, np.inf)
+        # per-frame histories (the last frames before the next chunk) for windows that reach back
+        self._blockmins = np.full(self._floor_blocks, np.inf)  # minima of the floor's 0.25 s blocks
+        self._spc = np.zeros(fr(1.0) - 1, bool)  # speech frames, for the count over one second
+        self._lvl = np.full(fr(p.idle_hold_s) - 1, np.inf)  # frame levels (inf: none yet)
+        self._dl = np.zeros(_SUSTAIN_WIN - 1)  # |level steps|, for the level movement
+        self._act_idle = np.zeros(fr(p.confirm_s) + 1, bool)  # idle activity, for the onset search
+        self._endtone = np.zeros(fr(p.confirm_s) + 1, bool)  # busy/reorder frames, for the onset search
+        self._floor_tape = np.full(fr(p.confirm_s) + 1, np.inf)  # the floor, for the call's reference
         self._fsk_win = (_NEG, _NEG)  # samples of the latest FSK decode window (never speech)
         self._seizure = int(0.35 * p.rate)  # the channel seizure (alternating bits) before the mark
         self._floor_now = SILENCE_DBFS
         self._dtmf = DtmfSequencer(p.dtmf)
         self._cad = CadenceTracker(p.tones, self._group_of, FRAME_S, p.cadence_tol)
-        self._tone_last = _Tape(0, np.int64, 0)
         self._last_group_frame: dict[int, int] = {}
         self._fsk_pending: tuple[int, int, int] | None = None  # (first sample, end sample, mark frame)
         self._fsk_parts: list[np.ndarray] = []
@@ -371,16 +482,9 @@ class LineSegmenter:
         halves = x.reshape(2 * nf, half)
         # frame energies: squares summed by a matrix-vector product (faster here than einsum)
         e = (np.square(x).reshape(nf, flen) @ self._ones).astype(np.float64)
-        # (a silent frame's energy is 0; any other is >= 1, so the clamp changes nothing else)
-        lv = np.maximum(10.0 * np.log10(np.maximum(e, 1e-30) / (flen * 32768.0 * 32768.0)), SILENCE_DBFS)
-        # noise floor: minimum over the previous blocks of 0.25 s and the current block so far
-        blk = lv.reshape(-1, 25)
-        bmin = blk.min(axis=1)
-        nb = len(bmin)
-        # minimum of the w blocks before each block (inf before the stream's first block)
-        allb = self._blockmins.extend(bmin)  # always w blocks of history first
-        pm = allb[self._floor_index(nb)].min(axis=1)
-        floor = np.minimum(np.minimum.accumulate(blk, axis=1), pm[:, None]).ravel()
+        # frame levels and the noise floor (minimum over the previous blocks of 0.25 s and the
+        # current block so far)
+        lv, floor, self._blockmins = _levels(e, flen, self._blockmins)
         self._floor_now = float(floor[-1])
         # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
         # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
@@ -391,7 +495,7 @@ class LineSegmenter:
             loud &= lv >= floor + _GATE_DB
         k = self.bank._k
         if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
-                and not self._cf.any() and not self._spc.a.any()):
+                and not self._cf.any() and not self._spc.any()):
             # idle, nothing to analyse and nothing under way (the common case on an idle line): no
             # detector can fire here, so only the features later chunks look back on are kept
             self._quiet_chunk(x, e, f0, nf, lv, floor)
@@ -415,10 +519,6 @@ class LineSegmenter:
         if not found[1]:
             tl = none
         digits = self._dtmf.feed(codes, f0)
-        if codes is not none:  # frames under a valid window, and the 3 on each side (the edges)
-            dtmf_frame = np.convolve(codes >= 0, np.ones(7, bool), mode="same") > 0
-        else:
-            dtmf_frame = None
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
         cid_events: list[tuple[int, str]] = []
@@ -432,36 +532,17 @@ class LineSegmenter:
             if b > a:
                 fsk_frame = np.zeros(nf, bool)
                 fsk_frame[a:b] = True
-        # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
-        spc = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
-        if tl is not none:
-            spc &= tl < 0
-        if dtmf_frame is not None:
-            spc &= ~dtmf_frame
-        if fsk_frame is not None:
-            spc &= ~fsk_frame
-        hist = self._spc.keep
-        c = np.cumsum(self._spc.extend(spc))
-        cnt = c[hist:hist + nf].copy()  # speech frames in the second ending at each frame
-        cnt[1:] -= c[:nf - 1]
-        talk = cnt >= self._n_confirm
-        busyish = np.zeros(nf, bool)
-        lv_min = lv >= p.min_level_dbfs
-        act_idle = (lv >= floor + p.release_db) & lv_min
-        if tl is not none:
-            for g in self._end_groups:
-                busyish |= tl == g
-            act_idle &= ~busyish
-        act_idle_ext = self._act_idle.extend(act_idle)
-        endtone_ext = self._endtone.extend(busyish)
-        floor_ext = self._floor_tape.extend(floor)
-        lvl_ext = self._lvl.extend(lv)
-        # level movement: mean |change| of the frame level over the last 20 frames (stationary
-        # hiss and hum stay under ~1 dB; speech and music move several dB)
-        c = np.cumsum(self._dl.extend(self._level_steps(lvl_ext, nf)))
-        moving = c[_SUSTAIN_WIN - 1:].copy()  # sum of the last 20 steps at each frame
-        moving[1:] -= c[:nf - 1]
-        moving = moving / _SUSTAIN_WIN >= _MOVING_DB
+        if fsk_frame is None:
+            a = b = 0
+        # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
+        talk, spc, act_idle_ext, endtone_ext, floor_ext, lvl_ext, dl, moving, lv_min, dtmf_frame = _masks(
+            lv, floor, tl, codes, a, b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
+            self._floor_tape, self._lvl, self._dl, p.trigger_db, p.speech_min_dbfs, p.min_level_dbfs, p.release_db,
+            self._n_confirm)
+        self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
+        self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
+        if codes is none:
+            dtmf_frame = None
         F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
@@ -478,23 +559,16 @@ class LineSegmenter:
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
         self._recent = x[-int(0.1 * self.p.rate):]
-        # speech needs floor + trigger_db, idle activity floor + release_db: none here
-        self._spc.extend(np.zeros(nf, bool))
-        self._act_idle.extend(np.zeros(nf, bool))
-        self._endtone.extend(np.zeros(nf, bool))
-        self._floor_tape.extend(floor)
-        lvl_ext = self._lvl.extend(lv)
-        self._dl.extend(self._level_steps(lvl_ext, nf))
+        # speech needs floor + trigger_db and >= speech_min_dbfs, so it is loud: none here
+        self._spc = _push(self._spc, np.zeros(nf, bool))
+        self._act_idle = _push(self._act_idle, np.zeros(nf, bool))
+        self._endtone = _push(self._endtone, np.zeros(nf, bool))
+        self._floor_tape = _push(self._floor_tape, floor)
+        dl = np.abs(lv - np.concatenate((self._lvl[-1:], lv[:-1])))
+        dl[~np.isfinite(dl)] = 0.0  # the step out of the history's inf fill (the stream's first frame)
+        self._lvl = _push(self._lvl, lv)
+        self._dl = _push(self._dl, dl)
         self._tonal.reset()
-
-    def _level_steps(self, lvl_ext: np.ndarray, nf: int) -> np.ndarray:
-        """|frame-to-frame level change| of the last nf frames (0 where the history is still empty)."""
-        dl = np.abs(lvl_ext[-nf:] - lvl_ext[-nf - 1:-1])
-        if self._lvl_fresh:  # only the stream's first chunk reaches into the history's inf fill
-            if np.isinf(lvl_ext[-nf - 1]):
-                dl = np.where(np.isfinite(dl), dl, 0.0)
-            self._lvl_fresh = nf == 0
-        return dl
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""
