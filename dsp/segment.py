@@ -152,6 +152,101 @@ def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, e
     return talk, spc, act, endt, fl, lvl, dl, moving, lv_min, dtmf
 
 
+@njit(cache=True)
+def _call_activity(lv, floor, tl, dtmf, lv_min, moving, ref, release_db):
+    """In a call: frames loud by level, tone or DTMF, and the frames worth a look for music.
+
+    Loud: over the current floor (never under the idle floor ``ref``) + ``release_db``, or over
+    the idle floor while the level moves (music on hold whose quiet passages the floor has risen
+    to; never steady off-hook hiss), or a tone or DTMF frame. Returns (loud, want, how many want):
+    want = not loud but over the idle floor, where only the tonal detector can tell.
+    """
+    n = lv.shape[0]
+    loud = np.empty(n, np.bool_)
+    want = np.empty(n, np.bool_)
+    nwant = 0
+    over = ref + release_db
+    for j in range(n):
+        over_ref = lv[j] >= over
+        a = ((lv[j] >= max(floor[j], ref) + release_db) or (over_ref and moving[j])) and lv_min[j]
+        a = a or tl[j] >= 0 or dtmf[j]
+        loud[j] = a
+        w = (not a) and over_ref and lv_min[j]
+        want[j] = w
+        nwant += w
+    return loud, want, nwant
+
+
+@njit(cache=True)
+def _sustained(loud, tail, last_act, fa0, n_silence, win, need, neg):
+    """Sustained activity (>= ``need`` loud frames among the last ``win``; a lone click is not).
+
+    ``tail``: the ``win`` - 1 loud flags before; ``last_act``: the last active frame before.
+    Returns (last active frame at each frame, the first frame ``n_silence`` frames after the
+    last activity or -1, the new tail).
+    """
+    n = loud.shape[0]
+    h = tail.shape[0]
+    ext = np.empty(h + n, np.bool_)
+    ext[:h] = tail
+    ext[h:] = loud
+    cnt = 0
+    for j in range(h):
+        cnt += ext[j]
+    last = np.empty(n, np.int64)
+    run = last_act
+    k_sil = -1
+    for j in range(n):
+        cnt += ext[h + j]
+        if j > 0:
+            cnt -= ext[j - 1]
+        if cnt >= need:
+            run = max(run, fa0 + j)
+        last[j] = run
+        if k_sil < 0 and fa0 + j - run >= n_silence:
+            k_sil = j
+    return last, k_sil, ext[n:].copy()
+
+
+@njit(cache=True)
+def _idle_return(floor, settled_from, call_min, lag_hist, ref, idle_step_db, lvl, idle_margin_db, hold, need):
+    """Back at the idle floor after the off-hook noise had risen above it.
+
+    The call's own floor is the running minimum of the floor from chunk frame ``settled_from``
+    on (after ``call_min`` so far), judged ``len(lag_hist)`` frames late (before the floor window
+    could take in the quiet being tested). ``lvl``: the frame levels, ``hold`` - 1 frames of
+    history first. Returns (running minimum, the new lag history, the first frame where the
+    lagged call floor was >= ``ref`` + ``idle_step_db`` and >= ``need`` of the last ``hold``
+    frames lay within ``idle_margin_db`` of ``ref``, or -1).
+    """
+    n = floor.shape[0]
+    h = lag_hist.shape[0]
+    callmin = np.empty(n)
+    run = call_min
+    ext = np.empty(h + n)
+    ext[:h] = lag_hist
+    for j in range(n):
+        if j >= settled_from:
+            run = min(run, floor[j])
+        callmin[j] = run
+        ext[h + j] = run
+    quiet_lim = ref + idle_margin_db
+    raised_lim = ref + idle_step_db
+    q = -1
+    cnt = 0
+    for j in range(hold - 1):
+        cnt += lvl[j] <= quiet_lim
+    for j in range(n):
+        cnt += lvl[hold - 1 + j] <= quiet_lim
+        if j > 0:
+            cnt -= lvl[j - 1] <= quiet_lim
+        lag = ext[j]
+        if np.isfinite(lag) and lag >= raised_lim and cnt / hold >= need:
+            q = j
+            break
+    return callmin, ext[n:].copy(), q
+
+
 @dataclass(frozen=True)
 class SegmentParams:
     """Segmentation settings in seconds and dB; see firmware.config.SegmentConfig."""
@@ -372,8 +467,7 @@ class LineSegmenter:
         self._act_tail = np.zeros(_SUSTAIN_WIN - 1, bool)
         self._call_min = np.inf  # lowest noise floor seen in the call (after its first seconds)
         lag = self._fr(self.p.idle_hold_s + self.p.floor_window_s + 0.5)
-        self._callmin_tape = _Tape(lag, np.float64, np.inf)
-        self._callmin_tape.a = np.full(lag, np.inf)
+        self._callmin_lag = np.full(lag, np.inf)  # the call's floor over the last lag frames
         self._hangup: tuple[int, int, str] | None = None  # (confirmed at frame, group, name)
         self._digits: list[tuple[int, str]] = []
         self._cid: str | None = None
@@ -541,8 +635,6 @@ class LineSegmenter:
             self._n_confirm)
         self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
         self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
-        if codes is none:
-            dtmf_frame = None
         F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
@@ -680,42 +772,22 @@ class LineSegmenter:
         lv, floor, tl = F["lv"][i:], F["floor"][i:], F["tl"][i:]
         n = nf - i
         fa0 = f0 + i
-        idx = np.arange(fa0, fa0 + n)
-        thr = np.maximum(floor, self._ref) + p.release_db
-        # loud over the current floor, or over the idle floor while the level moves (music on hold
-        # whose quiet passages the floor has risen to; never steady off-hook hiss)
-        over_ref = lv >= self._ref + p.release_db
-        lv_min = F["lv_min"][i:]
-        loud = ((lv >= thr) | (over_ref & F["moving"][i:])) & lv_min
-        if F["tone_any"]:
-            loud |= tl >= 0
-        if F["dtmf"] is not None:
-            loud |= F["dtmf"][i:]
+        loud, want, nwant = _call_activity(lv, floor, tl, F["dtmf"][i:], F["lv_min"][i:], F["moving"][i:], self._ref,
+                                           p.release_db)
         # music under the off-hook noise (quiet passages, a track fading out): persistent spectral
         # peaks, looked for only where the level alone says nothing and the line is over its idle floor
-        want = ~loud & over_ref & lv_min
-        if F["tonal"] is None and want.sum() >= self._n_half:
+        if F["tonal"] is None and nwant >= self._n_half:
             full = np.zeros(nf, bool)
             full[i:] = want
             F["tonal"] = self._tonal.frames(F["x"], full)
         if F["tonal"] is not None:
             loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
-        ext = np.concatenate((self._act_tail, loud))
-        c = np.cumsum(ext)
-        act = c[_SUSTAIN_WIN - 1:].copy()  # loud frames among the 20 ending at each frame
-        act[1:] -= c[:n - 1]
-        act = act >= _SUSTAIN_MIN
-        last = np.where(act, idx, _NEG)
-        if n:  # the carried last activity joins the running maximum at the first frame (exact for integers)
-            last[0] = max(int(last[0]), self._last_act)
-        last = np.maximum.accumulate(last)
-        cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
         # 1. silence: no activity for silence_s (+ hang-over)
-        quiet_for = idx - last
-        k = np.flatnonzero(quiet_for >= self._n_silence)
-        if len(k):
-            kk = int(k[0])
+        last, kk, act_tail = _sustained(loud, self._act_tail, self._last_act, fa0, self._n_silence, _SUSTAIN_WIN,
+                                        _SUSTAIN_MIN, _NEG)
+        cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
+        if kk >= 0:
             cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
         # 2. back at the idle floor after the off-hook noise had risen above it
         # the call's own noise floor: the lowest floor seen since floor_window_s after its first speech
@@ -724,41 +796,22 @@ class LineSegmenter:
         if self._talk0 is not None and ws - self._seizure <= self._sample(self._talk0) < we:
             self._talk0 = None  # that was the caller-ID burst, before the off-hook
         if self._talk0 is None:
-            tk = np.flatnonzero(F["talk"][i:] & (idx >= (we - self._origin) // self.flen))
+            tk = np.flatnonzero(F["talk"][i:])
+            tk = tk[tk + fa0 >= (we - self._origin) // self.flen]
             if len(tk):
                 self._talk0 = fa0 + int(tk[0])
-        if self._talk0 is None:
-            settled = np.zeros(n, bool)
-        else:
-            settled = idx >= self._talk0 + self._n_settle
-        callmin = np.where(settled, floor, np.inf)
-        if n:  # the call's lowest floor so far joins the running minimum at the first frame (min is exact)
-            callmin[0] = min(float(callmin[0]), self._call_min)
-        callmin = np.minimum.accumulate(callmin)
-        # judged on the call's floor as it was before the quiet second being tested (and before
-        # the floor window could take in that quiet)
-        lagged = self._callmin_tape.extend(callmin)[:n]
-        raised = np.isfinite(lagged) & (lagged >= self._ref + p.idle_step_db)
-        if raised.any():
-            hold = self._n_hold
-            le = F["lvl_ext"]
-            hist = len(le) - nf
-            seg = le[max(0, hist + i - hold + 1):]
-            if len(seg) >= hold:
-                # >= 90 % of the last idle_hold_s within idle_margin_db of the idle floor
-                quiet = seg <= self._ref + p.idle_margin_db
-                if quiet.any():  # (no frame near the idle floor: no window of them, nothing to find)
-                    cq = np.concatenate(([0], np.cumsum(quiet)))
-                    near = (cq[hold:] - cq[:-hold]) / hold
-                    near = np.concatenate((np.zeros(max(0, n - len(near))), near))[-n:]
-                    q = np.flatnonzero(raised & (near >= 0.9))
-                else:
-                    q = ()
-                if len(q):
-                    kk = int(q[0])
-                    # the last activity before the quiet second (the on-hook click)
-                    before = last[max(0, kk - hold)]
-                    cands.append((kk, "idle", self._sample(int(before) + 1)))
+        settled_from = n if self._talk0 is None else max(0, self._talk0 + self._n_settle - fa0)
+        # >= 90 % of the last idle_hold_s within idle_margin_db of the idle floor, judged on the
+        # call's floor as it was before the quiet second being tested (and before the floor window
+        # could take in that quiet)
+        le = F["lvl_ext"]
+        callmin, self._callmin_lag, kk = _idle_return(floor, settled_from, self._call_min, self._callmin_lag,
+                                                      self._ref, p.idle_step_db, le[len(le) - nf - self._n_hold + 1 + i:],
+                                                      p.idle_margin_db, self._n_hold, 0.9)
+        if kk >= 0:
+            # the last activity before the quiet second (the on-hook click)
+            before = last[max(0, kk - self._n_hold)]
+            cands.append((kk, "idle", self._sample(int(before) + 1)))
         # 3. busy / reorder: ends at the end of the tone, at most hangup_hold_s after it was recognised
         hang = self._hangup
         if hang is None:
@@ -770,6 +823,7 @@ class LineSegmenter:
             hf, g, name = hang
             spec = self._spec_by_name[name][1]
             gap_lim = self._fr(spec.off_s * (1 + p.cadence_tol) + 0.15)
+            idx = np.arange(fa0, fa0 + n)
             lastg = np.maximum.accumulate(np.where(tl == g, idx, _NEG)) if F["tone_any"] else np.full(n, _NEG)
             lastg = np.maximum(lastg, self._last_group_frame.get(g, _NEG))
             after = idx >= hf
@@ -788,7 +842,7 @@ class LineSegmenter:
             if max(fa, f0) >= fa0 and (not cands or fa <= fa0 + min(c[0] for c in cands)):
                 self._digits.append((fa, key))
         if not cands:
-            self._act_tail = ext[-(_SUSTAIN_WIN - 1):]
+            self._act_tail = act_tail
             self._last_act = int(last[-1])
             self._call_min = float(callmin[-1]) if len(callmin) else self._call_min
             self._hangup = hang
