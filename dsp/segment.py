@@ -602,16 +602,14 @@ class LineSegmenter:
                 near[:-d] |= loud[d:]
             ch.reshape(k, nf, 2)[:, ~near] = 0
         ch_hist = self._ch  # 2 half-frames of history, for DTMF windows reaching back
-        self._ch = ch[:, -2:]
+        self._ch = ch[:, -2:].copy()  # (one array layout for the kernel: one compiled version)
         e_ext = self._e.extend(e)  # 3 frames of history first
         # every window detector in one pass: DTMF key codes of the 20 ms windows (frames i-1, i),
         # call-progress group labels and FSK marks of the 40 ms windows (frames i-3 .. i)
-        codes, tl, mark, found, self._cf = analyse_windows(ch, ch_hist, self._cf, e_ext, *self._win_args)
+        codes_all, tl_all, mark, found, self._cf = analyse_windows(ch, ch_hist, self._cf, e_ext, *self._win_args)
         none = no_codes(nf)
-        if not found[0]:
-            codes = none
-        if not found[1]:
-            tl = none
+        codes = codes_all if found[0] else none  # (the shared "nothing" lets the sequencers skip their work)
+        tl = tl_all if found[1] else none
         digits = self._dtmf.feed(codes, f0)
         tone_events = self._cad.feed(tl, f0)
         # FSK caller ID: a steady mark tone (1200 or 1300 Hz) for 50 ms starts a decode
@@ -630,12 +628,12 @@ class LineSegmenter:
             a = b = 0
         # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
         talk, spc, act_idle_ext, endtone_ext, floor_ext, lvl_ext, dl, moving, lv_min, dtmf_frame = _masks(
-            lv, floor, tl, codes, a, b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
+            lv, floor, tl_all, codes_all, a, b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
             self._floor_tape, self._lvl, self._dl, p.trigger_db, p.speech_min_dbfs, p.min_level_dbfs, p.release_db,
             self._n_confirm)
         self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
         self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
-        F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
+        F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl_all, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
         if F["tonal"] is None:
@@ -904,3 +902,32 @@ class LineSegmenter:
 
 # The pipeline's historical name.
 EnergySegmenter = LineSegmenter
+
+
+def warm_up(params: SegmentParams | None = None) -> float:
+    """Run every compiled kernel once, so that the first live chunk does not wait for numba.
+
+    numba compiles the kernels at their first call, or loads them from its cache (about 0.5 s;
+    tens of seconds on a fresh install). A synthetic call (off-hook noise step, dial tone, a
+    DTMF digit, talk, quiet off-hook noise, busy tone) goes through a throwaway segmenter.
+    Returns the seconds it took.
+    """
+    import time
+
+    from .synth import dtmf_string, line_noise, speech_like, to_int16, tone
+
+    t0 = time.perf_counter()
+    p = params or SegmentParams()
+    rate = p.rate
+    rng = np.random.default_rng(0)
+    parts = [np.zeros(3 * rate, np.float32), tone((350.0, 440.0), rate, rate, -20.0), dtmf_string("0", rate, rng),
+             speech_like(rng, 5.0, rate), np.zeros(3 * rate, np.float32), tone((480.0, 620.0), 2 * rate, rate, -20.0)]
+    x = np.concatenate(parts)
+    x[3 * rate:] += line_noise(rng, len(x) - 3 * rate, rate, hiss_dbfs=-55.0)  # off-hook noise
+    x += line_noise(rng, len(x), rate)
+    x = to_int16(np.concatenate((x, np.zeros(12 * rate, np.float32))))
+    seg = LineSegmenter(p)
+    seg.process(x, 0)
+    seg.finish("eof")
+    seg._tonal.frames(x[:p.chunk].astype(np.float32), np.ones(p.chunk // seg.flen, bool))
+    return time.perf_counter() - t0

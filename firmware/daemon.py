@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from dsp.segment import SegmentParams
+from dsp.segment import SegmentParams, warm_up
 
 from .audit import AuditLog, config_changes
 from .capture import CaptureReader
@@ -164,6 +164,9 @@ class Recorder:
         self.audit.prune(self.cfg.audit.retention_years)  # and hourly in the status thread
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],
                  len(self.lines), self.rate)
+        # the segmenter's compiled kernels are loaded (or compiled, on a fresh install) before the
+        # first chunk arrives, so that capture never waits for them
+        log.info("segmenter ready in %.1f s", warm_up(self.params))
         self.writer.start()
         self.segmenter.start()
         self.maintainer.start()
