@@ -12,12 +12,17 @@ so a steady tone never reads as music.
 
 For white noise a bin exceeds 8x its local mean with probability e^-8 = 0.03 %; three windows
 in a row at the same bin +-1, twice within 0.5 s, almost never happen (measured: no frame in
-5 min of white noise); hold music is followed down to about 9 dB under the noise. Pure numpy over whole
-chunks, no state but the last two windows' peaks and the per-bin peak rate.
+5 min of white noise); hold music is followed down to about 9 dB under the noise. Works on whole
+chunks, no state but the last two windows' peaks and the per-bin peak rate: the FFT is
+scipy.fft's, everything around it (choosing and windowing the windows, power, peaks, peak rate,
+runs, the pair rule) is two numba kernels, compiled at the first call and cached on disk. They
+keep numpy's dtypes and order of operations (float32 power, box sums and peak test, float64
+rate), so the result is the same, bit for bit, as the array code they replace.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -27,6 +32,127 @@ _SIDE = 7  # neighbours on each side for the local mean
 _STEADY_S = 30.0  # time constant of the per-bin peak rate
 _PAIR_WINDOWS = 10  # two runs within this many windows (0.5 s)
 _STEADY_RATE = 0.5  # bins that are peaks more often than this are a line tone, not music
+
+
+@numba.njit(cache=True)
+def _windows(x, want, win, seg):
+    """The windows worth an FFT: those with a wanted frame, and the two before each (a run is
+    three windows) -> their indices; their samples times ``win`` (float32) go to ``seg``'s
+    first rows."""
+    n = win.shape[0]
+    nw = want.shape[0] // WINDOW_FRAMES
+    wantw = np.zeros(nw + 2, np.bool_)
+    for w in range(nw):
+        for f in range(w * WINDOW_FRAMES, (w + 1) * WINDOW_FRAMES):
+            if want[f]:
+                wantw[w] = True
+                break
+    nr = 0
+    for w in range(nw):
+        nr += wantw[w] or wantw[w + 1] or wantw[w + 2]
+    rows = np.empty(nr, np.int64)
+    r = 0
+    for w in range(nw):
+        if wantw[w] or wantw[w + 1] or wantw[w + 2]:
+            rows[r] = w
+            xs = x[w * n:(w + 1) * n]
+            out = seg[r]
+            for i in range(n):
+                out[i] = xs[i] * win[i]
+            r += 1
+    return rows
+
+
+@numba.njit(cache=True)
+def _judge(sq, rows, nw, nf, lo, nb, ratio, a, rate, prev):
+    """Peaks, runs and the pair rule over one chunk's windows -> (bool per frame, new ``prev``).
+
+    ``sq``: the looked-at windows' rfft as float32 (re, im) pairs, one row per entry of ``rows``
+    (increasing window indices; the other windows have no peaks); bins ``lo`` ... are read (the
+    ``nb`` judged bins and ``_SIDE + 1`` on each side). ``ratio``: the peak ratio, of the type
+    numpy multiplies a float32 array by it in. ``a``: the peak rate's step for ``len(rows)``
+    windows; ``rate`` (float64 per judged bin) is updated in place. ``prev``: the peaks of the
+    two windows before the chunk (bool, 2 x ``nb``).
+    """
+    s = _SIDE
+    width = nb + 2 * s + 2  # bins read
+    m = width - (s - 1) + 1  # sums over s - 1 bins
+    nr = rows.shape[0]
+    twelve = np.float32(2 * s - 2)
+    # peaks: the two windows before, then the chunk's; column j + 1 is bin j, columns 0 and
+    # nb + 1 stay 0 (the +-1 bin test needs no bounds check)
+    ext = np.zeros((nw + 2, nb + 2), np.uint8)
+    for i in range(2):
+        for j in range(nb):
+            ext[i, j + 1] = prev[i, j]
+    count = np.zeros(nb, np.int64)  # looked-at windows with a peak, per bin
+    p = np.empty(width, np.float32)
+    box = np.empty(m, np.float32)
+    pk = np.empty(nb, np.uint8)
+    for r in range(nr):
+        row = sq[r, 2 * lo:2 * (lo + width)]
+        for k in range(width):
+            re = row[2 * k]
+            im = row[2 * k + 1]
+            p[k] = re * re + im * im  # float32, as numpy's sq * sq then re + im
+        # box[k]: bins k .. k + s - 2, added left to right in float32
+        for k in range(m):
+            box[k] = p[k] + p[k + 1]
+        for d in range(2, s - 1):
+            for k in range(m):
+                box[k] += p[k + d]
+        # judged bin j is bin j + s + 1 of the row; its neighbours j+1 .. j+6 and j+10 .. j+15
+        for j in range(nb):
+            around = box[j + 1] + box[j + s + 3]
+            pk[j] = (p[j + s + 1] * twelve >= ratio * around) & (around > 0)
+            count[j] += pk[j]
+        e = ext[rows[r] + 2]
+        for j in range(nb):
+            e[j + 1] = pk[j]
+    # the per-bin peak rate over the windows looked at (a steady line tone is always a peak)
+    if nr:
+        for j in range(nb):
+            rate[j] += a * (count[j] / nr - rate[j])
+    new_prev = np.empty((2, nb), np.bool_)
+    for i in range(2):
+        for j in range(nb):
+            new_prev[i, j] = ext[nw + i, j + 1] != 0
+    out = np.zeros(nf, np.bool_)
+    # a run: a peak at bin j in a window, at j or j +-1 in each of the two windows before, j not
+    # a steady line tone (only looked-at windows have peaks)
+    tonal = np.zeros(nb + 2, np.uint8)
+    for j in range(nb):
+        tonal[j + 1] = rate[j] < _STEADY_RATE
+    hit = np.zeros(nw, np.bool_)
+    anyhit = False
+    for r in range(nr):
+        w = rows[r]
+        e0, e1, e2 = ext[w], ext[w + 1], ext[w + 2]
+        run = np.uint8(0)
+        for j in range(1, nb + 1):
+            near1 = e1[j - 1] | e1[j] | e1[j + 1]
+            near0 = e0[j - 1] | e0[j] | e0[j + 1]
+            run |= e2[j] & tonal[j] & near1 & near0
+        if run:
+            hit[w] = True
+            anyhit = True
+    if not anyhit:
+        return out, new_prev
+    # music has partials all the time: a run counts when another one lies within 0.5 s of it
+    c = np.zeros(nw + 1, np.int64)
+    for i in range(nw):
+        c[i + 1] = c[i] + hit[i]
+    paired = np.zeros(nw + 2, np.bool_)
+    for i in range(nw):
+        if hit[i]:
+            before = c[i + 1] - c[max(i + 1 - _PAIR_WINDOWS, 0)]
+            after = c[min(i + _PAIR_WINDOWS, nw)] - c[i]
+            paired[i] = before >= 2 or after >= 2
+    # the three windows of a run carry the music
+    for i in range(nw):
+        if paired[i] or paired[i + 1] or paired[i + 2]:
+            out[i * WINDOW_FRAMES:(i + 1) * WINDOW_FRAMES] = True
+    return out, new_prev
 
 
 class TonalDetector:
@@ -43,6 +169,8 @@ class TonalDetector:
         self.nb = hi - lo  # bins judged
         self.win = np.hanning(self.n).astype(np.float32)
         self._alpha_per_window = WINDOW_FRAMES * 0.01 / _STEADY_S
+        self._no_spectrum = np.zeros((0, 2 * (self.n // 2 + 1)), np.float32)
+        self._seg = np.empty((0, self.n), np.float32)  # scratch for the windowed samples
         self.new_line()
 
     def reset(self) -> None:
@@ -54,66 +182,30 @@ class TonalDetector:
         self._rate = np.zeros(self.nb)
 
     def frames(self, x: np.ndarray, want: np.ndarray) -> np.ndarray:
-        """``x``: float32 samples of whole frames; ``want``: frames worth looking at. -> bool per frame.
+        """``x``: float32 samples of whole frames (other dtypes are converted to float32 first);
+        ``want``: frames worth looking at. -> bool per frame.
 
         Windows are looked at only where ``want`` has a frame (and the two before, for the run);
         the others count as no peaks.
         """
         nf = len(want)
         nw = nf // WINDOW_FRAMES
-        out = np.zeros(nf, bool)
-        wantw = want[:nw * WINDOW_FRAMES].reshape(nw, WINDOW_FRAMES).any(axis=1)
-        look = wantw.copy()
-        look[:-1] |= wantw[1:]
-        look[:-2] |= wantw[2:]
-        rows = np.flatnonzero(look)
-        peaks = None
+        if len(x) < nw * self.n:
+            raise ValueError(f"{len(x)} samples for {nf} frames of {self.frame_len}")
+        if len(self._seg) < nw:
+            self._seg = np.empty((nw, self.n), np.float32)
+        rows = _windows(np.asarray(x, np.float32), want, self.win, self._seg)
         if len(rows):
-            seg = x[:nw * self.n].reshape(nw, self.n)
-            seg = (seg if len(rows) == nw else seg[rows]) * self.win
-            sp = scipy.fft.rfft(seg, axis=1, overwrite_x=True)[:, self._lo:self._hi]
-            sq = sp.view(np.float32)  # (re, im) pairs
-            sq = sq * sq
-            p = sq[:, 0::2] + sq[:, 1::2]
-            # for the judged bins k = _SIDE+1 ...: the sum of bins k-_SIDE..k-2 and k+2..k+_SIDE
-            # (running sums over _SIDE-1 bins, by shifted adds: a cumulative sum is several times slower)
-            nb, s = self.nb, _SIDE
-            m = p.shape[1] - (s - 1) + 1
-            box = p[:, :m] + p[:, 1:1 + m]
-            for d in range(2, s - 1):
-                box += p[:, d:d + m]
-            around = box[:, 1:1 + nb] + box[:, s + 3:s + 3 + nb]
-            mid = p[:, _SIDE + 1:_SIDE + 1 + self.nb]
-            pk = (mid * (2 * _SIDE - 2) >= self.ratio * around) & (around > 0)
-            if len(rows) == nw:
-                peaks = pk
-            else:
-                peaks = np.zeros((nw, self.nb), bool)
-                peaks[rows] = pk
-            # the per-bin peak rate over the windows looked at (a steady line tone is always a peak)
+            if self._lo < 0 or self._hi > self.n // 2 + 1:
+                raise ValueError(f"bins {self._lo}..{self._hi} not in the rfft of {self.n} samples")
+            sq = scipy.fft.rfft(self._seg[:len(rows)], axis=1).view(np.float32)  # (re, im) pairs
             a = 1.0 - (1.0 - self._alpha_per_window) ** len(rows)
-            self._rate += a * (pk.sum(axis=0) / len(rows) - self._rate)
-        if peaks is None:
-            peaks = np.zeros((nw, self.nb), bool)
-        ext = np.concatenate((self._prev, peaks))
-        self._prev = ext[-2:]
-        dil = ext.copy()
-        dil[:, 1:] |= ext[:, :-1]
-        dil[:, :-1] |= ext[:, 1:]
-        run = ext[2:] & dil[1:-1] & dil[:-2] & (self._rate < _STEADY_RATE)
-        hit = run.any(axis=1)
-        if not hit.any():
-            return out
-        # music has partials all the time: a run counts when another one lies within 0.5 s of it
-        c = np.concatenate(([0], np.cumsum(hit)))
-        span = _PAIR_WINDOWS
-        i = np.arange(nw)
-        before = c[i + 1] - c[np.maximum(i + 1 - span, 0)]
-        after = c[np.minimum(i + span, nw)] - c[i]
-        hit &= (before >= 2) | (after >= 2)
-        # the three windows of a run carry the music
-        h = hit.copy()
-        h[:-1] |= hit[1:]
-        h[:-2] |= hit[2:]
-        out[:nw * WINDOW_FRAMES] = np.repeat(h, WINDOW_FRAMES)
+        else:
+            sq, a = self._no_spectrum, 0.0
+        # numpy multiplies a float32 array by a Python number in float32 (NEP 50), by a numpy
+        # scalar in the wider of the two types: the kernel multiplies in the same one
+        r = self.ratio
+        ratio = np.float32(r) if type(r) in (float, int) else np.result_type(r, np.float32).type(r)
+        out, self._prev = _judge(sq, rows, nw, nf, self._lo, self.nb, ratio, a, self._rate,
+                                 self._prev)
         return out
