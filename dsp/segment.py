@@ -41,21 +41,36 @@ _GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral anal
 
 
 @njit(cache=True)
-def _levels(e, flen, blockmins):
-    """Frame levels (dBFS) and the noise floor of one chunk from its frame energies ``e``.
+def _levels(x16, flen, blockmins, gate_dbfs, gate_floor_db):
+    """Frame energies, levels (dBFS) and the noise floor of one chunk of int16 samples.
 
     The floor at a frame is the minimum over the ``len(blockmins)`` blocks of 25 frames (0.25 s)
     before its block and its own block so far; ``blockmins`` holds the minima of the blocks before
-    the chunk (inf where there were none). Returns (levels, floor, the new ``blockmins``).
+    the chunk (inf where there were none). The spectral gate: frames >= ``gate_dbfs`` (and, when
+    ``gate_floor_db`` > 0, >= the floor + ``gate_floor_db``) may hold a tone, digit or mark.
+    Returns (samples as float32, energies, levels, floor, the new ``blockmins``, how many frames
+    pass the gate, per frame: it or one of the 3 after it passes, so its terms are needed).
     """
-    nf = e.shape[0]
+    n = x16.shape[0]
+    nf = n // flen
     nb = nf // 25
     w = blockmins.shape[0]
+    x = np.empty(n, np.float32)
+    e = np.empty(nf)
     lv = np.empty(nf)
     floor = np.empty(nf)
     allb = np.empty(w + nb)
     allb[:w] = blockmins
     scale = flen * 32768.0 * 32768.0
+    for j in range(n):  # (separate simple loops: the compiler vectorises each)
+        x[j] = x16[j]
+    for i in range(nf):
+        acc = np.int64(0)
+        s = x16[i * flen:(i + 1) * flen]
+        for j in range(flen):
+            v = np.int64(s[j])
+            acc += v * v
+        e[i] = acc  # exact: at most 2^30 per sample
     for i in range(nf):
         # (a silent frame's energy is 0; any other is >= 1, so the clamp changes nothing else)
         lv[i] = max(10.0 * np.log10(max(e[i], 1e-30) / scale), SILENCE_DBFS)
@@ -72,7 +87,14 @@ def _levels(e, flen, blockmins):
         for j in range(25):
             run = min(run, lv[b * 25 + j])
             floor[b * 25 + j] = min(run, pm)
-    return lv, floor, allb[nb:].copy()
+    near = np.zeros(nf, np.bool_)
+    n_loud = 0
+    for i in range(nf):
+        if lv[i] >= gate_dbfs and (gate_floor_db <= 0.0 or lv[i] >= floor[i] + gate_floor_db):
+            n_loud += 1
+            for j in range(max(0, i - 3), i + 1):
+                near[j] = True
+    return x, e, lv, floor, allb[nb:].copy(), n_loud, near
 
 
 @njit(cache=True)
@@ -402,7 +424,6 @@ class LineSegmenter:
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
         self._floor_idx: dict[int, np.ndarray] = {}
         self._chunk_n = p.chunk
-        self._ones = np.ones(self.flen, np.float32)
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
         self._tonal = TonalDetector(p.rate, self.flen)
@@ -572,41 +593,31 @@ class LineSegmenter:
         nf = len(x16) // flen
         f0 = self._frame0
         self._frame0 += nf
-        x = x16.astype(np.float32)
-        halves = x.reshape(2 * nf, half)
-        # frame energies: squares summed by a matrix-vector product (faster here than einsum)
-        e = (np.square(x).reshape(nf, flen) @ self._ones).astype(np.float64)
-        # frame levels and the noise floor (minimum over the previous blocks of 0.25 s and the
-        # current block so far)
-        lv, floor, self._blockmins = _levels(e, flen, self._blockmins)
+        # frame energies, levels and the noise floor (minimum over the previous blocks of 0.25 s and
+        # the current block so far). Goertzel terms per half-frame, frame and window: only frames
+        # loud enough to hold a tone, DTMF or FSK (and the 3 before them, for the windows) are
+        # analysed, the rest are 0. Idle and no tone going on: a tone, digit or mark holds >= 60 %
+        # of its window's power, so its frames stand >= 4 dB over the noise; frames within 3 dB of
+        # the floor hold none
+        gate_floor = _GATE_DB if not self.in_call and self._cad.run_label < 0 else 0.0
+        x, e, lv, floor, self._blockmins, n_loud, near = _levels(x16, flen, self._blockmins, self._gate_dbfs,
+                                                                 gate_floor)
         self._floor_now = float(floor[-1])
-        # Goertzel terms per half-frame, frame and window; only frames loud enough to hold a
-        # tone, DTMF or FSK (and the 3 before them, for the windows) are analysed, the rest are 0
-        loud = lv >= self._gate_dbfs
-        if not self.in_call and self._cad.run_label < 0:
-            # idle and no tone going on: a tone, digit or mark holds >= 60 % of its window's power, so
-            # its frames stand >= 4 dB over the noise; frames within 3 dB of the floor hold none
-            loud &= lv >= floor + _GATE_DB
         k = self.bank._k
-        if (not self.in_call and not loud.any() and self._cad.run_label < 0 and self._fsk_pending is None
+        if (not self.in_call and not n_loud and self._cad.run_label < 0 and self._fsk_pending is None
                 and not self._cf.any() and not self._spc.any()):
             # idle, nothing to analyse and nothing under way (the common case on an idle line): no
             # detector can fire here, so only the features later chunks look back on are kept
             self._quiet_chunk(x, e, f0, nf, lv, floor)
             return
-        ch = self.bank.terms_t(halves, first)  # (K, 2 nf)
-        if not loud.all():
-            # frames that cannot hold a tone (nor the 3 after them, whose windows reach back) count as 0
-            near = loud.copy()
-            for d in (1, 2, 3):
-                near[:-d] |= loud[d:]
-            ch.reshape(k, nf, 2)[:, ~near] = 0
-        ch_hist = self._ch  # 2 half-frames of history, for DTMF windows reaching back
-        self._ch = ch[:, -2:].copy()  # (one array layout for the kernel: one compiled version)
-        e_ext = self._e.extend(e)  # 3 frames of history first
         # every window detector in one pass: DTMF key codes of the 20 ms windows (frames i-1, i),
-        # call-progress group labels and FSK marks of the 40 ms windows (frames i-3 .. i)
-        codes_all, tl_all, mark, found, self._cf = analyse_windows(ch, ch_hist, self._cf, e_ext, *self._win_args)
+        # call-progress group labels and FSK marks of the 40 ms windows (frames i-3 .. i); the 2
+        # half-frames and 3 frames before the chunk are kept for windows reaching back
+        y = self.bank.raw_t(x.reshape(2 * nf, half))
+        steps, p0 = self.bank.phase_t(2 * nf, first)
+        e_ext = self._e.extend(e)  # 3 frames of history first
+        codes_all, tl_all, mark, found, self._ch, self._cf = analyse_windows(
+            y, steps, p0, near, self._ch, self._cf, e_ext, *self._win_args)
         none = no_codes(nf)
         codes = codes_all if found[0] else none  # (the shared "nothing" lets the sequencers skip their work)
         tl = tl_all if found[1] else none

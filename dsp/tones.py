@@ -134,6 +134,19 @@ class GoertzelBank:
         c *= self._p0(first_sample)
         return c
 
+    def raw_t(self, blocks: np.ndarray) -> np.ndarray:
+        """(M, block) float32 samples -> (2K, M) float32: the cos rows, then the -sin rows, of
+        each block's terms with the phase of its own first sample (see ``terms_t``)."""
+        return self._basis_t @ np.asarray(blocks, dtype=np.float32).T
+
+    def phase_t(self, m: int, first_sample: int) -> tuple[np.ndarray, np.ndarray]:
+        """The factors that refer ``raw_t``'s m blocks to the absolute sample index: (K, m) per
+        block, then (K, 1) for the first sample (complex64, cached)."""
+        t = self._steps_t.get(m)
+        if t is None:
+            t = self._steps_t[m] = np.ascontiguousarray(self._step_table(m).T)
+        return t, self._p0(first_sample)
+
     def _p0(self, first_sample: int) -> np.ndarray:
         """(K, 1) complex64 phase factors of a block starting at absolute ``first_sample``."""
         key = first_sample % self.rate if self._int_freqs else None
@@ -288,18 +301,39 @@ def _tone_window(p4, ms, i, cols, valid, nt, c, min_fraction, lim):
 
 
 @njit(cache=True)
-def analyse_windows(ch, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
+def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
                     twist_hi, dtmf_fraction, balance, cols, valid, nt, tone_fraction, tone_lim, mark_lo, mark_hi):
     """Every window detector of one chunk in one pass over its half-frame Goertzel terms.
 
-    ``ch``: (K, 2F) half-frame terms, frequency-major (rows 0-7 the DTMF frequencies, then the
-    call-progress frequencies, then the FSK marks); ``ch_hist``/``cf_hist``: the 2 half-frames /
-    3 frames before the chunk; ``e``: (F + 3,) frame energies, the 3 frames before first.
-    Returns per frame the DTMF key code of the 20 ms window ending there (``dtmf_codes``), the
-    call-progress group of the 40 ms window (``tone_labels``), whether that window is a steady FSK
-    mark, how many of each were found, and the new ``cf_hist``.
+    ``y``, ``steps``, ``p0``: ``GoertzelBank.raw_t`` and ``phase_t`` of the chunk's half-frames;
+    the half-frame terms (frequency-major, rows 0-7 the DTMF frequencies, then the call-progress
+    frequencies, then the FSK marks) are ``(cos row + j -sin row) * steps * p0``, and 0 in frames
+    whose ``near`` is False (none of their windows can hold a tone: see the spectral gate).
+    ``ch_hist``/``cf_hist``: the 2 half-frames' / 3 frames' terms before the chunk; ``e``:
+    (F + 3,) frame energies, the 3 frames before first. Returns per frame the DTMF key code of
+    the 20 ms window ending there (``_dtmf_window``), the call-progress group of the 40 ms window
+    (``_tone_window``), whether that window is a steady FSK mark, how many of each were found,
+    and the new ``ch_hist`` and ``cf_hist``.
     """
-    nf = ch.shape[1] // 2
+    nk = y.shape[0] // 2
+    nh = y.shape[1]
+    nf = nh // 2
+    ch = np.empty((nk, nh), np.complex64)
+    for k in range(nk):
+        pk = p0[k, 0]
+        yr = y[k]
+        yi = y[nk + k]
+        st = steps[k]
+        out = ch[k]
+        for m in range(nh):
+            c = np.complex64(yr[m] + 1j * yi[m])
+            c = c * st[m]
+            out[m] = c * pk
+    for i in range(nf):
+        if not near[i]:
+            for k in range(nk):
+                ch[k, 2 * i] = 0
+                ch[k, 2 * i + 1] = 0
     p2, p4, cf_next = _window_powers(ch, cf_hist, n2)
     codes = np.full(nf, -1, np.int64)
     labels = np.full(nf, -1, np.int64)
@@ -330,7 +364,7 @@ def analyse_windows(ch, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, 
             if np.float64(pm) / max(ms, lim) >= 0.7 and ms >= lim:
                 mark[i] = True
                 found[2] += 1
-    return codes, labels, mark, found, cf_next
+    return codes, labels, mark, found, ch[:, nh - 2:].copy(), cf_next
 
 
 class DtmfSequencer:
