@@ -186,34 +186,22 @@ class DtmfParams:
 
 
 @njit(cache=True)
-def _dtmf_window(p2, ch_hist, ch, e, i, t_lo, t_hi, flen, rate, freqs, freq_tol, floor, twist_lo, twist_hi,
+def _dtmf_window(ch_hist, ch, e, i, row, col, pr, pc, ew, flen, rate, freqs, freq_tol, floor, twist_lo, twist_hi,
                  min_fraction, balance):
-    """The key index 0-15 of the 20 ms window ending at frame ``i``, or -1 (see ``dtmf_codes``)."""
+    """The key index 0-15 of the 20 ms window ending at frame ``i``, or -1, for a window that
+    passed the screen in ``analyse_windows``.
+
+    ``row``/``col``: its strongest row and column tone (``pr``/``pc``: their mean-square
+    powers), ``ew``: the window's mean-square power less the call-progress tones'; ``ch``: (K,
+    2F) half-frame terms, ``ch_hist`` the 2 before them; ``e``: (F + 1,) frame energies (first =
+    the frame before). Q.24: each tone within ``freq_tol`` of its frequency (measured from the
+    phase advance between half-frames, ±100 Hz unambiguous), each >= ``floor`` after correcting
+    the window's loss for the offset, twist within ``twist_lo``..``twist_hi`` dB, the two holding
+    >= ``min_fraction`` of the window's power, and both 10 ms halves carrying the tone
+    (``balance``).
+    """
     n2 = 2 * flen
     half = flen // 2
-    c = np.float32(2.0 / (n2 * n2))
-    ew = (e[i + 1] + e[i]) / n2  # the window's mean-square power, less the call-progress tones'
-    if t_hi > t_lo:
-        s = p2[t_lo, i]
-        for r in range(t_lo + 1, t_hi):
-            s += p2[r, i]
-        ew = ew - np.float64(s * c)
-    # the strongest row and column tone (each tone's mean-square power; the first on a tie)
-    row = 0
-    pr = p2[0, i] * c
-    for r in range(1, 4):
-        v = p2[r, i] * c
-        if v > pr:
-            pr, row = v, r
-    col = 4
-    pc = p2[4, i] * c
-    for r in range(5, 8):
-        v = p2[r, i] * c
-        if v > pc:
-            pc, col = v, r
-    # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
-    if not (np.float64(pr + pc) >= 0.4 * max(ew, 1e-9) * min_fraction and np.float64(min(pr, pc)) >= 0.3 * floor):
-        return -1
     # frequency offsets: the phase advance between the window's 4 consecutive half-frames
     off = np.empty(2, np.float32)
     for t in range(2):
@@ -261,28 +249,30 @@ def _window_powers(ch, cf_hist, n2):
         cf[k, 0] = cf_hist[k, 0]
         cf[k, 1] = cf_hist[k, 1]
         cf[k, 2] = cf_hist[k, 2]
+        src = ch[k]
+        dst = cf[k, 3:]
         for i in range(nf):
-            cf[k, i + 3] = ch[k, 2 * i] + ch[k, 2 * i + 1]
+            dst[i] = src[2 * i] + src[2 * i + 1]
+    for k in range(n2):
+        row = cf[k]
+        out = p2[k]
         for i in range(nf):
-            a = cf[k, i + 3] + cf[k, i + 2]
-            if k < n2:
-                p2[k, i] = a.real * a.real + a.imag * a.imag
-            if k >= 8:
-                w = a + (cf[k, i + 1] + cf[k, i])
-                p4[k - 8, i] = w.real * w.real + w.imag * w.imag
+            a = row[i + 3] + row[i + 2]
+            out[i] = a.real * a.real + a.imag * a.imag
+    for k in range(8, nk):
+        row = cf[k]
+        out = p4[k - 8]
+        for i in range(nf):
+            w = (row[i + 3] + row[i + 2]) + (row[i + 1] + row[i])
+            out[i] = w.real * w.real + w.imag * w.imag
     return p2, p4, cf[:, nf:].copy()
 
 
 @njit(cache=True)
-def _tone_window(p4, ms, i, cols, valid, nt, c, min_fraction, lim):
-    """The call-progress group filling the 40 ms window ending at frame ``i``, or -1."""
-    # screen: a group's power is at most the power of all tone frequencies together (the margin
-    # keeps the screen from refusing a window the exact test below would accept)
-    s = p4[0, i]
-    for r in range(1, nt):
-        s += p4[r, i]
-    if not (np.float64(s * c) >= (0.999 * min_fraction) * ms and ms >= lim):
-        return -1
+def _tone_window(p4, ms, i, cols, valid, c, min_fraction, lim):
+    """The call-progress group filling the 40 ms window ending at frame ``i``, or -1, for a
+    window that passed the screen in ``analyse_windows`` (``p4``: |40 ms window term|^2 per
+    frequency from the first call-progress tone on; ``ms``: the window's mean-square power)."""
     best = -1
     top = -1.0
     for g in range(cols.shape[0]):
@@ -340,20 +330,52 @@ def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, fle
     mark = np.zeros(nf, np.bool_)
     n4 = 4 * flen
     c4 = np.float32(2.0 / (n4 * n4))
+    n2w = 2 * flen
+    c2 = np.float32(2.0 / (n2w * n2w))
+    ee = e[2:]
     found = np.zeros(3, np.int64)
     for i in range(nf):
-        k = _dtmf_window(p2, ch_hist, ch, e[2:], i, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
-                         twist_hi, dtmf_fraction, balance)
-        if k >= 0:
-            codes[i] = k
-            found[0] += 1
+        # DTMF: the window's mean-square power less the call-progress tones' (digits are read over
+        # dial tone), its strongest row and column tone (the first on a tie)
+        ew = (ee[i + 1] + ee[i]) / n2w
+        if t_hi > t_lo:
+            s = p2[t_lo, i]
+            for r in range(t_lo + 1, t_hi):
+                s += p2[r, i]
+            ew = ew - np.float64(s * c2)
+        row = 0
+        pr = p2[0, i] * c2
+        for r in range(1, 4):
+            v = p2[r, i] * c2
+            if v > pr:
+                pr, row = v, r
+        col = 4
+        pc = p2[4, i] * c2
+        for r in range(5, 8):
+            v = p2[r, i] * c2
+            if v > pc:
+                pc, col = v, r
+        # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
+        if (np.float64(pr + pc) >= 0.4 * max(ew, 1e-9) * dtmf_fraction
+                and np.float64(min(pr, pc)) >= 0.3 * dtmf_floor):
+            d = _dtmf_window(ch_hist, ch, ee, i, row, col, pr, pc, ew, flen, rate, freqs, freq_tol, dtmf_floor,
+                             twist_lo, twist_hi, dtmf_fraction, balance)
+            if d >= 0:
+                codes[i] = d
+                found[0] += 1
         e4 = ((e[i + 3] + e[i + 2]) + (e[i + 1] + e[i]))  # the 40 ms window's energy
         ms = e4 / n4
         if nt > 0:
-            g = _tone_window(p4, ms, i, cols, valid, nt, c4, tone_fraction, tone_lim)
-            if g >= 0:
-                labels[i] = g
-                found[1] += 1
+            # screen: a group's power is at most the power of all tone frequencies together (the
+            # margin keeps the screen from refusing a window the exact test would accept)
+            s = p4[0, i]
+            for r in range(1, nt):
+                s += p4[r, i]
+            if np.float64(s * c4) >= (0.999 * tone_fraction) * ms and ms >= tone_lim:
+                g = _tone_window(p4, ms, i, cols, valid, c4, tone_fraction, tone_lim)
+                if g >= 0:
+                    labels[i] = g
+                    found[1] += 1
         if mark_hi > mark_lo:
             # FSK caller ID: a steady 1200 or 1300 Hz mark holding >= 70 % of a window >= -40 dBFS
             pm = p4[mark_lo, i]
