@@ -25,8 +25,6 @@ DTMF_KEYS = "123A456B789C*0#D"  # index = row * 4 + column
 # A 20 ms window measures each tone's level to within about +-0.5 dB: the twist limits get this
 # margin so that a digit exactly at the limit (Q.24: accept 8 dB / 4 dB) is never refused.
 TWIST_MARGIN_DB = 1.0
-_DTMF_FREQS = np.asarray(DTMF_LOW + DTMF_HIGH)
-_STEP4 = np.arange(4)[:, None, None]
 _NONE: dict[int, np.ndarray] = {}
 
 
@@ -120,23 +118,10 @@ class GoertzelBank:
         c *= np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate).astype(np.complex64)
         return c
 
-    def terms_t(self, blocks: np.ndarray, first_sample: int) -> np.ndarray:
-        """Like ``terms``, frequency-major: (M, block) float32 samples -> (K, M) complex64."""
-        k = self._k
-        y = self._basis_t @ np.asarray(blocks, dtype=np.float32).T
-        c = np.empty((k, len(blocks)), np.complex64)
-        c.real = y[:k]
-        c.imag = y[k:]
-        t = self._steps_t.get(len(blocks))
-        if t is None:
-            t = self._steps_t[len(blocks)] = np.ascontiguousarray(self._step_table(len(blocks)).T)
-        c *= t
-        c *= self._p0(first_sample)
-        return c
-
     def raw_t(self, blocks: np.ndarray) -> np.ndarray:
         """(M, block) float32 samples -> (2K, M) float32: the cos rows, then the -sin rows, of
-        each block's terms with the phase of its own first sample (see ``terms_t``)."""
+        each block's terms with the phase of its own first sample (``half_terms`` refers them to
+        the absolute sample index, as ``terms`` does)."""
         return self._basis_t @ np.asarray(blocks, dtype=np.float32).T
 
     def phase_t(self, m: int, first_sample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -159,17 +144,6 @@ class GoertzelBank:
             if key is not None:
                 self._p0_t[key] = p0
         return p0
-
-    def phases(self, first_sample: int, m: int) -> np.ndarray:
-        """(m, K) factors that refer block phases to the absolute sample index (exact modulo the rate)."""
-        p0 = np.exp(-2j * np.pi * np.mod(float(first_sample) * self.freqs, self.rate) / self.rate)
-        return self._step_table(m) * p0.astype(np.complex64)
-
-
-def sinc_gain(offset_hz: np.ndarray, n: int, rate: int) -> np.ndarray:
-    """Magnitude response of an n-sample rectangular DFT term to a tone ``offset_hz`` away."""
-    return np.abs(np.sinc(offset_hz * n / rate))
-
 
 @dataclass(frozen=True)
 class DtmfParams:
@@ -291,6 +265,32 @@ def _tone_window(p4, ms, i, cols, valid, c, min_fraction, lim):
 
 
 @njit(cache=True)
+def half_terms(y, steps, p0, near):
+    """(K, M) complex64 half-frame terms, frequency-major, from ``GoertzelBank.raw_t`` and
+    ``phase_t``: ``(cos row + j -sin row) * steps * p0``, and 0 in the half-frames of frames
+    whose ``near`` is False (none of their windows can hold a tone: see the spectral gate)."""
+    nk = y.shape[0] // 2
+    nh = y.shape[1]
+    ch = np.empty((nk, nh), np.complex64)
+    for k in range(nk):
+        pk = p0[k, 0]
+        yr = y[k]
+        yi = y[nk + k]
+        st = steps[k]
+        out = ch[k]
+        for m in range(nh):
+            c = np.complex64(yr[m] + 1j * yi[m])
+            c = c * st[m]
+            out[m] = c * pk
+    for i in range(nh // 2):
+        if not near[i]:
+            for k in range(nk):
+                ch[k, 2 * i] = 0
+                ch[k, 2 * i + 1] = 0
+    return ch
+
+
+@njit(cache=True)
 def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
                     twist_hi, dtmf_fraction, balance, cols, valid, nt, tone_fraction, tone_lim, mark_lo, mark_hi):
     """Every window detector of one chunk in one pass over its half-frame Goertzel terms.
@@ -308,22 +308,7 @@ def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, fle
     nk = y.shape[0] // 2
     nh = y.shape[1]
     nf = nh // 2
-    ch = np.empty((nk, nh), np.complex64)
-    for k in range(nk):
-        pk = p0[k, 0]
-        yr = y[k]
-        yi = y[nk + k]
-        st = steps[k]
-        out = ch[k]
-        for m in range(nh):
-            c = np.complex64(yr[m] + 1j * yi[m])
-            c = c * st[m]
-            out[m] = c * pk
-    for i in range(nf):
-        if not near[i]:
-            for k in range(nk):
-                ch[k, 2 * i] = 0
-                ch[k, 2 * i + 1] = 0
+    ch = half_terms(y, steps, p0, near)
     p2, p4, cf_next = _window_powers(ch, cf_hist, n2)
     codes = np.full(nf, -1, np.int64)
     labels = np.full(nf, -1, np.int64)

@@ -7,7 +7,7 @@ import pytest
 
 from dsp import synth
 from dsp.segment import CallEnd, CallStart, LineSegmenter, SegmentParams
-from dsp.tones import DTMF_HIGH, DTMF_KEYS, DTMF_LOW, GoertzelBank, goertzel
+from dsp.tones import DTMF_HIGH, DTMF_KEYS, DTMF_LOW, GoertzelBank, goertzel, half_terms
 
 from .corpus import english, korean, music
 
@@ -60,8 +60,13 @@ def test_bank_equals_the_goertzel_recursion():
         for k, f in enumerate(freqs):
             ref = goertzel(x[m * 40:(m + 1) * 40], f, RATE) * np.exp(-2j * np.pi * f * (first + 40 * m) / RATE)
             assert terms[m, k] == pytest.approx(ref, rel=1e-4, abs=1e-3)
-    # the frequency-major form the segmenter uses holds the same terms
-    np.testing.assert_allclose(bank.terms_t(x.reshape(6, 40), first), terms.T, rtol=1e-4, atol=1e-3)
+    # the frequency-major form the segmenter's window kernel uses holds the same terms
+    steps, p0 = bank.phase_t(6, first)
+    ch = half_terms(bank.raw_t(x.reshape(6, 40)), steps, p0, np.ones(3, bool))
+    np.testing.assert_allclose(ch, terms.T, rtol=1e-4, atol=1e-3)
+    # and 0 in the frames the spectral gate closed (frame 1: half-frames 2 and 3)
+    ch = half_terms(bank.raw_t(x.reshape(6, 40)), steps, p0, np.array([True, False, True]))
+    assert not ch[:, 2:4].any() and np.allclose(ch[:, [0, 1, 4, 5]], terms.T[:, [0, 1, 4, 5]], rtol=1e-4, atol=1e-3)
 
 
 def test_all_sixteen_keys_at_40_ms_on_40_ms_off():
