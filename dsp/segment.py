@@ -8,14 +8,15 @@ call (``committed_upto``) and which older samples a future event may still refer
 (``keep_from``). Input is analysed in whole chunks aligned to the first sample, so the
 result never depends on how the caller cuts its blocks.
 
-Per chunk, every detector runs vectorised over all frames at once (see
-docs/segmentation.md): frame levels and an adaptive minimum-statistics noise floor;
-one Goertzel bank (DTMF, call-progress and FSK-mark frequencies) over 5 ms
-half-frames; DTMF key codes (ITU-T Q.24 acceptance) and digits; call-progress tone
-labels and their cadences; hook clicks; speech (level over the floor, not a tone,
-not DTMF); FSK caller-ID marks, decoded when the message has arrived. The state
-machine then jumps from one decision to the next with array searches instead of
-stepping through frames in Python.
+Per chunk, every detector runs over all its frames at once (see docs/segmentation.md):
+frame levels and an adaptive minimum-statistics noise floor; one Goertzel bank (DTMF,
+call-progress and FSK-mark frequencies) over 5 ms half-frames; DTMF key codes (ITU-T
+Q.24 acceptance) and digits; call-progress tone labels and their cadences; speech (level
+over the floor, not a tone, not DTMF); FSK caller-ID marks, decoded when the message has
+arrived. The state machine then jumps from one decision to the next instead of stepping
+through frames in Python. The per-frame loops are numba kernels (the module-level
+``@njit`` functions: pure, over numpy arrays); ``warm_up`` loads or compiles them before
+live audio arrives.
 """
 
 from __future__ import annotations
@@ -364,20 +365,6 @@ def _push(hist: np.ndarray, new: np.ndarray) -> np.ndarray:
     return np.concatenate((hist, new))[len(new):]
 
 
-class _Tape:
-    """The last ``keep`` values of a per-frame feature, for windows that reach into the past."""
-
-    def __init__(self, keep: int, dtype, fill) -> None:
-        self.keep = keep
-        self.a = np.full(0, fill, dtype=dtype)
-
-    def extend(self, new: np.ndarray) -> np.ndarray:
-        """History followed by ``new``; remembers the tail."""
-        ext = np.concatenate((self.a, new))
-        self.a = ext[-self.keep:] if self.keep else ext[:0]
-        return ext
-
-
 class LineSegmenter:
     """Per-line call segmentation: activity, speech, tones, DTMF and caller ID over 10 ms frames."""
 
@@ -399,8 +386,6 @@ class LineSegmenter:
         freqs = list(DTMF_LOW + DTMF_HIGH) + tone_freqs + self._marks
         self.bank = GoertzelBank(freqs, p.rate, self.half)
         col = {f: 8 + i for i, f in enumerate(tone_freqs)}
-        self._tone_cols = np.asarray([col[f] for f in tone_freqs], dtype=np.int64)
-        self._mark_cols = [8 + len(tone_freqs) + i for i in range(len(self._marks))]
         groups: list[tuple[float, ...]] = []
         for t in p.tones:
             g = tuple(sorted(t.freqs))
@@ -422,7 +407,6 @@ class LineSegmenter:
         self._end_group_arr = np.asarray(sorted(self._end_groups), dtype=np.int64)
         self._spec_by_name = {t.name: (i, t) for i, t in enumerate(p.tones)}
         self._floor_blocks = max(1, fr(p.floor_window_s) // 25)
-        self._floor_idx: dict[int, np.ndarray] = {}
         self._chunk_n = p.chunk
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
@@ -458,8 +442,7 @@ class LineSegmenter:
         # element-wise operations over whole rows (numpy is several times slower along short last axes)
         self._cf = np.zeros((k, 3), np.complex64)  # the last 3 frames' terms
         self._ch = np.zeros((k, 2), np.complex64)  # the last 2 half-frames' terms
-        self._e = _Tape(3, np.float64, 0.0)
-        self._e.a = np.zeros(3)
+        self._e = np.zeros(3)  # the last 3 frame energies
         # per-frame histories (the last frames before the next chunk) for windows that reach back
         self._blockmins = np.full(self._floor_blocks, np.inf)  # minima of the floor's 0.25 s blocks
         self._spc = np.zeros(fr(1.0) - 1, bool)  # speech frames, for the count over one second
@@ -579,14 +562,6 @@ class LineSegmenter:
         self.call_start = at_sample
 
     # -- one chunk -------------------------------------------------------------------
-    def _floor_index(self, nb: int) -> np.ndarray:
-        """(nb, w) indices of the w blocks before each of nb new blocks, behind w blocks of history."""
-        t = self._floor_idx.get(nb)
-        if t is None:
-            w = self._floor_blocks
-            t = self._floor_idx[nb] = np.arange(nb)[:, None] + np.arange(w)[None, :]
-        return t
-
     def _chunk(self, x16: np.ndarray, first: int, events: list[Event]) -> None:
         p = self.p
         flen, half = self.flen, self.half
@@ -603,7 +578,6 @@ class LineSegmenter:
         x, e, lv, floor, self._blockmins, n_loud, near = _levels(x16, flen, self._blockmins, self._gate_dbfs,
                                                                  gate_floor)
         self._floor_now = float(floor[-1])
-        k = self.bank._k
         if (not self.in_call and not n_loud and self._cad.run_label < 0 and self._fsk_pending is None
                 and not self._cf.any() and not self._spc.any()):
             # idle, nothing to analyse and nothing under way (the common case on an idle line): no
@@ -615,7 +589,8 @@ class LineSegmenter:
         # half-frames and 3 frames before the chunk are kept for windows reaching back
         y = self.bank.raw_t(x.reshape(2 * nf, half))
         steps, p0 = self.bank.phase_t(2 * nf, first)
-        e_ext = self._e.extend(e)  # 3 frames of history first
+        e_ext = np.concatenate((self._e, e))  # 3 frames of history first
+        self._e = e_ext[-3:]
         codes_all, tl_all, mark, found, self._ch, self._cf = analyse_windows(
             y, steps, p0, near, self._ch, self._cf, e_ext, *self._win_args)
         none = no_codes(nf)
@@ -655,7 +630,7 @@ class LineSegmenter:
         k = self.bank._k
         self._cf = np.zeros((k, 3), np.complex64)
         self._ch = np.zeros((k, 2), np.complex64)
-        self._e.extend(e)
+        self._e = np.concatenate((self._e, e))[-3:]
         none = no_codes(nf)
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)

@@ -1,6 +1,7 @@
 """Goertzel tone analysis over fixed frames: DTMF (ITU-T Q.24) and call-progress tones.
 
-Everything here is vectorised over frames. The Goertzel filter's output after N
+Everything here works on whole chunks of frames; the per-window detectors are numba
+kernels (``half_terms``, ``analyse_windows``). The Goertzel filter's output after N
 samples is the DFT term ``X(f) = sum x[n] e^{-j 2 pi f n / fs}`` at an arbitrary
 frequency f; ``GoertzelBank`` computes exactly that term for many frequencies and
 many consecutive half-frames at once as one matrix product, with every term's phase
@@ -305,7 +306,6 @@ def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, fle
     (``_tone_window``), whether that window is a steady FSK mark, how many of each were found,
     and the new ``ch_hist`` and ``cf_hist``.
     """
-    nk = y.shape[0] // 2
     nh = y.shape[1]
     nf = nh // 2
     ch = half_terms(y, steps, p0, near)
