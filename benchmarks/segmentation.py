@@ -111,7 +111,7 @@ def main() -> int:
 
     chunk_s = args.chunk if args.chunk is not None else SegmentConfig().chunk_s
     params = SegmentParams(rate=RATE, chunk_s=chunk_s)
-    # the recorder loads (or compiles) the segmenter's kernels once, at start: not part of the per-line cost
+    # the recorder runs (under the JIT: compiles) the segmenter's kernels once, at start: not part of the per-line cost
     from dsp.segment import warm_up
     t = time.process_time()
     warm_up(params)
@@ -144,7 +144,7 @@ def main() -> int:
     hours = args.lines * args.minutes / 60.0
     print(f"\nnokbox chunk_s = {params.chunk / RATE:g} s; start latency = samples fed from a call's first sign "
           f"(click or caller ID) until its CallStart came out")
-    print(f"segmenter kernels loaded once per process (numba cache) in {warm_cpu:.2f} s CPU, not counted below")
+    print(f"segmenter kernels run once at start (warm_up) in {warm_cpu:.2f} s CPU, not counted below")
     print(f"corpus: {args.lines} lines x {args.minutes:.0f} min = {hours:.1f} line-hours at {RATE} Hz "
           f"(generated and scored in {time.monotonic() - t0:.0f} s wall)\n")
     rows = []

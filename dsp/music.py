@@ -15,16 +15,17 @@ in a row at the same bin +-1, twice within 0.5 s, almost never happen (measured:
 5 min of white noise); hold music is followed down to about 9 dB under the noise. Works on whole
 chunks, no state but the last two windows' peaks and the per-bin peak rate: the FFT is
 scipy.fft's, everything around it (choosing and windowing the windows, power, peaks, peak rate,
-runs, the pair rule) is two numba kernels, compiled at the first call and cached on disk. They
+runs, the pair rule) is two numba kernels (see ``dsp._jit``). They
 keep numpy's dtypes and order of operations (float32 power, box sums and peak test, float64
 rate), so the result is the same, bit for bit, as the array code they replace.
 """
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import scipy.fft
+
+from ._jit import kernel
 
 WINDOW_FRAMES = 5  # 50 ms windows of 10 ms frames
 _LO_HZ, _HI_HZ = 300.0, 3400.0
@@ -34,7 +35,7 @@ _PAIR_WINDOWS = 10  # two runs within this many windows (0.5 s)
 _STEADY_RATE = 0.5  # bins that are peaks more often than this are a line tone, not music
 
 
-@numba.njit(cache=True)
+@kernel
 def _windows(x, want, win, seg):
     """The windows worth an FFT: those with a wanted frame, and the two before each (a run is
     three windows) -> their indices; their samples times ``win`` (float32) go to ``seg``'s
@@ -63,7 +64,7 @@ def _windows(x, want, win, seg):
     return rows
 
 
-@numba.njit(cache=True)
+@kernel
 def _judge(sq, rows, nw, nf, lo, nb, ratio, a, rate, prev):
     """Peaks, runs and the pair rule over one chunk's windows -> (bool per frame, new ``prev``).
 

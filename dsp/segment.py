@@ -15,8 +15,8 @@ Q.24 acceptance) and digits; call-progress tone labels and their cadences; speec
 over the floor, not a tone, not DTMF); FSK caller-ID marks, decoded when the message has
 arrived. The state machine then jumps from one decision to the next instead of stepping
 through frames in Python. The per-frame loops are numba kernels (the module-level
-``@njit`` functions: pure, over numpy arrays); ``warm_up`` loads or compiles them before
-live audio arrives.
+``@kernel`` functions: pure, over numpy arrays), built ahead of time by setup.sh (see
+``dsp._jit``); ``warm_up`` runs them once before live audio arrives.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
+from ._jit import kernel
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
@@ -41,7 +41,7 @@ _MOVING_DB = 1.5
 _GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral analysis
 
 
-@njit(cache=True)
+@kernel
 def _levels(x16, flen, blockmins, gate_dbfs, gate_floor_db):
     """Frame energies, levels (dBFS) and the noise floor of one chunk of int16 samples.
 
@@ -98,7 +98,7 @@ def _levels(x16, flen, blockmins, gate_dbfs, gate_floor_db):
     return x, e, lv, floor, allb[nb:].copy(), n_loud, near
 
 
-@njit(cache=True)
+@kernel
 def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, end_hist, floor_hist, lvl_hist,
            dl_hist, trigger_db, speech_min_dbfs, min_level_dbfs, release_db, n_confirm):
     """The per-frame masks of one chunk and its history tapes extended by it.
@@ -175,7 +175,7 @@ def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, e
     return talk, spc, act, endt, fl, lvl, dl, moving, lv_min, dtmf
 
 
-@njit(cache=True)
+@kernel
 def _call_activity(lv, floor, tl, dtmf, lv_min, moving, ref, release_db):
     """In a call: frames loud by level, tone or DTMF, and the frames worth a look for music.
 
@@ -200,7 +200,7 @@ def _call_activity(lv, floor, tl, dtmf, lv_min, moving, ref, release_db):
     return loud, want, nwant
 
 
-@njit(cache=True)
+@kernel
 def _sustained(loud, tail, last_act, fa0, n_silence, win, need, neg):
     """Sustained activity (>= ``need`` loud frames among the last ``win``; a lone click is not).
 
@@ -231,7 +231,7 @@ def _sustained(loud, tail, last_act, fa0, n_silence, win, need, neg):
     return last, k_sil, ext[n:].copy()
 
 
-@njit(cache=True)
+@kernel
 def _idle_return(floor, settled_from, call_min, lag_hist, ref, idle_step_db, lvl, idle_margin_db, hold, need):
     """Back at the idle floor after the off-hook noise had risen above it.
 
@@ -891,12 +891,13 @@ EnergySegmenter = LineSegmenter
 
 
 def warm_up(params: SegmentParams | None = None) -> float:
-    """Run every compiled kernel once, so that the first live chunk does not wait for numba.
+    """Run every kernel once on a synthetic call before live audio arrives.
 
-    numba compiles the kernels at their first call, or loads them from its cache (about 0.5 s;
-    tens of seconds on a fresh install). A synthetic call (off-hook noise step, dial tone, a
-    DTMF digit, talk, quiet off-hook noise, busy tone) goes through a throwaway segmenter.
-    Returns the seconds it took.
+    With the kernels built ahead of time (``dsp._jit``) this takes ~0.1 s. Under numba's JIT it
+    compiles them, or loads them from its cache (~0.5 s; ~20 s with an empty cache), so that the
+    segmenter never stalls on a compile while the rings fill; ``scripts/build_kernels.py`` also
+    takes the kernels' argument types from this run. The call: off-hook noise step, dial tone, a
+    DTMF digit, talk, quiet off-hook noise, busy tone. Returns the seconds it took.
     """
     import time
 

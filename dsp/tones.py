@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
+
+from ._jit import helper, kernel
 
 DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
 DTMF_HIGH = (1209.0, 1336.0, 1477.0, 1633.0)
@@ -160,7 +161,7 @@ class DtmfParams:
     balance: float = 0.4  # both 10 ms halves of a window must carry the tone
 
 
-@njit(cache=True)
+@helper
 def _dtmf_window(ch_hist, ch, e, i, row, col, pr, pc, ew, flen, rate, freqs, freq_tol, floor, twist_lo, twist_hi,
                  min_fraction, balance):
     """The key index 0-15 of the 20 ms window ending at frame ``i``, or -1, for a window that
@@ -208,7 +209,7 @@ def _dtmf_window(ch_hist, ch, e, i, row, col, pr, pc, ew, flen, rate, freqs, fre
     return -1
 
 
-@njit(cache=True)
+@helper
 def _window_powers(ch, cf_hist, n2):
     """Window powers from half-frame terms: (p2, p4, the last 3 frames' terms).
 
@@ -243,7 +244,7 @@ def _window_powers(ch, cf_hist, n2):
     return p2, p4, cf[:, nf:].copy()
 
 
-@njit(cache=True)
+@helper
 def _tone_window(p4, ms, i, cols, valid, c, min_fraction, lim):
     """The call-progress group filling the 40 ms window ending at frame ``i``, or -1, for a
     window that passed the screen in ``analyse_windows`` (``p4``: |40 ms window term|^2 per
@@ -265,7 +266,7 @@ def _tone_window(p4, ms, i, cols, valid, c, min_fraction, lim):
     return best if top >= min_fraction else -1
 
 
-@njit(cache=True)
+@helper
 def half_terms(y, steps, p0, near):
     """(K, M) complex64 half-frame terms, frequency-major, from ``GoertzelBank.raw_t`` and
     ``phase_t``: ``(cos row + j -sin row) * steps * p0``, and 0 in the half-frames of frames
@@ -291,7 +292,7 @@ def half_terms(y, steps, p0, near):
     return ch
 
 
-@njit(cache=True)
+@kernel
 def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, flen, rate, freqs, freq_tol, dtmf_floor, twist_lo,
                     twist_hi, dtmf_fraction, balance, cols, valid, nt, tone_fraction, tone_lim, mark_lo, mark_hi):
     """Every window detector of one chunk in one pass over its half-frame Goertzel terms.

@@ -164,8 +164,8 @@ class Recorder:
         self.audit.prune(self.cfg.audit.retention_years)  # and hourly in the status thread
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],
                  len(self.lines), self.rate)
-        # the segmenter's compiled kernels are loaded (or compiled, on a fresh install) before the
-        # first chunk arrives, so that capture never waits for them
+        # the segmenter's kernels run once before the first chunk arrives (built ahead of time by
+        # setup.sh; under numba's JIT this compiles them), so that the segmenter never stalls
         log.info("segmenter ready in %.1f s", warm_up(self.params))
         self.writer.start()
         self.segmenter.start()

@@ -42,3 +42,6 @@ if [[ ! -f "$stamp" ]]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# dsp's kernels, compiled ahead of time for this CPU (the recorder then needs no JIT, numba or LLVM
+# at run time; see dsp/_jit.py); a no-op when dsp/_kernels matches the sources
+NOKBOX_DSP_JIT=1 .venv/bin/python scripts/build_kernels.py
