@@ -360,11 +360,6 @@ class CallEnd:
 Event = CallStart | CallEnd
 
 
-def _push(hist: np.ndarray, new: np.ndarray) -> np.ndarray:
-    """The history ``hist`` followed by ``new``, cut to the length of ``hist``."""
-    return np.concatenate((hist, new))[len(new):]
-
-
 class LineSegmenter:
     """Per-line call segmentation: activity, speech, tones, DTMF and caller ID over 10 ms frames."""
 
@@ -613,12 +608,8 @@ class LineSegmenter:
         if fsk_frame is None:
             a = b = 0
         # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
-        talk, spc, act_idle_ext, endtone_ext, floor_ext, lvl_ext, dl, moving, lv_min, dtmf_frame = _masks(
-            lv, floor, tl_all, codes_all, a, b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
-            self._floor_tape, self._lvl, self._dl, p.trigger_db, p.speech_min_dbfs, p.min_level_dbfs, p.release_db,
-            self._n_confirm)
-        self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
-        self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
+        talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame = self._tapes(
+            lv, floor, tl_all, codes_all, a, b, p.trigger_db, p.release_db)
         F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl_all, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
@@ -635,16 +626,27 @@ class LineSegmenter:
         self._dtmf.feed(none, f0)  # no digit, no tone can come out of a run of "nothing"
         self._cad.feed(none, f0)
         self._recent = x[-int(0.1 * self.p.rate):]
-        # speech needs floor + trigger_db and >= speech_min_dbfs, so it is loud: none here
-        self._spc = _push(self._spc, np.zeros(nf, bool))
-        self._act_idle = _push(self._act_idle, np.zeros(nf, bool))
-        self._endtone = _push(self._endtone, np.zeros(nf, bool))
-        self._floor_tape = _push(self._floor_tape, floor)
-        dl = np.abs(lv - np.concatenate((self._lvl[-1:], lv[:-1])))
-        dl[~np.isfinite(dl)] = 0.0  # the step out of the history's inf fill (the stream's first frame)
-        self._lvl = _push(self._lvl, lv)
-        self._dl = _push(self._dl, dl)
+        # speech needs floor + trigger_db and >= speech_min_dbfs, so it is loud: none here, and no
+        # idle activity is taken from a quiet chunk either
+        minus = np.full(nf, -1, np.int64)
+        self._tapes(lv, floor, minus, minus, 0, 0, np.inf, np.inf)
         self._tonal.reset()
+
+    def _tapes(self, lv, floor, tl, codes, fsk_a, fsk_b, trigger_db, release_db):
+        """The chunk's per-frame masks (``_masks``); the history tapes move on by the chunk.
+
+        Returns (talk, idle activity, end-tone, floor and level tapes, level moving, over
+        min_level, DTMF frame).
+        """
+        p = self.p
+        nf = len(lv)
+        talk, spc, act_idle_ext, endtone_ext, floor_ext, lvl_ext, dl, moving, lv_min, dtmf_frame = _masks(
+            lv, floor, tl, codes, fsk_a, fsk_b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
+            self._floor_tape, self._lvl, self._dl, trigger_db, p.speech_min_dbfs, p.min_level_dbfs, release_db,
+            self._n_confirm)
+        self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
+        self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
+        return talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
         """The first chunk frame >= i that confirms a call, and what it is."""

@@ -210,6 +210,19 @@ def _dtmf_window(ch_hist, ch, e, i, row, col, pr, pc, ew, flen, rate, freqs, fre
 
 
 @helper
+def _strongest(p2, i, lo, c):
+    """The strongest of the 4 DTMF tones in rows ``lo``..``lo + 3`` of window ``i`` (the first on a
+    tie): (its mean-square power, its row)."""
+    best = lo
+    top = p2[lo, i] * c
+    for r in range(lo + 1, lo + 4):
+        v = p2[r, i] * c
+        if v > top:
+            top, best = v, r
+    return top, best
+
+
+@helper
 def _window_powers(ch, cf_hist, n2):
     """Window powers from half-frame terms: (p2, p4, the last 3 frames' terms).
 
@@ -329,18 +342,8 @@ def analyse_windows(y, steps, p0, near, ch_hist, cf_hist, e, n2, t_lo, t_hi, fle
             for r in range(t_lo + 1, t_hi):
                 s += p2[r, i]
             ew = ew - np.float64(s * c2)
-        row = 0
-        pr = p2[0, i] * c2
-        for r in range(1, 4):
-            v = p2[r, i] * c2
-            if v > pr:
-                pr, row = v, r
-        col = 4
-        pc = p2[4, i] * c2
-        for r in range(5, 8):
-            v = p2[r, i] * c2
-            if v > pc:
-                pc, col = v, r
+        pr, row = _strongest(p2, i, 0, c2)
+        pc, col = _strongest(p2, i, 4, c2)
         # cheap screen first (a tone 2.5 % off loses at most ~4 dB in a 20 ms window)
         if (np.float64(pr + pc) >= 0.4 * max(ew, 1e-9) * dtmf_fraction
                 and np.float64(min(pr, pc)) >= 0.3 * dtmf_floor):
