@@ -171,7 +171,7 @@ def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, e
         c[j] = acc
     for i in range(nf):
         m = c[hd + i] - c[i - 1] if i > 0 else c[hd]
-        moving[i] = m / (hd + 1) >= 1.5
+        moving[i] = m / (hd + 1) >= _MOVING_DB
     return talk, spc, act, endt, fl, lvl, dl, moving, lv_min, dtmf
 
 
@@ -201,10 +201,11 @@ def _call_activity(lv, floor, tl, dtmf, lv_min, moving, ref, release_db):
 
 
 @kernel
-def _sustained(loud, tail, last_act, fa0, n_silence, win, need, neg):
-    """Sustained activity (>= ``need`` loud frames among the last ``win``; a lone click is not).
+def _sustained(loud, tail, last_act, fa0, n_silence, need):
+    """Sustained activity (>= ``need`` loud frames among the last len(``tail``) + 1; a lone click
+    is not).
 
-    ``tail``: the ``win`` - 1 loud flags before; ``last_act``: the last active frame before.
+    ``tail``: the loud flags of the frames before; ``last_act``: the last active frame before.
     Returns (last active frame at each frame, the first frame ``n_silence`` frames after the
     last activity or -1, the new tail).
     """
@@ -770,8 +771,7 @@ class LineSegmenter:
             loud |= F["tonal"][i:] & want
         # sustained activity: >= 5 loud frames among the last 20; a lone click or crackle pop is not
         # 1. silence: no activity for silence_s (+ hang-over)
-        last, kk, act_tail = _sustained(loud, self._act_tail, self._last_act, fa0, self._n_silence, _SUSTAIN_WIN,
-                                        _SUSTAIN_MIN, _NEG)
+        last, kk, act_tail = _sustained(loud, self._act_tail, self._last_act, fa0, self._n_silence, _SUSTAIN_MIN)
         cands: list[tuple[int, str, int]] = []  # (frame, reason, end sample)
         if kk >= 0:
             cands.append((kk, "silence", self._sample(int(last[kk]) + 1 + self._fr(p.hangover_s))))
