@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware.accounts import measure_hash  # noqa: E402
+from firmware.people.accounts import measure_hash  # noqa: E402
 from firmware.config import AuthConfig, load_config  # noqa: E402
 
 

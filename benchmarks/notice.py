@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from firmware.config import parse_config  # noqa: E402
 from firmware.hal.audio_out import SimulatedSink  # noqa: E402
-from firmware.notice import NoticeService  # noqa: E402
+from firmware.recording.notice import NoticeService  # noqa: E402
 
 LINES = 16
 
@@ -84,7 +84,7 @@ def detection_latency() -> list[float]:
     """Seconds from a call's off-hook click to the segmenter's start event, on synthetic calls."""
     from dsp.segment import CallStart
     from firmware.config import NokboxConfig
-    from firmware.daemon import segment_params
+    from firmware.recording.recorder import segment_params
     from tests.conftest import place_calls
 
     rate = 8000

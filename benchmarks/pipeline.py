@@ -99,10 +99,10 @@ def generate_wav(path: Path, minutes: float, lines: int) -> int:
 def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> dict:
     """Record ``wav`` into a new data dir the way ``nokbox replay`` does; figures as a dict."""
     from firmware.config import parse_config
-    from firmware.daemon import Recorder
+    from firmware.recording.recorder import Recorder
     from firmware.hal.audio import WavSource
     from firmware.index import CallIndex
-    from firmware.keys import init_data_dir
+    from firmware.vault.keys import init_data_dir
 
     init_data_dir(data, identity_out=identity)
     cfg = parse_config({"storage": {"codec": codec}})

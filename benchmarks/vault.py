@@ -29,8 +29,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from firmware.age import X25519Identity, decrypt_bytes, generate_identity, parse_recipient  # noqa: E402
-from firmware.callfile import CallFile, recover_call  # noqa: E402
+from firmware.vault.age import X25519Identity, decrypt_bytes, generate_identity, parse_recipient  # noqa: E402
+from firmware.vault.callfile import CallFile, recover_call  # noqa: E402
 
 RATE = 8000
 SOUNDS = Path("/usr/share/asterisk/sounds/en_US_f_Allison")

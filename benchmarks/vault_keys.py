@@ -23,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from firmware.age import AgeWriter, generate_identity, parse_recipient  # noqa: E402
+from firmware.vault.age import AgeWriter, generate_identity, parse_recipient  # noqa: E402
 from firmware.config import parse_config  # noqa: E402
 from firmware.hal.devicekey import FileDeviceSecret  # noqa: E402
-from firmware.keys import init_data_dir, unlock_with_passphrase, unlock_with_pin  # noqa: E402
-from firmware.sealing import PIN_LOG_N, RECOVERY_LOG_N, _scrypt  # noqa: E402
+from firmware.vault.keys import init_data_dir, unlock_with_passphrase, unlock_with_pin  # noqa: E402
+from firmware.vault.sealing import PIN_LOG_N, RECOVERY_LOG_N, _scrypt  # noqa: E402
 
 # scrypt is memory-bandwidth bound; a Pi 4 (Cortex-A72 1.5 GHz, LPDDR4) runs it about 4-6x slower
 # than one core of a current x86 desktop. This is an estimate, not a measurement on a Pi.

@@ -3,7 +3,7 @@
 Personal fields (dialled number, caller ID) are never stored here in clear: the
 ``numbers_sealed`` column holds them as an age file to the records recipients, and
 ``numbers_masked`` their masked form (010-****-5678) sealed under the device-bound secret,
-for the lists of roles allowed to see that much (``firmware/numbers.py``).
+for the lists of roles allowed to see that much (``firmware/release/calllist.py``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from firmware.accounts import ROLES, Accounts
+from firmware.people.accounts import ROLES, Accounts
 from firmware.audit import AuditLog
 from firmware.config import AuthConfig, parse_config
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from firmware.keys import init_data_dir
+from firmware.vault.keys import init_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NOKBOX = [sys.executable, "-m", "firmware.cli"]

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from firmware.accounts import (PERMISSIONS, ROLES, Accounts, AuthError, PasswordPolicyError, can, common_passwords,
+from firmware.people.accounts import (PERMISSIONS, ROLES, Accounts, AuthError, PasswordPolicyError, can, common_passwords,
                                password_problems, pin_problems)
 from firmware.audit import AuditLog
 from firmware.hal.clock import FakeClock

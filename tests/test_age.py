@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from firmware.age import CHUNK, AgeWriter, generate_identity, parse_identity, parse_recipient, recipient_of
+from firmware.vault.age import CHUNK, AgeWriter, generate_identity, parse_identity, parse_recipient, recipient_of
 from firmware.errors import VaultError
 
 from .conftest import age_decrypt

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.age import AgeError, ScryptIdentity, X25519Identity, decrypt
+from firmware.vault.age import AgeError, ScryptIdentity, X25519Identity, decrypt
 
 VECTORS = Path(__file__).parent / "vectors" / "age-testkit"
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from firmware.audit import AuditLog, Checkpoint
-from firmware.review import KST
+from firmware.people.review import KST
 from firmware.syslog import SyslogForwarder
 
 from .authutil import PASSWORD, scripted_setup

@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from firmware.accounts import AuthError
+from firmware.people.accounts import AuthError
 from firmware.audit import AuditLog
-from firmware.calllist import list_calls
-from firmware.daemon import Recorder
+from firmware.release.calllist import list_calls
+from firmware.recording.recorder import Recorder
 from firmware.hal.audio import ArraySource
 from firmware.index import KST, CallIndex
-from firmware.keys import device_for
-from firmware.personal import BoxSealer, mask_number, open_masked
+from firmware.vault.keys import device_for
+from firmware.vault.personal import BoxSealer, mask_number, open_masked
 from web import create_app
 
 from .authutil import PASSWORD, fast_cfg, make_people

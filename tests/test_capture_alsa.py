@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from firmware.capture import CaptureReader
+from firmware.recording.capture import CaptureReader
 from firmware.errors import DeviceError
 from firmware.hal.audio import AlsaSource
 from firmware.hal.clock import Clock
-from firmware.ring import LineRings
+from firmware.recording.ring import LineRings
 
 pytestmark = pytest.mark.alsa
 

@@ -8,7 +8,7 @@ import stat
 import subprocess
 import sys
 
-from firmware.age import recipient_of
+from firmware.vault.age import recipient_of
 
 from .conftest import ROOT, run_cli
 
@@ -35,7 +35,7 @@ def test_init_creates_the_box_and_keeps_the_secret_off_it(tmp_path):
 
 
 def test_init_shows_the_recovery_passphrase_once_and_never_the_identity(tmp_path, age_tool):
-    from firmware.sealing import open_recovery
+    from firmware.vault.sealing import open_recovery
 
     r = run_cli("init", "--data", str(tmp_path / "data"))
     assert r.returncode == 0, r.stderr

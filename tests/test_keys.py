@@ -17,13 +17,13 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from firmware.age import AgeWriter, recipient_of
+from firmware.vault.age import AgeWriter, recipient_of
 from firmware.audit import AuditLog
 from firmware.config import parse_config
 from firmware.hal.devicekey import FileDeviceSecret
-from firmware.keys import (add_pin, clear_lockout, export_identity, init_data_dir, load_recipients,
+from firmware.vault.keys import (add_pin, clear_lockout, export_identity, init_data_dir, load_recipients,
                            unlock_with_passphrase, unlock_with_pin)
-from firmware.sealing import (DeviceMismatch, NoPinSlot, PinLockedOut, PinRateLimited, WrongPassphrase, WrongPin,
+from firmware.vault.sealing import (DeviceMismatch, NoPinSlot, PinLockedOut, PinRateLimited, WrongPassphrase, WrongPin,
                               _canon, _pin_key, generate_passphrase, open_recovery, open_with_passphrase,
                               seal_with_passphrase)
 from firmware.errors import VaultError
@@ -323,7 +323,7 @@ def test_recipient_list_is_the_current_epoch_not_the_records_key(tmp_path):
     identity = unlock_with_passphrase(data, PASS)
     recips = load_recipients(data)
     assert len(recips) == 1
-    from firmware.age import parse_recipient
+    from firmware.vault.age import parse_recipient
 
     assert recips[0] != parse_recipient(recipient_of(identity))
     buf = io.BytesIO()

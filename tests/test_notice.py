@@ -21,7 +21,7 @@ from firmware.config import parse_config
 from firmware.errors import ConfigError
 from firmware.hal.audio_out import AlsaSink, SimulatedSink
 from firmware.index import CallIndex
-from firmware.notice import AnnouncementError, NoticeService, load_announcement
+from firmware.recording.notice import AnnouncementError, NoticeService, load_announcement
 
 from .conftest import place_calls, run_cli
 
@@ -183,7 +183,7 @@ def test_failing_output_device(tmp_path, factory):
 
 
 def test_line_without_relay_on_a_real_board_is_a_config_error():
-    from firmware.notice import check_pins
+    from firmware.recording.notice import check_pins
 
     cfg = parse_config({"notice": {"gpio": "lgpio"}, "line": [{"channel": 0, "name": "a"}]})
     with pytest.raises(ConfigError, match=r"line\[0\].relay_pin"):

@@ -7,7 +7,7 @@ import logging
 import sqlite3
 
 from firmware.config import NokboxConfig
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from firmware.hal.audio import ArraySource
 from firmware.index import CallIndex, connect
 

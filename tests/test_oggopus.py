@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 
 from dsp.synth import speech_like, to_int16
-from firmware.callfile import CallFile
+from firmware.vault.callfile import CallFile
 from firmware.errors import VaultError
-from firmware.oggopus import OggOpusWriter
+from firmware.vault.oggopus import OggOpusWriter
 
 from .conftest import age_decrypt
 from .test_vault_crash import keys  # noqa: F401  (the module's key pair fixture)

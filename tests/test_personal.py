@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from firmware.age import generate_identity, parse_recipient
+from firmware.vault.age import generate_identity, parse_recipient
 from firmware.errors import VaultError
 from firmware.hal.devicekey import FileDeviceSecret
-from firmware.personal import BoxSealer, format_number, mask_number, open_value, seal_value
+from firmware.vault.personal import BoxSealer, format_number, mask_number, open_value, seal_value
 
 
 @pytest.mark.parametrize("number, formatted, masked", [

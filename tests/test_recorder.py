@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from firmware.config import NokboxConfig, parse_config
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from firmware.hal.audio import ArraySource
 from firmware.hal.clock import Clock, FakeClock
 from firmware.index import CallIndex, parse_utc

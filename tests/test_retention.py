@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from firmware import retention
-from firmware.age import AgeWriter
+from firmware.vault import retention
+from firmware.vault.age import AgeWriter
 from firmware.audit import AuditLog
 from firmware.config import parse_config
-from firmware.daemon import Recorder
-from firmware.epochs import key_class_for, rotate
+from firmware.recording.recorder import Recorder
+from firmware.vault.epochs import key_class_for, rotate
 from firmware.hal.audio import ArraySource
 from firmware.index import CallIndex
-from firmware.keys import export_identity, load_recipients
-from firmware.retention import RetentionMaintainer, close_hold, open_hold, run_retention
+from firmware.vault.keys import export_identity, load_recipients
+from firmware.vault.retention import RetentionMaintainer, close_hold, open_hold, run_retention
 
 from .conftest import place_calls, run_cli
 from .test_keys import PASS, make_box

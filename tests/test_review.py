@@ -6,11 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import pytest
 
-from firmware.accounts import Accounts
+from firmware.people.accounts import Accounts
 from firmware.audit import AuditLog
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from firmware.hal.clock import FakeClock
-from firmware.review import KST, overdue_days, review_day
+from firmware.people.review import KST, overdue_days, review_day
 from web import serve
 
 from .authutil import PASSWORD, fast_cfg, make_people

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from firmware.ring import LineRings
+from firmware.recording.ring import LineRings
 
 
 def interleaved(frames: int, channels: int, start: int = 0) -> np.ndarray:

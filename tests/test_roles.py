@@ -9,12 +9,12 @@ import re
 import pytest
 
 from firmware import cli
-from firmware.accounts import PERMISSIONS, ROLES
-from firmware.admin_cli import CLI_PERMISSIONS, EXIT_REFUSED
+from firmware.people.accounts import PERMISSIONS, ROLES
+from firmware.cli.people import CLI_PERMISSIONS, EXIT_REFUSED
 from firmware.audit import AuditLog
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from firmware.hal.clock import FakeClock
-from firmware.review import KST
+from firmware.people.review import KST
 from web import create_app
 
 from .authutil import PASSWORD, fast_cfg, make_people
@@ -94,7 +94,7 @@ def test_each_role_gets_exactly_its_routes(site, role):
     tc = TC(app)
     assert tc.sign_in(name, PASSWORD[name]).status_code == 302
     user = x.accounts.get(name)
-    from firmware.accounts import can
+    from firmware.people.accounts import can
 
     checked = 0
     for rule in app.url_map.iter_rules():
@@ -246,7 +246,7 @@ def test_each_role_gets_exactly_its_cli_commands(box, tmp_path, capsys):
     acc = make_people(data, fast_cfg())
     acc.create("target", "Hangang-bridge-at-night-777", ["technician"], by=acc.get("admin"))
     (tmp_path / "newpw").write_text("Hangang-bridge-at-night-888\n")
-    from firmware.accounts import can
+    from firmware.people.accounts import can
 
     for cmd, perm in CLI_PERMISSIONS.items():
         if perm in ("service", None):

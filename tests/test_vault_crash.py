@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from firmware.age import X25519Identity, decrypt_bytes, generate_identity, parse_recipient, recipient_of
-from firmware.callfile import CallFile, Disk, recover_call
+from firmware.vault.age import X25519Identity, decrypt_bytes, generate_identity, parse_recipient, recipient_of
+from firmware.vault.callfile import CallFile, Disk, recover_call
 from firmware.index import CallIndex
 
 from .conftest import ROOT, decrypt_audio, place_calls, run_cli
@@ -292,7 +292,7 @@ KILL_SCRIPT = r"""
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 from firmware.config import parse_config
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from firmware.hal.audio import ArraySource
 audio = np.load(sys.argv[3])
 src = ArraySource(audio, 8000, 160, realtime=True, pace=20.0)
@@ -345,7 +345,7 @@ def test_kill_9_mid_call_then_recover(box, tmp_path, age_tool, codec, kill_after
 
 def _writer_call(data, n_samples, codec="wav"):
     """One call through the index and the call writer, as the WriterWorker makes it."""
-    from firmware.keys import load_device_recovery_recipient, load_recipients
+    from firmware.vault.keys import load_device_recovery_recipient, load_recipients
 
     idx = CallIndex(data / "index.sqlite")
     call_id, rel = idx.open_call(0, "회선 1", time.time(), 0, RATE, codec, lambda i: f"calls/t/{i:08d}.{codec}.age")

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from firmware.config import parse_config
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from web import serve
 
 from .authutil import FAST_AUTH, PASSWORD, Client, make_people

@@ -8,7 +8,7 @@ import soundfile as sf
 
 from firmware.audit import AuditLog
 from firmware.config import parse_config
-from firmware.daemon import Recorder
+from firmware.recording.recorder import Recorder
 from web import serve
 
 from .authutil import FAST_AUTH, PASSWORD, make_people

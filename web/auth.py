@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, url_for
 
-from firmware.accounts import ROLE_LABELS, ROLES, Accounts, AuthError, PasswordPolicyError, can
+from firmware.people.accounts import ROLE_LABELS, ROLES, Accounts, AuthError, PasswordPolicyError, can
 from firmware.audit import AuditLog
 from firmware.syslog import SyslogForwarder
 

@@ -1,5 +1,5 @@
 """The day's call list: metadata for the roles that may list calls, masked numbers for the
-oversight roles (``firmware/calllist.py``). Every view is an audit entry."""
+oversight roles (``firmware/release/calllist.py``). Every view is an audit entry."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import datetime as dt
 
 from flask import Blueprint, abort, g, render_template, request
 
-from firmware.calllist import list_calls
+from firmware.release.calllist import list_calls
 from firmware.index import KST
-from firmware.retention import open_holds
+from firmware.vault.retention import open_holds
 from firmware.vaultdb import connect_vault
 
 from .auth import ext, requires, source

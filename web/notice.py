@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
 
-from firmware.notice import MAX_SECONDS, AnnouncementError, install_announcement, set_line_mode
+from firmware.recording.notice import MAX_SECONDS, AnnouncementError, install_announcement, set_line_mode
 
 from .auth import ext, requires, source
 

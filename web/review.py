@@ -7,7 +7,7 @@ import datetime as dt
 from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
 
 from firmware.audit import AuditError, parse_utc
-from firmware.review import KST, SIGNOFF, review_day, overdue_days
+from firmware.people.review import KST, SIGNOFF, review_day, overdue_days
 
 from .auth import ext, requires, source
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, g, redirect, render_template, request, url_for
 
-from firmware.accounts import ROLES, STATES, AuthError, PasswordPolicyError
+from firmware.people.accounts import ROLES, STATES, AuthError, PasswordPolicyError
 
 from .auth import ext, requires, source
 

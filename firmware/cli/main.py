@@ -13,10 +13,10 @@ import threading
 import time
 from pathlib import Path
 
-from .admin_cli import add_signin_args
-from . import cli_vault
-from .config import DEFAULT_DATA_DIR, describe_schema, load_config
-from .errors import NokboxError
+from .people import add_signin_args
+from . import vault as vault_cli
+from ..config import DEFAULT_DATA_DIR, describe_schema, load_config
+from ..errors import NokboxError
 
 log = logging.getLogger("nokbox")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--identity-out", type=Path, help="also write the age identities (secret) to this new file, "
                    "outside the data directory (development; use 'keys export-identity' on a real box)")
-    cli_vault.init_options(p)
+    vault_cli.init_options(p)
 
     p = sub.add_parser("run", help="record the lines and serve the admin page")
     _common(p)
@@ -108,10 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--json", action="store_true", help="print the raw status JSON")
 
-    from .admin_cli import add_parsers
+    from .people import add_parsers
 
     add_parsers(sub, _common)  # user …, audit …
-    cli_vault.add_parsers(sub, _common)
+    vault_cli.add_parsers(sub, _common)
     return ap
 
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
-        "keys": cli_vault.run, "retention": cli_vault.run,
+        "keys": vault_cli.run, "retention": vault_cli.run,
     }[args.cmd]
     try:
         return handler(args)
@@ -134,27 +134,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _admin(name: str):
-    from . import admin_cli
+    from . import people as people_cli
 
-    return getattr(admin_cli, name)
+    return getattr(people_cli, name)
 
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_init(args) -> int:
-    from .hal.devicekey import device_secret
-    from .keys import init_data_dir
+    from ..hal.devicekey import device_secret
+    from ..vault.keys import init_data_dir
 
     cfg, _ = load_config(args.config)
     device = device_secret(cfg.vault.device_secret, cfg.vault.device_key_file)
     if args.config is None and cfg.vault.device_secret == "file" and not os.access(
             Path(cfg.vault.device_key_file).parent, os.W_OK):
         device = None  # no /etc/nokbox to write to: a development box keeps the key beside the data
-    from .keys import MARKER
+    from ..vault.keys import MARKER
 
     if (args.data / MARKER).exists():  # before any secret is generated or asked for
         raise NokboxError(f"{args.data} is already initialised; refusing to replace its records key")
-    passphrase, pin, how = cli_vault.init_secrets(args)
-    from .epochs import key_class_for
+    passphrase, pin, how = vault_cli.init_secrets(args)
+    from ..vault.epochs import key_class_for
 
     channels = [ln.channel for ln in cfg.line] or range(cfg.audio.channels)
     _, recipient = init_data_dir(args.data, args.identity_out, device, passphrase=passphrase, pin=pin,
@@ -190,7 +190,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .daemon import Recorder
+    from ..recording.recorder import Recorder
 
     cfg, path = load_config(args.config)
     rec = Recorder(cfg, args.data, config_path=path)
@@ -241,10 +241,10 @@ def _notify_systemd(msg: str) -> None:
 
 
 def cmd_replay(args) -> int:
-    from .daemon import Recorder
-    from .hal.audio import WavSource
-    from .hal.clock import SampleClock
-    from .index import CallIndex
+    from ..recording.recorder import Recorder
+    from ..hal.audio import WavSource
+    from ..hal.clock import SampleClock
+    from ..index import CallIndex
 
     cfg, path = load_config(args.config)
     if args.start:
@@ -294,7 +294,7 @@ def cmd_analyze(args) -> int:
 
     from dsp.segment import CallEnd, CallStart, LineSegmenter
 
-    from .daemon import segment_params
+    from ..recording.recorder import segment_params
 
     cfg, _ = load_config(args.config)
     path = args.file
@@ -347,14 +347,14 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_calls(args) -> int:
-    from .index import CallIndex, call_json
-    from .keys import MARKER
+    from ..index import CallIndex, call_json
+    from ..vault.keys import MARKER
 
     if not (args.data / MARKER).exists():
         print(f"nokbox calls: {args.data} is not an initialised data directory", file=sys.stderr)
         return EXIT_ERROR
-    from .retention import open_holds
-    from .vaultdb import connect_vault
+    from ..vault.retention import open_holds
+    from ..vaultdb import connect_vault
 
     idx = CallIndex(args.data / "index.sqlite")
     try:
@@ -377,7 +377,7 @@ def cmd_calls(args) -> int:
 
 
 def _require_data(data: Path) -> None:
-    from .keys import MARKER
+    from ..vault.keys import MARKER
 
     if not (data / MARKER).exists():
         raise DataDirErrorCli(f"{data} is not an initialised data directory")
@@ -388,8 +388,8 @@ class DataDirErrorCli(NokboxError):
 
 
 def cmd_recover(args) -> int:
-    from .epochs import key_class_for
-    from .recovery import recover_data_dir
+    from ..vault.epochs import key_class_for
+    from ..vault.recovery import recover_data_dir
 
     _require_data(args.data)
     cfg, _ = load_config(args.config)
@@ -402,7 +402,7 @@ def cmd_recover(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .recovery import verify_data_dir
+    from ..vault.recovery import verify_data_dir
 
     _require_data(args.data)
     rep = verify_data_dir(args.data)
@@ -415,9 +415,9 @@ def cmd_verify(args) -> int:
 def cmd_decrypt(args) -> int:
     import getpass
 
-    from .age import X25519Identity, decrypt
-    from .audit import AuditLog
-    from .index import CallIndex
+    from ..vault.age import X25519Identity, decrypt
+    from ..audit import AuditLog
+    from ..index import CallIndex
 
     _require_data(args.data)
     idx = CallIndex(args.data / "index.sqlite")
@@ -450,9 +450,9 @@ def cmd_decrypt(args) -> int:
 
 
 def cmd_notice(args) -> int:
-    from .accounts import AuthError
-    from .admin_cli import EXIT_REFUSED, signed_in
-    from .notice import install_announcement, load_announcement, set_line_mode
+    from ..people.accounts import AuthError
+    from .people import EXIT_REFUSED, signed_in
+    from ..recording.notice import install_announcement, load_announcement, set_line_mode
 
     if args.notice_cmd == "check":
         x = load_announcement(args.file, 8000)

@@ -13,11 +13,11 @@ import os
 import sys
 from pathlib import Path
 
-from .accounts import ROLES, Accounts, AuthError, PasswordPolicyError, User
-from .audit import AuditError, AuditLog
-from .config import load_config
-from .review import KST
-from .syslog import SyslogForwarder
+from ..people.accounts import ROLES, Accounts, AuthError, PasswordPolicyError, User
+from ..audit import AuditError, AuditLog
+from ..config import load_config
+from ..people.review import KST
+from ..syslog import SyslogForwarder
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -236,7 +236,7 @@ def _verify(args, audit: AuditLog, by: User | None) -> int:
 
 
 def _export(args, audit: AuditLog, by: User) -> int:
-    from .audit import export_manifest
+    from ..audit import export_manifest
 
     frm, to = dt.date.fromisoformat(args.frm), dt.date.fromisoformat(args.to)
     cp = audit.checkpoint(actor=by.name, role="auditor", source="cli", purpose=f"export {frm}..{to}")

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from .config import load_config
-from .errors import NokboxError, VaultError
+from ..config import load_config
+from ..errors import NokboxError, VaultError
 
 PASSPHRASE_HELP = ("file holding the recovery passphrase. If the file does not exist, a new 100-bit passphrase "
                    "is generated and written there (0600); if it exists, its passphrase is used. Without this "
@@ -113,7 +113,7 @@ def init_options(p: argparse.ArgumentParser) -> None:
 
 def init_secrets(args) -> tuple[str, str | None, str]:
     """(passphrase, pin or None, how the passphrase was obtained) for ``nokbox init``."""
-    from .sealing import check_passphrase, check_pin, generate_passphrase
+    from ..vault.sealing import check_passphrase, check_pin, generate_passphrase
 
     data = args.data
     pf = args.passphrase_file
@@ -140,15 +140,15 @@ def run(args) -> int:
 
 
 def _need_box(data: Path) -> None:
-    from .keys import MARKER
+    from ..vault.keys import MARKER
 
     if not (Path(data) / MARKER).exists():
         raise VaultError(f"{data} is not an initialised data directory")
 
 
 def _add_pin(args) -> int:
-    from .keys import add_pin
-    from .sealing import check_pin
+    from ..vault.keys import add_pin
+    from ..vault.sealing import check_pin
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
@@ -160,7 +160,7 @@ def _add_pin(args) -> int:
 
 
 def _check_pin(args) -> int:
-    from .keys import unlock_with_pin
+    from ..vault.keys import unlock_with_pin
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
@@ -170,7 +170,7 @@ def _check_pin(args) -> int:
 
 
 def _unlock(args) -> int:
-    from .keys import clear_lockout
+    from ..vault.keys import clear_lockout
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
@@ -181,7 +181,7 @@ def _unlock(args) -> int:
 
 
 def _export(args) -> int:
-    from .keys import export_identity
+    from ..vault.keys import export_identity
 
     _need_box(args.data)
     passphrase = read_secret(args.passphrase_file, "recovery passphrase", args.data)
@@ -194,9 +194,9 @@ def _export(args) -> int:
 
 
 def _status(args) -> int:
-    from .sealing import PIN_DIR, PinGuard, pin_slots
-    from .keys import box_device
-    from .vaultdb import connect_vault
+    from ..vault.sealing import PIN_DIR, PinGuard, pin_slots
+    from ..vault.keys import box_device
+    from ..vaultdb import connect_vault
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
@@ -232,7 +232,7 @@ def _status(args) -> int:
 
 
 def _retention(args) -> int:
-    from .retention import run_retention
+    from ..vault.retention import run_retention
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)

@@ -21,10 +21,10 @@ from pathlib import Path
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .audit import AuditLog
-from .config import AuthConfig
-from .errors import NokboxError
-from .hal.clock import Clock
+from ..audit import AuditLog
+from ..config import AuthConfig
+from ..errors import NokboxError
+from ..hal.clock import Clock
 
 log = logging.getLogger(__name__)
 

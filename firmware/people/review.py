@@ -12,8 +12,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
-from .audit import AuditLog, parse_utc
-from .config import ReviewConfig
+from ..audit import AuditLog, parse_utc
+from ..config import ReviewConfig
 
 KST = ZoneInfo("Asia/Seoul")
 SIGNOFF = "review.signoff"

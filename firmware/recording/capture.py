@@ -12,9 +12,9 @@ import logging
 import queue
 import threading
 
-from .errors import CaptureOverrun, DeviceError, DeviceLost, EndOfStream
-from .hal.audio import AudioSource
-from .hal.clock import Clock
+from ..errors import CaptureOverrun, DeviceError, DeviceLost, EndOfStream
+from ..hal.audio import AudioSource
+from ..hal.clock import Clock
 from .ring import LineRings
 
 log = logging.getLogger(__name__)

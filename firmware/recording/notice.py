@@ -20,15 +20,15 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 
-from .config import LineConfig, NokboxConfig
-from .errors import ConfigError, DeviceError, NokboxError
-from .hal.audio_out import AudioSink, make_sink
-from .hal.gpio import gpio_backend, input_device, make_pin_factory, output_device
-from .index import iso_utc
+from ..config import LineConfig, NokboxConfig
+from ..errors import ConfigError, DeviceError, NokboxError
+from ..hal.audio_out import AudioSink, make_sink
+from ..hal.gpio import gpio_backend, input_device, make_pin_factory, output_device
+from ..index import iso_utc
 
 log = logging.getLogger(__name__)
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"  # firmware/data, on the ground
 BUILTIN = DATA / "notice_default.wav"
 BEEP = DATA / "notice_beep.wav"
 MAX_SECONDS = 15.0
@@ -387,7 +387,7 @@ def check_pins(cfg: NokboxConfig) -> None:
 # -- changes a technician makes (CLI and admin page share these) ------------------------------
 def set_line_mode(data_dir: Path, channel: int, mode: str, reason: str, audit, who: dict) -> str | None:
     """Override a line's notice mode (on/off/beep) with a reason; audited. Returns the old override."""
-    from .index import CallIndex
+    from ..index import CallIndex
 
     if mode not in ("on", "off", "beep"):
         raise AnnouncementError(f"unknown notice mode {mode!r}")

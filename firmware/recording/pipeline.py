@@ -20,12 +20,12 @@ from pathlib import Path
 
 from dsp.segment import CallEnd, CallStart, LineSegmenter, SegmentParams
 
-from .callfile import CallFile
-from .config import LineConfig, StorageConfig
-from .epochs import default_key_class
-from .index import CallIndex
-from .keys import load_recipients
-from .personal import seal_masked, seal_value
+from ..vault.callfile import CallFile
+from ..config import LineConfig, StorageConfig
+from ..vault.epochs import default_key_class
+from ..index import CallIndex
+from ..vault.keys import load_recipients
+from ..vault.personal import seal_masked, seal_value
 from .ring import LineRings
 
 log = logging.getLogger(__name__)

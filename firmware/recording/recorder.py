@@ -22,18 +22,18 @@ from pathlib import Path
 
 from dsp.segment import SegmentParams, warm_up
 
-from .audit import AuditLog, config_changes
+from ..audit import AuditLog, config_changes
 from .capture import CaptureReader
-from .config import LineConfig, NokboxConfig, load_config
-from .errors import ConfigError, NokboxError
-from .hal.audio import AlsaSource, AudioSource, SimulatedSource
-from .hal.clock import Clock
-from .index import CallIndex, iso_utc, to_kst
-from .epochs import key_class_for
-from .keys import device_for, load_device_recovery_recipient, load_recipients, require_initialised
-from .personal import BoxSealer
+from ..config import LineConfig, NokboxConfig, load_config
+from ..errors import ConfigError, NokboxError
+from ..hal.audio import AlsaSource, AudioSource, SimulatedSource
+from ..hal.clock import Clock
+from ..index import CallIndex, iso_utc, to_kst
+from ..vault.epochs import key_class_for
+from ..vault.keys import device_for, load_device_recovery_recipient, load_recipients, require_initialised
+from ..vault.personal import BoxSealer
 from .pipeline import SegmenterWorker, WriterWorker
-from .retention import RetentionMaintainer, disk_report
+from ..vault.retention import RetentionMaintainer, disk_report
 from .ring import LineRings
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Recorder:
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
                                    load_device_recovery_recipient(self.data_dir), masker=self._masker(),
                                    key_class_of=lambda channel: key_class_for(self.cfg, channel))
-        from .hal.audio_out import SimulatedSink
+        from ..hal.audio_out import SimulatedSink
         from .notice import NoticeService, check_pins
 
         check_pins(cfg)
@@ -157,7 +157,7 @@ class Recorder:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         (self.data_dir / "run").mkdir(exist_ok=True)
-        from .recovery import recover_data_dir
+        from ..vault.recovery import recover_data_dir
 
         recover_data_dir(self.data_dir, key_class_of=lambda channel: key_class_for(self.cfg, channel))
         self.started_at = self.clock.wall()

@@ -13,12 +13,12 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from .accounts import AuthError, User, can
-from .audit import AuditLog
-from .errors import NokboxError
-from .index import KST, CallIndex, call_json, iso_utc
-from .keys import device_for
-from .personal import BoxSealer, open_masked
+from ..people.accounts import AuthError, User, can
+from ..audit import AuditLog
+from ..errors import NokboxError
+from ..index import KST, CallIndex, call_json, iso_utc
+from ..vault.keys import device_for
+from ..vault.personal import BoxSealer, open_masked
 
 LIST_PERM = "calls.list"
 MASKED_PERM = "numbers.masked"

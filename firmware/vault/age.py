@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives import serialization
 
-from .errors import VaultError
+from ..errors import VaultError
 
 CHUNK = 64 * 1024
 TAG = 16

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .age import (CHUNK, TAG, VERSION_LINE, AgeError, AgeWriter, X25519Identity, _b64, _hkdf, _nonce,
                   _x25519_stanza, decrypt_bytes)
-from .errors import VaultError
+from ..errors import VaultError
 from .oggopus import OggOpusWriter
 
 ENC_CHUNK = CHUNK + TAG

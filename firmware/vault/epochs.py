@@ -39,10 +39,10 @@ import time
 from pathlib import Path
 
 from .age import AgeWriter, generate_identity, parse_recipient
-from .errors import VaultError
-from .index import iso_utc, parse_utc
+from ..errors import VaultError
+from ..index import iso_utc, parse_utc
 from .sealing import identity_text, open_with_identity, write_private
-from .vaultdb import connect_vault
+from ..vaultdb import connect_vault
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def key_class_for(cfg, channel: int) -> str:
 
 def default_key_class() -> str:
     """The class of a line in no retention group under the default configuration."""
-    from .config import NokboxConfig
+    from ..config import NokboxConfig
 
     return f"{NokboxConfig().retention.default_days}d"
 

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives import serialization
 
 from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
-from .errors import DataDirError, VaultError
-from .hal.devicekey import DeviceSecret, FileDeviceSecret
-from .index import connect
+from ..errors import DataDirError, VaultError
+from ..hal.devicekey import DeviceSecret, FileDeviceSecret
+from ..index import connect
 from .sealing import DEFAULT_APPROVER, PIN_LOG_N, RECOVERY_LOG_N
 
 MARKER = "nokbox.json"
@@ -91,7 +91,7 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
     if pin is not None:
         seal_pin_slot(data, identity, approver, pin, device, pin_log_n)
         PinGuard(data, device).reset(approver)
-    from .vaultdb import connect_vault
+    from ..vaultdb import connect_vault
 
     if key_classes is None:
         key_classes = [default_key_class()]
@@ -119,7 +119,7 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
 
 def device_for(data: Path) -> DeviceSecret:
     """The device-bound secret this data directory was initialised with."""
-    from .hal.devicekey import OtpDeviceSecret
+    from ..hal.devicekey import OtpDeviceSecret
 
     try:
         where = json.loads((Path(data) / MARKER).read_text()).get("device") or {}
@@ -168,7 +168,7 @@ def load_recipients(data: Path, key_class: str | None = None) -> list[bytes]:
 def box_device(data: Path, cfg) -> DeviceSecret:
     """The device-bound secret the config names; on a development box whose configured key
     file does not exist, the key file ``init`` put beside the data directory."""
-    from .hal.devicekey import device_secret
+    from ..hal.devicekey import device_secret
 
     dev = device_secret(cfg.vault.device_secret, cfg.vault.device_key_file)
     data = Path(data)
@@ -191,7 +191,7 @@ def unlock_with_pin(data: Path, cfg, approver: str, pin: str, *, now: float | No
 
 def unlock_with_passphrase(data: Path, passphrase: str, *, actor: str = "operator", reason: str = "") -> str:
     """The records identity, opened with the recovery passphrase; audited either way."""
-    from .audit import AuditLog
+    from ..audit import AuditLog
     from .sealing import UnlockError, open_recovery
 
     audit = AuditLog(data)
@@ -208,7 +208,7 @@ def unlock_with_passphrase(data: Path, passphrase: str, *, actor: str = "operato
 
 def add_pin(data: Path, cfg, approver: str, passphrase: str, pin: str, *, actor: str = "operator") -> None:
     """Seal the identity for another approver (or a new PIN), proving the recovery passphrase."""
-    from .audit import AuditLog
+    from ..audit import AuditLog
     from .sealing import PinGuard, pin_slots, seal_pin_slot
 
     identity = unlock_with_passphrase(data, passphrase, actor=actor, reason=f"add PIN for {approver}")
@@ -232,7 +232,7 @@ def clear_lockout(data: Path, cfg, approver: str, passphrase: str, *, actor: str
 
 def export_identity(data: Path, passphrase: str, out: Path | None, *, actor: str = "operator") -> str:
     """The age identity file (records + live epoch identities); written 0600 to ``out`` when given."""
-    from .audit import AuditLog
+    from ..audit import AuditLog
     from .epochs import export_text
     from .sealing import write_private
 

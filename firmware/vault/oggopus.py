@@ -21,7 +21,7 @@ import threading
 
 import numpy as np
 
-from .errors import VaultError
+from ..errors import VaultError
 
 OPUS_APPLICATION_VOIP = 2048
 OPUS_SET_BITRATE = 4002

@@ -17,8 +17,8 @@ import re
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .age import AgeWriter, X25519Identity, decrypt_bytes
-from .errors import VaultError
-from .hal.devicekey import DeviceSecret
+from ..errors import VaultError
+from ..hal.devicekey import DeviceSecret
 
 _DIGITS = re.compile(r"^[0-9*#]{1,32}$")
 

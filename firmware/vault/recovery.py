@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .age import CHUNK, TAG, HeaderError, read_header
-from .audit import AuditLog
+from ..audit import AuditLog
 from .callfile import recover_call
-from .errors import VaultError
-from .index import CallIndex
+from ..errors import VaultError
+from ..index import CallIndex
 from .keys import device_for, device_recovery_identity, load_recipients
 
 log = logging.getLogger(__name__)

@@ -31,12 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .audit import AuditLog
-from .config import NokboxConfig
+from ..audit import AuditLog
+from ..config import NokboxConfig
 from .epochs import destroy_epoch, destroyable, epoch_due, erase_file, rotate
-from .errors import VaultError
-from .index import iso_utc, parse_utc
-from .vaultdb import connect_vault
+from ..errors import VaultError
+from ..index import iso_utc, parse_utc
+from ..vaultdb import connect_vault
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .age import _X25519_INFO, CHUNK, VERSION_LINE, _b64, _hkdf, _nonce, parse_identity, recipient_of
-from .audit import AuditLog
-from .errors import VaultError
-from .hal.devicekey import DeviceSecret
+from ..audit import AuditLog
+from ..errors import VaultError
+from ..hal.devicekey import DeviceSecret
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,7 @@ class PinGuard:
         return hmac.new(self.device.derive(_STATE_INFO), _canon(body), hashlib.sha256).hexdigest()
 
     def _db(self):
-        from .vaultdb import connect_vault
+        from ..vaultdb import connect_vault
 
         return connect_vault(self.data)
 
