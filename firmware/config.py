@@ -288,6 +288,33 @@ class WebConfig(_Strict):
     port: int = Field(8080, ge=1, le=65535, description="TCP port of the admin page.")
 
 
+class IpcConfig(_Strict):
+    """The local sockets between the recorder, the key keeper and the page (docs/architecture.md)."""
+
+    run_dir: str = Field("", description="Folder of the sockets; empty = DATA/run (the appliance: /run/nokbox).")
+    recorder_allow: list[str] = Field(
+        default_factory=list,
+        description="Users (names or uids) besides the recorder's own that may use its socket (the page, nokbox status).",
+    )
+    keeper_allow: list[str] = Field(
+        default_factory=list, description="Users (names or uids) besides the keeper's own that may use its socket (the page).",
+    )
+    timeout_s: float = Field(10.0, ge=0.5, le=120.0, description="How long a client waits for an answer.")
+    levels_hz: float = Field(10.0, ge=5.0, le=25.0, description="Rate of the recorder's live level stream.")
+
+
+class KeeperConfig(_Strict):
+    """The key keeper: the only process that ever holds the records identity."""
+
+    idle_minutes: float = Field(
+        10.0, ge=0.5, le=240.0, description="An unlocked identity is forgotten after this long without use.",
+    )
+    grant_max_hours: float = Field(
+        24.0, ge=0.1, le=168.0, description="Longest time an approval (grant) keeps its calls open.",
+    )
+    grant_max_calls: int = Field(100, ge=1, le=10000, description="Most calls one grant may open.")
+
+
 class SimulateConfig(_Strict):
     """The built-in simulated lines used when no capture device is configured."""
 
@@ -386,6 +413,8 @@ class NokboxConfig(_Strict):
     vault: VaultConfig = Field(default_factory=VaultConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     web: WebConfig = Field(default_factory=WebConfig)
+    ipc: IpcConfig = Field(default_factory=IpcConfig)
+    keeper: KeeperConfig = Field(default_factory=KeeperConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     notice: NoticeConfig = Field(default_factory=NoticeConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)

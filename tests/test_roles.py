@@ -66,7 +66,8 @@ def site(box):
 
 def _url(rule) -> str:
     yesterday = (dt.datetime.now(KST).date() - dt.timedelta(days=1)).isoformat()
-    return rule.rule.replace("<name>", "target").replace("<day>", yesterday)
+    return (rule.rule.replace("<name>", "target").replace("<day>", yesterday).replace("<ref>", "grant:0")
+            .replace("<int:call>", "1"))
 
 
 def _denials(data):

@@ -1,4 +1,9 @@
-"""The local admin page (Flask), one blueprint per area. Binds to localhost unless told."""
+"""The local admin page (Flask), one blueprint per area. Binds to localhost unless told.
+
+In ``nokbox web`` the page is its own process: it reaches the recorder and the key keeper only
+through their sockets (``RecorderClient``, ``KeeperClient``) and never opens DATA/keys,
+DATA/calls or the device secret. Tests may hand it an in-process ``Recorder`` or ``Keeper``
+instead: both offer the same calls."""
 
 from __future__ import annotations
 
@@ -10,20 +15,41 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 
-def create_app(recorder, data_dir=None, cfg=None, clock=None) -> Flask:
-    """The admin app over a running Recorder (anything with ``status()``); every page needs sign-in."""
+def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Flask:
+    """The admin app over the recorder (``status()``, ``notice_test()``) and the key keeper
+    (``masked()``, ``unlock_for()``, ``open_call()``; by default the keeper process's socket);
+    every page needs sign-in."""
+    from firmware.ipc import IpcError, ServiceUnavailable
+
     app = Flask(__name__)
+    data_dir = data_dir or recorder.data_dir
+    cfg = cfg or recorder.cfg
+    if keeper is None:
+        from firmware.vault.keeper import KeeperClient
+
+        keeper = KeeperClient(data_dir, cfg)
     app.config["RECORDER"] = recorder
+    app.config["KEEPER"] = keeper
     app.json.ensure_ascii = False
-    from . import auth, calls, notice, review, users
+    from . import auth, calls, listen, notice, review, users
     from .status import bp as status_bp
 
-    auth.init_app(app, data_dir or recorder.data_dir, cfg or recorder.cfg, clock)
+    auth.init_app(app, data_dir, cfg, clock)
     app.register_blueprint(status_bp)
     app.register_blueprint(users.bp)
     app.register_blueprint(review.bp)
     app.register_blueprint(notice.bp)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(listen.bp)
+
+    @app.errorhandler(ServiceUnavailable)
+    def _down(exc):
+        """The recorder or the keeper is down or restarting: say so, never a stack trace."""
+        return _refusal(503, exc.message)
+
+    @app.errorhandler(IpcError)
+    def _refused(exc):
+        return _refusal(502 if exc.code in ("internal", "malformed", "version") else 409, exc.message)
 
     @app.after_request
     def _headers(resp):
@@ -35,6 +61,14 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None) -> Flask:
         return resp
 
     return app
+
+
+def _refusal(code: int, message: str):
+    from flask import jsonify, render_template, request
+
+    if request.path.startswith("/api/"):
+        return jsonify(error=message), code
+    return render_template("error.html", code=code, message=message), code
 
 
 class _Server:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, abort, g, render_template, request
+from flask import Blueprint, abort, current_app, g, render_template, request
 
 from firmware.release.calllist import list_calls
 from firmware.index import KST
@@ -32,6 +32,7 @@ def index():
         holds = open_holds(con)
     finally:
         con.close()
-    cl = list_calls(x.data_dir, g.user, x.audit, day, line=line, source=source(), holds=holds)
+    cl = list_calls(x.data_dir, g.user, x.audit, day, keeper=current_app.config["KEEPER"], line=line,
+                    source=source(), holds=holds)
     return render_template("calls.html", cl=cl, today=today, prev=day - dt.timedelta(days=1),
                            next=day + dt.timedelta(days=1))

@@ -7,13 +7,12 @@ import datetime as dt
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from .people import add_signin_args
+from . import processes
 from . import vault as vault_cli
 from ..config import DEFAULT_DATA_DIR, describe_schema, load_config
 from ..errors import NokboxError
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "outside the data directory (development; use 'keys export-identity' on a real box)")
     vault_cli.init_options(p)
 
-    p = sub.add_parser("run", help="record the lines and serve the admin page")
+    p = sub.add_parser("run", help="record the lines and serve the admin page (the three processes, supervised)")
     _common(p)
     p.add_argument("--port", type=int, help="admin page port (default from config, 8080)")
     p.add_argument("--host", help="admin page address (default from config, 127.0.0.1)")
@@ -110,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .people import add_parsers
 
+    processes.add_parsers(sub, _common)  # recorder, keeper, web
     add_parsers(sub, _common)  # user …, audit …
     vault_cli.add_parsers(sub, _common)
     return ap
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     handler = {
-        "init": cmd_init, "run": cmd_run, "replay": cmd_replay, "calls": cmd_calls, "analyze": cmd_analyze,
+        "init": cmd_init, "run": processes.cmd_run, "recorder": processes.cmd_recorder,
+        "keeper": processes.cmd_keeper, "web": processes.cmd_web, "replay": cmd_replay, "calls": cmd_calls, "analyze": cmd_analyze,
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
@@ -187,57 +188,6 @@ def cmd_check_config(args) -> int:
     print(f"audio: {cfg.source_kind}" + (f" {cfg.audio.device}" if cfg.audio.device else "")
           + f", {cfg.audio.channels} ch at {cfg.audio.rate} Hz; {len(lines)} line(s)")
     return EXIT_OK
-
-
-def cmd_run(args) -> int:
-    from ..recording.recorder import Recorder
-
-    cfg, path = load_config(args.config)
-    rec = Recorder(cfg, args.data, config_path=path)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=rec.reload, name="reload").start())
-    server = None
-    rec.start()
-    try:
-        if not args.no_web:
-            from web import serve
-
-            host = args.host or cfg.web.host
-            port = args.port or cfg.web.port
-            server = serve(rec, host, port)
-            log.info("admin page on http://%s:%d/", host, port)
-        _notify_systemd("READY=1")
-        while not stop.wait(1.0):
-            _notify_systemd("WATCHDOG=1")
-            for t in (rec.reader, rec.segmenter, rec.writer):
-                if not t.is_alive():
-                    log.error("%s stopped unexpectedly; exiting so the service restarts", t.name)
-                    stop.set()
-    finally:
-        _notify_systemd("STOPPING=1")
-        if server is not None:
-            server.close()
-        rec.stop()
-    return EXIT_OK if all(not getattr(t, "error", "") for t in (rec.segmenter, rec.writer)) else EXIT_ERROR
-
-
-def _notify_systemd(msg: str) -> None:
-    """sd_notify over the socket systemd gives us; a no-op elsewhere."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    import socket
-
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(msg.encode())
-    except OSError:
-        pass
 
 
 def cmd_replay(args) -> int:
@@ -476,19 +426,29 @@ def cmd_notice(args) -> int:
 
 
 def cmd_status(args) -> int:
-    path = args.data / "run" / "status.json"
+    """The running recorder's state, asked over its socket (the page asks the same way)."""
+    from ..ipc import ServiceUnavailable, run_dir, supervisor_view
+    from ..recording.service import RecorderClient
+
+    cfg, _ = load_config(args.config)
     try:
-        st = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(f"nokbox is not running (no status in {args.data})")
-        return EXIT_NOT_RUNNING
-    age = time.time() - path.stat().st_mtime
-    alive = age < 5.0 and _pid_alive(int(st.get("pid", 0)))
+        st = RecorderClient(args.data, cfg, actor=_whoami()).status()
+        alive = True
+    except ServiceUnavailable as exc:
+        last = args.data / "run" / "status.json"
+        if not last.exists():
+            print(f"nokbox is not running ({exc.message})")
+            return EXIT_NOT_RUNNING
+        st, alive = json.loads(last.read_text()), False
+    sup = supervisor_view(run_dir(args.data, cfg))
     if args.json:
-        print(json.dumps(st | {"running": alive, "status_age_s": round(age, 1)}, ensure_ascii=False))
+        print(json.dumps(st | {"running": alive, "processes": (sup or {}).get("children")}, ensure_ascii=False))
         return EXIT_OK if alive else EXIT_NOT_RUNNING
     dev = st["device"]
-    print(f"nokbox: {'running' if alive else 'NOT running (last status %.0f s ago)' % age}")
+    print(f"nokbox: {'running' if alive else 'NOT running (the last status is shown)'}")
+    if sup:
+        print("processes: " + ", ".join(f"{n} {c['state']} (pid {c['pid']}, restarts {c['restarts']})"
+                                        for n, c in sup["children"].items()))
     print(f"device: {dev['backend']} {dev.get('device', '')} state={dev['state']} xruns={dev['xruns']} "
           f"losses={dev['losses']} reopens={dev['reopens']}")
     for ln in st["lines"]:
@@ -506,16 +466,13 @@ def cmd_status(args) -> int:
     return EXIT_OK if alive else EXIT_NOT_RUNNING
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def _whoami() -> str:
+    import getpass
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
 
 
 if __name__ == "__main__":

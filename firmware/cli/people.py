@@ -27,7 +27,8 @@ EXIT_BAD_LOG = 5
 # What every command needs. "service": root on the box, no personal data (the recorder's own
 # commands); None: no sign-in possible yet (first run); otherwise the permission checked after sign-in.
 CLI_PERMISSIONS: dict[str, str | None] = {
-    "init": "service", "run": "service", "replay": "service", "calls": "service", "check-config": "service",
+    "init": "service", "run": "service", "recorder": "service", "keeper": "service", "web": "service",
+    "replay": "service", "calls": "service", "check-config": "service",
     "status": "service", "recover": "service", "verify": "service", "analyze": "service",
     # decrypting needs the records identity file itself (the approver's secret); it is audited
     "decrypt": "service",

@@ -591,6 +591,37 @@ class _Closing:
         self.con.close()
 
 
+def lookup(data_dir: Path, name: str) -> User | None:
+    """One account, read through a read-only connection (the key keeper checks roles this way;
+    it never writes the accounts database)."""
+    path = Path(data_dir) / "accounts.sqlite"
+    if not path.exists():
+        return None
+    con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    con.row_factory = sqlite3.Row
+    try:
+        row = con.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
+    finally:
+        con.close()
+    return Accounts._user(row) if row else None
+
+
+def role_check(data_dir: Path):
+    """``check(name, perm)``: None when the account ``name`` may do ``perm`` now, else why not (Korean ·
+    English). Reads the accounts read-only, at every call: a role taken away counts at once."""
+
+    def check(name: str, perm: str) -> str | None:
+        user = lookup(data_dir, name)
+        if user is None:
+            return f"계정이 없습니다 · no account named {name!r}"
+        if not can(user, perm):
+            roles = ",".join(user.roles) or "-"
+            return (f"{name}: 이 일을 할 권한이 없습니다 · {name} ({roles}, {user.state}) may not {perm}")
+        return None
+
+    return check
+
+
 def measure_hash(cfg: AuthConfig, rounds: int = 5) -> float:
     """Median seconds of one Argon2id hash with ``cfg``'s parameters."""
     ph = hasher(cfg)

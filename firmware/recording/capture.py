@@ -41,6 +41,9 @@ class CaptureReader(threading.Thread):
         self.open_failures = 0
         self.gap_seconds = 0.0
         self.last_error = ""
+        # worst lateness of a period: when the thread got a block against when the device had
+        # it ready (first read + frames / rate); live sources only, reset at every (re)open
+        self.max_delay_s = 0.0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -108,13 +111,28 @@ class CaptureReader(threading.Thread):
         stop = self.stop_event
         rate = src.rate
         next_anchor = rings.write_pos + rate
+        timed = src.realtime
+        mono = clock.monotonic
+        t0 = None
+        got = 0
         while not stop.is_set():
             try:
                 block = src.read()
             except CaptureOverrun:
                 self.xruns += 1
                 next_anchor = 0  # re-anchor right after the lost samples
+                t0 = None
                 continue
+            if timed:
+                now = mono()
+                if t0 is None:
+                    t0, got = now, 0
+                got += len(block)
+                late = now - (t0 + got / rate)
+                if late > self.max_delay_s:
+                    self.max_delay_s = late
+                elif late < 0:  # the first read came late: move the base to the device's pace
+                    t0 += late
             if not rings.write(block, chmap, stop):
                 return
             if rings.write_pos >= next_anchor:

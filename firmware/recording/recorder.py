@@ -271,6 +271,7 @@ class Recorder:
                 "overrun_seconds": round(int(self.rings.lost[ls.idx]) / self.rate, 3),
                 "lag_seconds": round((self.rings.write_pos - ls.pos) / self.rate, 3),
                 "notice": notice.get(ls.idx),
+                "notice_config": ls.cfg.notice,
             })
         try:
             disk = disk_report(self.data_dir, self.cfg, now)
@@ -285,6 +286,7 @@ class Recorder:
             "device": self.source.describe() | {
                 "state": r.state, "xruns": r.xruns, "losses": r.losses, "reopens": r.reopens,
                 "gap_seconds": round(r.gap_seconds, 3), "last_error": r.last_error,
+                "max_delay_ms": round(r.max_delay_s * 1000.0, 1),
             },
             "lines": lines,
             "writer": {"calls_open": w.calls_open, "calls_finished": w.calls_finished,
@@ -295,8 +297,22 @@ class Recorder:
                         for t in (self.segmenter, self.writer, self.retention)},
             "disk": disk,
             "gpio": self.notice.backend,
+            "notice_service": {"enabled": self.notice.enabled, "rate": self.notice.cfg.rate},
             "config_error": self.config_error,
         }
+
+    def levels(self) -> dict:
+        """Per-line level and state, cheap enough for the page's live meters (no disk, no index)."""
+        return {"time": self.clock.wall(), "lines": [
+            {"channel": ls.cfg.channel, "level_dbfs": round(ls.level_dbfs, 1),
+             "state": "in_call" if ls.call_key is not None else "idle"} for ls in self.segmenter.lines]}
+
+    def notice_test(self, channel: int) -> dict:
+        """Play the notice on the line of input ``channel`` now (the technician's test); the result."""
+        for i, ln in enumerate(self.lines):
+            if ln.channel == channel:
+                return self.notice.test(i).as_dict() | {"channel": channel}
+        raise ConfigError(f"no line on channel {channel}")
 
 
 class StatusMaintainer(threading.Thread):

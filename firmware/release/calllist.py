@@ -4,7 +4,8 @@ an audit entry (``call.view``) naming the calls shown and how many masked number
 
 Numbers in clear are never shown here: they are sealed to the records recipients and open
 only with the approver's secret (the request workflow). The masked form is sealed under the
-device-bound secret (``personal.BoxSealer``), so the SSD alone shows not even masked digits.
+device-bound secret (``personal.BoxSealer``), so the SSD alone shows not even masked digits;
+only the key keeper opens it (``keeper.masked``, which checks the role again and audits).
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from pathlib import Path
 
 from ..people.accounts import AuthError, User, can
 from ..audit import AuditLog
-from ..errors import NokboxError
 from ..index import KST, CallIndex, call_json, iso_utc
-from ..vault.keys import device_for
-from ..vault.personal import BoxSealer, open_masked
+from ..ipc import IpcError
 
 LIST_PERM = "calls.list"
 MASKED_PERM = "numbers.masked"
@@ -41,9 +40,12 @@ def day_bounds(day: dt.date) -> tuple[str, str]:
     return iso_utc(start.timestamp()), iso_utc((start + dt.timedelta(days=1)).timestamp())
 
 
-def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, line: int | None = None,
+def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, keeper, line: int | None = None,
                source: str = "local", holds: dict | None = None) -> CallList:
-    """The day's calls (KST) for ``user``; raises AuthError (and logs it) when they may not list."""
+    """The day's calls (KST) for ``user``; raises AuthError (and logs it) when they may not list.
+
+    ``keeper`` opens the masked numbers (``Keeper`` or ``KeeperClient``: ``masked(actor, ids, purpose)``);
+    when it refuses or is down, the list is shown without them and ``note`` says why."""
     if not can(user, LIST_PERM):
         audit.append("access.denied", actor=user.name, role=",".join(user.roles) or "-", obj="calls",
                      outcome="refused", reason="no permission calls.list", source=source)
@@ -62,12 +64,13 @@ def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, line: i
     truncated = len(rows) > MAX_ROWS
     rows = rows[:MAX_ROWS]
     show = can(user, MASKED_PERM)
-    sealer, note = None, ""
-    if show and any(r["numbers_masked"] is not None for r in rows):
+    opened, note = None, ""
+    with_numbers = [r["id"] for r in rows if r["numbers_masked"] is not None]
+    if show and with_numbers:
         try:
-            sealer = BoxSealer(device_for(data))
-        except (OSError, NokboxError) as exc:
-            note = f"번호를 열 수 없음 · masked numbers unavailable: {exc}"
+            opened = keeper.masked(user.name, with_numbers, f"calls list {day.isoformat()}")
+        except IpcError as exc:
+            note = f"번호를 열 수 없음 · masked numbers unavailable: {exc.message}"
     calls, shown = [], 0
     for r in rows:
         c = call_json(r, data)
@@ -75,12 +78,10 @@ def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, line: i
         c["hold"] = (holds or {}).get(r["id"])
         if show:
             c["numbers"] = None
-            if r["numbers_masked"] is not None and sealer is not None:
-                try:
-                    c["numbers"] = open_masked(sealer, r["numbers_masked"])
-                    shown += 1
-                except NokboxError:
-                    c["numbers"] = {"error": "열 수 없음 · does not open"}
+            got = opened.get(str(r["id"])) if opened is not None else None
+            if got is not None:
+                c["numbers"] = got
+                shown += "error" not in got
         calls.append(c)
     perm = MASKED_PERM if show else LIST_PERM
     audit.append("call.view", actor=user.name, role=user.acting_role(perm), obj=f"calls {day.isoformat()}"

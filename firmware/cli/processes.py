@@ -1,0 +1,330 @@
+"""The box's three processes and their supervisor: ``nokbox recorder``, ``keeper``, ``web`` and ``run``.
+
+- ``recorder``: capture, segmentation, the notice, writing, recovery, retention; serves
+  ``recorder.sock`` (status, levels, reload, notice_test). Holds public recipients only.
+- ``keeper``: the only holder of the records identity, after an approver's PIN; serves
+  ``keeper.sock`` and nothing else.
+- ``web``: the admin page (Flask under waitress); reaches the other two only through their sockets.
+- ``run``: starts the three in that order as child processes, restarts one that dies (with
+  back-off; logged, and shown on the status page through ``DATA/run/supervisor.json``), forwards
+  SIGHUP to the recorder, and on SIGTERM/SIGINT stops the page, then the keeper, then the
+  recorder, which closes the calls in progress as complete files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import NokboxError
+
+log = logging.getLogger("nokbox")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+CHILDREN = ("recorder", "keeper", "web")
+READY_TIMEOUT_S = 180.0     # the recorder's first start may JIT-compile the segmenter (~20 s; slow SD cards more)
+BACKOFF_S = (1.0, 30.0)     # first and longest wait before a restart
+STABLE_S = 60.0             # a child that ran this long starts its back-off again from the first wait
+STOP_TIMEOUT_S = {"web": 10.0, "keeper": 10.0, "recorder": 120.0}
+
+
+def add_parsers(sub, common) -> None:
+    p = sub.add_parser("recorder", help="the recording process: capture, segmentation, notice, writing, retention")
+    common(p)
+    p = sub.add_parser("keeper", help="the key keeper process: PIN checks, grants, decryption (no network)")
+    common(p)
+    p = sub.add_parser("web", help="the admin page process (talks to the recorder and the keeper by socket)")
+    common(p)
+    p.add_argument("--port", type=int, help="admin page port (default from config, 8080)")
+    p.add_argument("--host", help="admin page address (default from config, 127.0.0.1)")
+
+
+def _stop_on_signals(stop: threading.Event, on_hup=None) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if on_hup is not None:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=on_hup, name="reload").start())
+
+
+def _follow_parent() -> None:
+    """A supervised child ends with its supervisor, even one killed with SIGKILL (Linux prctl)."""
+    parent = os.environ.get("NOKBOX_SUPERVISOR_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != int(parent):  # the supervisor died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def notify_systemd(msg: str) -> None:
+    """sd_notify over the socket systemd gives us; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    import socket
+
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(msg.encode())
+    except OSError:
+        pass
+
+
+# -- the three processes ---------------------------------------------------------------------
+def cmd_recorder(args) -> int:
+    from ..recording.recorder import Recorder
+    from ..recording.service import RecorderService
+
+    _follow_parent()
+    cfg, path = load_config(args.config)
+    rec = Recorder(cfg, args.data, config_path=path)
+    stop = threading.Event()
+    _stop_on_signals(stop, on_hup=rec.reload)
+    rec.start()
+    svc = None
+    try:
+        svc = RecorderService(rec).start()
+        log.info("recorder serving %s", svc.path)
+        notify_systemd("READY=1")
+        while not stop.wait(1.0):
+            notify_systemd("WATCHDOG=1")
+            for t in (rec.reader, rec.segmenter, rec.writer):
+                if not t.is_alive():
+                    log.error("%s stopped unexpectedly; exiting so the recorder is restarted", t.name)
+                    stop.set()
+    finally:
+        notify_systemd("STOPPING=1")
+        if svc is not None:
+            svc.close()
+        rec.stop()
+    return EXIT_OK if all(not getattr(t, "error", "") for t in (rec.segmenter, rec.writer)) else EXIT_ERROR
+
+
+def cmd_keeper(args) -> int:
+    from ..people.accounts import role_check
+    from ..vault.keeper import Keeper, KeeperService
+    from ..vault.keys import require_initialised
+
+    _follow_parent()
+    cfg, _ = load_config(args.config)
+    require_initialised(args.data)
+    svc = KeeperService(Keeper(args.data, cfg, authorize=role_check(args.data))).start()
+    log.info("key keeper serving %s", svc.path)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    notify_systemd("READY=1")
+    try:
+        while not stop.wait(1.0):
+            notify_systemd("WATCHDOG=1")
+    finally:
+        notify_systemd("STOPPING=1")
+        svc.close()  # forgets every identity
+    return EXIT_OK
+
+
+def cmd_web(args) -> int:
+    from web import serve
+
+    from ..recording.service import RecorderClient
+    from ..vault.keeper import KeeperClient
+
+    _follow_parent()
+    cfg, _ = load_config(args.config)
+    host = args.host or cfg.web.host
+    port = args.port or cfg.web.port
+    server = serve(RecorderClient(args.data, cfg, actor="page"), host, port, data_dir=args.data, cfg=cfg,
+                   keeper=KeeperClient(args.data, cfg))
+    log.info("admin page on http://%s:%s/", host, server.port)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    notify_systemd("READY=1")
+    try:
+        while not stop.wait(1.0):
+            notify_systemd("WATCHDOG=1")
+    finally:
+        notify_systemd("STOPPING=1")
+        server.close()
+    return EXIT_OK
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+class Child:
+    """One supervised process: its command, its state, its restarts."""
+
+    def __init__(self, name: str, argv: list[str], ready) -> None:
+        self.name = name
+        self.argv = argv
+        self.ready = ready
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.backoff = BACKOFF_S[0]
+        self.started = 0.0
+        self.next_start = 0.0
+        self.last_exit: int | None = None
+        self.state = "stopped"
+
+    def start(self) -> None:
+        env = dict(os.environ, NOKBOX_SUPERVISOR_PID=str(os.getpid()))
+        # its own session: a Ctrl-C on the terminal reaches the supervisor only, which then stops
+        # the children in order (page, keeper, recorder)
+        self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
+        self.started = time.monotonic()
+        self.state = "starting"
+
+    def view(self) -> dict:
+        return {"pid": self.proc.pid if self.proc else None, "state": self.state, "restarts": self.restarts,
+                "last_exit": self.last_exit, "up_s": round(time.monotonic() - self.started, 1)
+                if self.state == "running" else 0.0}
+
+
+def _socket_ready(data: Path, cfg, name: str):
+    from ..ipc import Client, IpcError, run_dir
+
+    client = Client(run_dir(data, cfg) / f"{name}.sock", name, timeout=2.0)
+
+    def ready() -> bool:
+        try:
+            client.call("status", actor="supervisor", purpose="start-up check")
+            return True
+        except IpcError:
+            return False
+
+    return ready
+
+
+def _http_ready(host: str, port: int):
+    import socket
+
+    def ready() -> bool:
+        try:
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1", port), 1.0):
+                return True
+        except OSError:
+            return False
+
+    return ready
+
+
+def write_supervisor_state(run: Path, children: list[Child]) -> None:
+    tmp = run / "supervisor.json.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "time": time.time(),
+                               "children": {c.name: c.view() for c in children}}, ensure_ascii=False))
+    os.replace(tmp, run / "supervisor.json")
+
+
+def cmd_run(args) -> int:
+    from ..ipc import run_dir
+    from ..vault.keys import require_initialised
+
+    cfg, _ = load_config(args.config)  # a bad config is refused here, before anything starts (exit 2)
+    require_initialised(args.data)
+    run = run_dir(args.data, cfg)
+    run.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "firmware.cli"]
+    common = ["--data", str(args.data)] + (["--config", str(args.config)] if args.config else []) + (
+        ["-v"] if args.verbose else [])
+    host = args.host or cfg.web.host
+    port = args.port or cfg.web.port
+    children = [Child("recorder", base + ["recorder"] + common, _socket_ready(args.data, cfg, "recorder")),
+                Child("keeper", base + ["keeper"] + common, _socket_ready(args.data, cfg, "keeper"))]
+    if not args.no_web:
+        children.append(Child("web", base + ["web"] + common + ["--host", host, "--port", str(port)],
+                              _http_ready(host, port)))
+    stop = threading.Event()
+    hup = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    try:
+        for c in children:  # in order: each is answering before the next starts
+            c.start()
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while not c.ready():
+                if c.proc.poll() is not None or stop.is_set() or time.monotonic() > deadline:
+                    raise NokboxError(f"the {c.name} process did not start"
+                                      + (f" (exit status {c.proc.returncode})" if c.proc.poll() is not None else ""))
+                time.sleep(0.1)
+            c.state = "running"
+            log.info("%s started (pid %d)", c.name, c.proc.pid)
+        if not args.no_web:
+            log.info("admin page on http://%s:%d/", host, port)
+        notify_systemd("READY=1")
+        write_supervisor_state(run, children)
+        _supervise(children, stop, hup, run)
+    finally:
+        notify_systemd("STOPPING=1")
+        codes = _stop_all(children)
+        write_supervisor_state(run, children)
+    return EXIT_OK if codes.get("recorder") == 0 else EXIT_ERROR
+
+
+def _supervise(children: list[Child], stop: threading.Event, hup: threading.Event, run: Path) -> None:
+    by_name = {c.name: c for c in children}
+    while not stop.wait(0.5):
+        if hup.is_set():
+            hup.clear()
+            rec = by_name["recorder"].proc
+            if rec is not None and rec.poll() is None:
+                rec.send_signal(signal.SIGHUP)
+        changed = False
+        now = time.monotonic()
+        for c in children:
+            if c.state == "running" and c.proc.poll() is not None:
+                c.last_exit = c.proc.returncode
+                if now - c.started >= STABLE_S:
+                    c.backoff = BACKOFF_S[0]
+                c.state = "restarting"
+                c.next_start = now + c.backoff
+                log.error("%s process exited (status %s); restarting it in %.0f s", c.name, c.last_exit, c.backoff)
+                c.backoff = min(c.backoff * 2.0, BACKOFF_S[1])
+                changed = True
+            elif c.state == "restarting" and now >= c.next_start:
+                c.restarts += 1
+                c.start()
+                log.warning("%s process restarted (restart %d, pid %d)", c.name, c.restarts, c.proc.pid)
+                changed = True
+            elif c.state == "starting" and c.proc.poll() is None and c.ready():
+                c.state = "running"
+                log.info("%s is answering again", c.name)
+                changed = True
+            elif c.state == "starting" and c.proc.poll() is not None:
+                c.state = "running"  # handled as an exit on the next pass
+        if by_name["recorder"].state == "running":
+            notify_systemd("WATCHDOG=1")
+        if changed:
+            write_supervisor_state(run, children)
+
+
+def _stop_all(children: list[Child]) -> dict[str, int | None]:
+    codes: dict[str, int | None] = {}
+    for c in reversed(children):  # the page first, the recorder last
+        p = c.proc
+        if p is None:
+            continue
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(STOP_TIMEOUT_S[c.name])
+            except subprocess.TimeoutExpired:
+                log.error("%s did not stop within %.0f s; killing it", c.name, STOP_TIMEOUT_S[c.name])
+                p.kill()
+                p.wait()
+        c.state = "stopped"
+        c.last_exit = codes[c.name] = p.returncode
+    return codes
