@@ -62,12 +62,13 @@ class ProtocolError(IpcError):
 
 
 # -- frames ----------------------------------------------------------------------------------
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, *, started: bool = False) -> bytes:
+    """``n`` bytes; EOFError at a clean end before any byte of a frame, ProtocolError inside one."""
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(min(n - len(buf), 1 << 16))
         if not chunk:
-            if buf:
+            if buf or started:
                 raise ProtocolError("truncated", "프레임이 중간에 끊겼습니다 · frame truncated")
             raise EOFError
         buf += chunk
@@ -85,7 +86,7 @@ def recv_frame(sock: socket.socket) -> bytes:
     (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
     if n > MAX_FRAME:
         raise ProtocolError("too_large", f"메시지가 너무 큽니다 · message of {n} bytes, the limit is {MAX_FRAME}")
-    return _recv_exact(sock, n) if n else b""
+    return _recv_exact(sock, n, started=True) if n else b""
 
 
 def send_msg(sock: socket.socket, obj: dict) -> None:

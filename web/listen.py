@@ -33,7 +33,7 @@ def _keeper():
 
 
 def _live(grants: dict) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).timestamp()
+    now = dt.datetime.now(dt.timezone.utc)
     with _lock:
         for ref in [r for r, gr in grants.items() if parse_utc(gr["expires"]) <= now]:
             grants.pop(ref)
@@ -41,7 +41,7 @@ def _live(grants: dict) -> dict:
 
 
 def _local(iso: str) -> str:
-    return dt.datetime.fromtimestamp(parse_utc(iso), KST).strftime("%Y-%m-%d %H:%M")
+    return parse_utc(iso).astimezone(KST).strftime("%Y-%m-%d %H:%M")
 
 
 def _officers() -> list[str]:

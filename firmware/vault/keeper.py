@@ -33,7 +33,6 @@ import logging
 import secrets
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -181,7 +180,7 @@ class Keeper:
         del epochs
         token = secrets.token_urlsafe(32)
         now = self.clock.wall()
-        g = Grant(_hash(token), actor, grantee, purpose, opened, now + ttl_s, time.monotonic())
+        g = Grant(_hash(token), actor, grantee, purpose, opened, now + ttl_s, self.clock.monotonic())
         with self._lock:
             self._grants[g.token_hash] = g
         self.audit.append("keeper.grant", actor=actor, role="approver", obj=g.ref, reason=purpose[:200],
@@ -248,7 +247,7 @@ class Keeper:
                            "not_grantee": "이 승인은 다른 사람의 것입니다 · this grant is for someone else",
                            "not_in_grant": "이 통화는 승인에 없습니다 · this call is not in the grant"}[code], code)
         self._allow(actor, "call.play", obj, g.purpose)
-        g.last_used = time.monotonic()
+        g.last_used = self.clock.monotonic()
         return g
 
     def open_call(self, actor: str, token: str, call: int) -> tuple[dict, object]:
@@ -353,7 +352,7 @@ class Keeper:
     def sweep(self) -> int:
         """Forget grants that expired or sat idle; how many were forgotten."""
         idle = self.cfg.keeper.idle_minutes * 60.0
-        now, mono = self.clock.wall(), time.monotonic()
+        now, mono = self.clock.wall(), self.clock.monotonic()
         with self._lock:
             grants = list(self._grants.values())
         n = 0
