@@ -92,3 +92,33 @@ class Client:
         if status == 302:
             self.get(urllib.parse.urlparse(hdrs["Location"]).path or "/")
         return status
+
+
+APPROVER_PIN = "246810"
+
+
+def recorded_vault(tmp_path: Path, cfg):
+    """A box whose approver ``approver`` has a PIN slot (APPROVER_PIN), two calls with dialled numbers
+    recorded by the real pipeline (one per line, in line order), and one account per role.
+    Returns (data, identity file, calls as dicts, {call id: dialled number})."""
+    from firmware.hal.audio import ArraySource
+    from firmware.index import CallIndex
+    from firmware.recording.recorder import Recorder
+    from firmware.vault.keys import init_data_dir
+
+    from .conftest import place_calls
+
+    data = tmp_path / "data"
+    ident = tmp_path / "records-identity.txt"
+    init_data_dir(data, ident, passphrase="correct-horse-battery-staple-42", pin=APPROVER_PIN,
+                  approver="approver", recovery_log_n=10, pin_log_n=10)
+    audio, labels = place_calls(8000, 50.0, [[(3.0, 12.0)], [(6.0, 10.0)]])
+    rec = Recorder(cfg, data, source=ArraySource(audio, 8000, 160))
+    rec.start()
+    assert rec.wait(60)
+    make_people(data, cfg)
+    idx = CallIndex(data / "index.sqlite")
+    calls = sorted((dict(r) for r in idx.calls()), key=lambda c: c["line"])
+    idx.close()
+    assert len(calls) == 2 and all(c["state"] == "finished" for c in calls)
+    return data, ident, calls, {c["id"]: line[0][4] for c, line in zip(calls, labels)}

@@ -9,7 +9,6 @@ import random
 import socket
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +206,7 @@ def test_the_recorder_and_keeper_sockets_refuse_another_uid(box, tmp_path):
     import sys
 
     from .conftest import ROOT
+    from .test_processes import wait_socket
 
     data, _ = box
     d = _shared_run_dir()
@@ -217,15 +217,7 @@ def test_the_recorder_and_keeper_sockets_refuse_another_uid(box, tmp_path):
                               env=env, cwd=ROOT, stderr=subprocess.DEVNULL) for name in ("recorder", "keeper")]
     try:
         for name in ("recorder", "keeper"):
-            c = Client(d / f"{name}.sock", name, timeout=2)
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    c.call("status", actor="test", purpose="up?")
-                    break
-                except ServiceUnavailable:
-                    assert time.monotonic() < deadline, f"{name} did not come up"
-                    time.sleep(0.2)
+            c = wait_socket(d / f"{name}.sock", name)
             got = _connect_as_other_uid(d / f"{name}.sock")
             assert got["reply"]["ok"] is False and got["reply"]["error"]["code"] == "peer_refused", (name, got)
             assert c.call("status", actor="test", purpose="still serving") is not None

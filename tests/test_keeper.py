@@ -5,48 +5,31 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from firmware.audit import AuditLog
-from firmware.hal.audio import ArraySource
 from firmware.hal.clock import FakeClock
-from firmware.index import CallIndex
 from firmware.people.accounts import role_check
-from firmware.recording.recorder import Recorder
 from firmware.vault.keeper import Keeper, Refused
-from firmware.vault.keys import init_data_dir
 from firmware.vault.personal import mask_number
 
-from .authutil import fast_cfg, make_people
-from .conftest import decrypt_audio, place_calls
+from .authutil import APPROVER_PIN as PIN
+from .authutil import fast_cfg, recorded_vault
+from .conftest import decrypt_audio
 
 RATE = 8000
-PIN = "246810"
 
 
 @pytest.fixture
 def vault(tmp_path):
-    """A box with an approver PIN slot, two recorded calls with dialled numbers, and its people."""
-    data = tmp_path / "data"
-    ident = tmp_path / "records-identity.txt"
-    init_data_dir(data, ident, passphrase="correct-horse-battery-staple-42", pin=PIN, approver="approver",
-                  recovery_log_n=10, pin_log_n=10)
+    """A box with an approver PIN slot, two recorded calls with dialled numbers, its people, a keeper."""
     cfg = fast_cfg({"audio": {"channels": 2}, "vault": {"pin_backoff_s": 0.0}})
-    audio, labels = place_calls(RATE, 60.0, [[(3.0, 15.0)], [(8.0, 12.0)]])
-    rec = Recorder(cfg, data, source=ArraySource(audio, RATE, 160))
-    rec.start()
-    assert rec.wait(60)
-    make_people(data, cfg)
-    idx = CallIndex(data / "index.sqlite")
-    calls = [dict(r) for r in idx.calls()]
-    idx.close()
-    assert len(calls) == 2 and all(c["state"] == "finished" for c in calls)
-    numbers = {c["id"]: lab[4] for c, lab in zip(sorted(calls, key=lambda c: c["line"]),
-                                                  [labels[0][0], labels[1][0]])}
-    clock = FakeClock(wall=__import__("time").time())
+    data, ident, calls, numbers = recorded_vault(tmp_path, cfg)
+    clock = FakeClock(wall=time.time())
     return data, ident, cfg, calls, numbers, clock, Keeper(data, cfg, authorize=role_check(data), clock=clock)
 
 

@@ -18,24 +18,21 @@ import pytest
 import soundfile as sf
 
 from firmware.audit import AuditLog
-from firmware.hal.audio import ArraySource
 from firmware.index import KST, CallIndex
 from firmware.ipc import Client as IpcClient
 from firmware.ipc import IpcError
-from firmware.recording.recorder import Recorder
 from firmware.recording.service import RecorderClient
 from firmware.vault.keeper import KeeperClient
-from firmware.vault.keys import init_data_dir
 from firmware.vault.personal import mask_number
 from web import create_app
 
-from .authutil import FAST_AUTH, PASSWORD, Client, fast_cfg, make_people
-from .conftest import ROOT, decrypt_audio, place_calls
+from .authutil import APPROVER_PIN as PIN
+from .authutil import FAST_AUTH, PASSWORD, Client, fast_cfg, recorded_vault
+from .conftest import ROOT, decrypt_audio
 from .test_roles import TC
 from .test_run import free_port
 
 RATE = 8000
-PIN = "246810"
 CONFIG = """
 [auth]
 """ + "\n".join(f"{k} = {v}" for k, v in FAST_AUTH.items()) + """
@@ -83,23 +80,10 @@ def forbidden(paths: list[str], data: Path) -> list[str]:
 @pytest.fixture
 def vault_box(tmp_path):
     """A box with an approver PIN slot, two recorded calls with dialled numbers, people, a config."""
-    data = tmp_path / "data"
-    ident = tmp_path / "records-identity.txt"
-    init_data_dir(data, ident, passphrase="correct-horse-battery-staple-42", pin=PIN, approver="approver",
-                  recovery_log_n=10, pin_log_n=10)
-    cfg = fast_cfg({"audio": {"channels": 2}})
-    audio, labels = place_calls(RATE, 50.0, [[(3.0, 12.0)], [(6.0, 10.0)]])
-    rec = Recorder(cfg, data, source=ArraySource(audio, RATE, 160))
-    rec.start()
-    assert rec.wait(60)
-    make_people(data, cfg)
-    idx = CallIndex(data / "index.sqlite")
-    calls = [dict(r) for r in idx.calls()]
-    idx.close()
-    numbers = [lab[4] for line in labels for lab in line]
+    data, ident, calls, numbers = recorded_vault(tmp_path, fast_cfg({"audio": {"channels": 2}}))
     conf = tmp_path / "nokbox.toml"
     conf.write_text(CONFIG)
-    return data, ident, conf, calls, numbers
+    return data, ident, conf, calls, list(numbers.values())
 
 
 def _start(*args, log: Path | None = None, hook: Path | None = None) -> subprocess.Popen:
@@ -111,13 +95,14 @@ def _start(*args, log: Path | None = None, hook: Path | None = None) -> subproce
         return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
-def _wait_socket(data: Path, name: str, timeout: float = 90.0) -> None:
-    c = IpcClient(data / "run" / f"{name}.sock", name, timeout=2)
+def wait_socket(path: Path, name: str, timeout: float = 90.0) -> IpcClient:
+    """The client of a socket once its server answers ``status``."""
+    c = IpcClient(path, name, timeout=2)
     deadline = time.monotonic() + timeout
     while True:
         try:
             c.call("status", actor="test", purpose="up?")
-            return
+            return c
         except IpcError:
             assert time.monotonic() < deadline, f"{name} did not come up"
             time.sleep(0.2)
@@ -154,8 +139,8 @@ def test_the_page_process_never_opens_keys_calls_or_the_device_secret(vault_box,
     logs = tmp_path / "procs.log"
     rec = _start("recorder", *common, log=logs)
     keeper = _start("keeper", *common, log=logs)
-    _wait_socket(data, "recorder")
-    _wait_socket(data, "keeper")
+    wait_socket(data / "run" / "recorder.sock", "recorder")
+    wait_socket(data / "run" / "keeper.sock", "keeper")
     hook = tmp_path / "page-opens.txt"
     port = free_port()
     page = _start("web", *common, "--port", str(port), log=tmp_path / "page.log", hook=hook)
