@@ -22,6 +22,8 @@ Run it (from the repository root):
 
     .venv/bin/python benchmarks/pipeline.py                 # 16 lines x 10 min
     .venv/bin/python benchmarks/pipeline.py --minutes 1 --lines 4   # quick run
+    .venv/bin/python benchmarks/pipeline.py --page-load     # a busy page beside a live capture
+                                                            # (benchmarks/page_load.py)
 """
 
 from __future__ import annotations
@@ -152,7 +154,17 @@ def run_child(*args: str) -> dict | None:
 
 
 def child_main(args: argparse.Namespace) -> int:
-    if args.child == "generate":
+    if args.child == "live":
+        from page_load import live
+
+        return live(args.wav, args.data, args.conf, args.page_port, args.out)
+    if args.child == "setup":
+        import datetime as _dt
+
+        from page_load import ROWS, setup
+
+        out = setup(args.data, args.conf, _dt.date(2026, 3, 4), ROWS)
+    elif args.child == "generate":
         out = {"calls": generate_wav(args.wav, args.minutes, args.lines)}
     else:
         out = run_pipeline(args.wav, args.data, args.identity, args.codec)
@@ -229,7 +241,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lines", type=int, default=16, help="number of lines (WAV channels, default 16)")
     p.add_argument("--codec", choices=("opus", "flac", "wav"), default="opus",
                    help="storage codec (default opus, the box's default; wav is the lossless codec)")
-    p.add_argument("--child", choices=("generate", "pipeline"), help=argparse.SUPPRESS)
+    p.add_argument("--page-load", action="store_true",
+                   help="a CPU-heavy page (the calls list over 1 M calls) beside a live-paced capture, with the page "
+                        "in its own process and in the recorder's (lost samples, worst capture delay, RSS per process)")
+    p.add_argument("--load-s", type=float, default=10.0, help="seconds of page load (--page-load; default 10)")
+    p.add_argument("--child", choices=("generate", "pipeline", "live", "setup"), help=argparse.SUPPRESS)
+    p.add_argument("--conf", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--page-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--wav", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--identity", type=Path, help=argparse.SUPPRESS)
@@ -238,8 +257,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if args.child:
         return child_main(args)
+    if args.page_load:
+        import page_load
+
+        return page_load.main(args, Path(__file__).resolve())
     with tempfile.TemporaryDirectory(prefix="nokbox-bench-") as tmpdir:
         tmp = Path(tmpdir)
         wav = tmp / "lines.wav"

@@ -9,7 +9,8 @@ and the reply is one JSON object, ``{"v": 1, "ok": true, "result": ...}`` or
 ``{"v": 1, "ok": false, "error": {"code": "...", "message": "한국어 · English"}}``. A reply
 with ``"stream": "bytes"`` is followed by binary frames and an empty frame, then a JSON
 trailer (``ok`` again: an error found mid-stream is reported there); ``"stream": "json"`` is
-followed by JSON frames until the client closes the connection (the recorder's ``levels``).
+followed by JSON frames until the client closes the connection or an empty frame ends the
+stream (the recorder's ``levels``).
 
 Why this and not a library: ``multiprocessing.connection`` unpickles what it receives (a
 peer that is taken over could run code in the keeper); gRPC or D-Bus bring a daemon or a
@@ -312,6 +313,7 @@ class Server:
             if st.kind == "json":
                 for item in st.items:
                     send_msg(conn, item)
+                send_frame(conn, b"")  # a stream with an end (``seconds``) says so
                 return
             try:
                 for chunk in st.items:
@@ -444,9 +446,12 @@ class Client:
             try:
                 while True:
                     try:
-                        yield recv_msg(s)
+                        payload = recv_frame(s)
                     except (EOFError, OSError):
                         raise self._down("stream cut") from None
+                    if not payload:
+                        return
+                    yield decode_msg(payload)
             finally:
                 s.close()
 

@@ -331,3 +331,21 @@ def test_epochs_from_before_key_classes_are_retired_and_erased_by_the_time_rule(
     assert rep.epochs_destroyed == []        # the class-less call may depend on it
     rep = run_retention(data, cfg_with(), NOW + 40 * DAY)
     assert [d["call"] for d in rep.destroyed] == [young] and rep.epochs_destroyed == [1]
+
+
+def test_retention_reads_the_index_a_batch_at_a_time(tmp_path, monkeypatch):
+    """Batches of one call each (a box with a million calls never holds them all): the same calls go,
+    including two that start in the same millisecond, and calls too young for any period are not read."""
+    data, _, _ = make_box(tmp_path)
+    cfg = cfg_with()
+    monkeypatch.setattr(retention, "BATCH", 1)
+    gone = [add_call(data, 0, NOW - d * DAY)[0] for d in (50, 45, 40)]
+    same = [add_call(data, 2, NOW - 60 * DAY)[0] for _ in range(2)]  # equal start_utc: the id breaks the tie
+    kept = [add_call(data, 1, NOW - 400 * DAY)[0], add_call(data, 0, NOW - 2 * DAY)[0]]
+    seen = []
+    real = retention._expires
+    monkeypatch.setattr(retention, "_expires", lambda row, c: seen.append(row["id"]) or real(row, c))
+    rep = run_retention(data, cfg, NOW)
+    assert sorted(d["call"] for d in rep.destroyed) == sorted(gone + same)
+    assert kept[1] not in seen and sorted(seen) == sorted(gone + same + kept[:1])
+    assert {r["id"] for r in CallIndex(data / "index.sqlite").calls()} == set(kept)

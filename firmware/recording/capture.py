@@ -44,6 +44,10 @@ class CaptureReader(threading.Thread):
         # worst lateness of a period: when the thread got a block against when the device had
         # it ready (first read + frames / rate); live sources only, reset at every (re)open
         self.max_delay_s = 0.0
+        # reads later than the device's whole buffer (audio.periods x period): on real hardware each
+        # would have been an overrun; counted here so a source without a buffer shows them too
+        self.late_limit_s = float("inf")
+        self.late_reads = 0
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -131,6 +135,8 @@ class CaptureReader(threading.Thread):
                 late = now - (t0 + got / rate)
                 if late > self.max_delay_s:
                     self.max_delay_s = late
+                if late > self.late_limit_s:
+                    self.late_reads += 1
                 elif late < 0:  # the first read came late: move the base to the device's pace
                     t0 += late
             if not rings.write(block, chmap, stop):

@@ -111,6 +111,7 @@ class Recorder:
         self.events: queue.SimpleQueue = queue.SimpleQueue()
         self.reader = CaptureReader(self.source, self.rings, [ln.channel for ln in lines], self.clock,
                                     cfg.audio.reopen_max_s, self.events)
+        self.reader.late_limit_s = cfg.audio.periods * cfg.audio.period_ms / 1000.0
         self.queue: queue.Queue = queue.Queue(maxsize=cfg.storage.queue_blocks)
         self.segmenter = SegmenterWorker(self.rings, lines, self.params, self.queue)
         self.writer = WriterWorker(self.queue, self.data_dir, self.recipients, rate, lines, cfg.storage,
@@ -286,7 +287,7 @@ class Recorder:
             "device": self.source.describe() | {
                 "state": r.state, "xruns": r.xruns, "losses": r.losses, "reopens": r.reopens,
                 "gap_seconds": round(r.gap_seconds, 3), "last_error": r.last_error,
-                "max_delay_ms": round(r.max_delay_s * 1000.0, 1),
+                "max_delay_ms": round(r.max_delay_s * 1000.0, 1), "late_reads": r.late_reads,
             },
             "lines": lines,
             "writer": {"calls_open": w.calls_open, "calls_finished": w.calls_finished,

@@ -243,6 +243,24 @@ def _finish(data: Path, con: sqlite3.Connection, cfg: NokboxConfig, by: str, now
                                   "errors": report.errors[:20]})
 
 
+BATCH = 1000
+
+
+def _candidates(con: sqlite3.Connection, cfg: NokboxConfig, now: float):
+    """The finished calls old enough to have expired under the shortest retention, oldest first, read a
+    batch at a time (a box keeps a million calls for years: they are never all in memory at once)."""
+    shortest = min([cfg.retention.default_days] + [g.days for g in cfg.retention.group])
+    cutoff = iso_utc(now - shortest * DAY)  # a call expires no earlier than its start + the shortest period
+    last: tuple[str, int] = ("", 0)
+    while True:
+        batch = con.execute("SELECT * FROM calls WHERE state != 'recording' AND start_utc <= ? AND (start_utc, id) > (?, ?)"
+                            " ORDER BY start_utc, id LIMIT ?", (cutoff, *last, BATCH)).fetchall()
+        if not batch:
+            return
+        last = (batch[-1]["start_utc"], batch[-1]["id"])
+        yield from batch
+
+
 def run_retention(data: Path, cfg: NokboxConfig, now: float | None = None, dry_run: bool = False,
                   by: str = "system") -> RetentionReport:
     """Destroy every expired, unheld call, then every key epoch nothing depends on any more."""
@@ -252,8 +270,7 @@ def run_retention(data: Path, cfg: NokboxConfig, now: float | None = None, dry_r
     con = connect_vault(data)
     try:
         holds = open_holds(con)
-        rows = list(con.execute("SELECT * FROM calls WHERE state != 'recording' ORDER BY start_utc"))
-        for row in rows:
+        for row in _candidates(con, cfg, now):
             expires, days, group = _expires(row, cfg)
             if expires > now:
                 continue
