@@ -239,7 +239,9 @@ def test_killing_the_page_or_the_keeper_loses_nothing_and_they_come_back(vault_b
         _wait_http(base)
         status, _, body = tech.get("/api/status")  # the same session: it lives in accounts.sqlite, not the page
         assert status == 200
-        st = json.loads(body)
+        st = json.loads(body)  # ... and shows the restarts
+        assert {p["name"]: (p["state"], p["restarts"]) for p in st["processes"]} == {
+            "recorder": ("running", 0), "keeper": ("running", 1), "web": ("running", 1)}
         KeeperClient(data, fast_cfg()).status()  # the keeper answers again
         time.sleep(4)
         assert children()["recorder"]["pid"] == rec_pid and children()["recorder"]["restarts"] == 0

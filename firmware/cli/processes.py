@@ -181,6 +181,8 @@ class Child:
 
     def start(self) -> None:
         env = dict(os.environ, NOKBOX_SUPERVISOR_PID=str(os.getpid()))
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):  # systemd hears from the supervisor only
+            env.pop(k, None)
         # its own session: a Ctrl-C on the terminal reaches the supervisor only, which then stops
         # the children in order (page, keeper, recorder)
         self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)

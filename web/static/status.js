@@ -29,6 +29,17 @@
         nt.classList.toggle("bad", ln.notice.alarm);
       }
     });
+    (st.processes || []).forEach(function (pr) {
+      var row = document.querySelector('tr[data-process="' + pr.name + '"]');
+      if (!row) return;
+      row.className = pr.state;
+      var cell = row.querySelector(".state");
+      cell.textContent = pr.state_label;
+      cell.classList.toggle("bad", pr.state !== "running");
+      var rs = row.querySelector(".restarts");
+      rs.textContent = pr.restarts === null ? "\u2014" : String(pr.restarts);
+      rs.classList.toggle("bad", !!pr.restarts);
+    });
     var alerts = document.getElementById("alerts");
     alerts.textContent = "";
     if (st.config_error) {
