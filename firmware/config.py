@@ -184,12 +184,31 @@ class StorageConfig(_Strict):
 class VaultConfig(_Strict):
     """Keys and where the device-bound secret lives."""
 
-    device_secret: Literal["file", "otp"] = Field(
-        "file", description="Device-bound secret: Raspberry Pi OTP customer key, or a key file "
-        "on a partition other than the data SSD.",
+    device_secret: Literal["file", "otp", "tpm"] = Field(
+        "file", description="Device-bound secret: a key file on a partition other than the data SSD, the "
+        "Raspberry Pi OTP customer key, or sealed in a TPM 2.0 (which then also counts wrong PINs).",
     )
     device_key_file: str = Field(
         "/etc/nokbox/device.key", description="Path of the device key file (device_secret = 'file')."
+    )
+    tpm_blob: str = Field(
+        "/etc/nokbox/device.tpm", description="Where the TPM-sealed device secret is kept (device_secret = 'tpm').",
+    )
+    tpm_tcti: str = Field(
+        "device:/dev/tpmrm0", min_length=1,
+        description="TSS TCTI of the TPM (a simulator: 'swtpm:host=127.0.0.1,port=2321').",
+    )
+    tpm_max_tries: int = Field(
+        10, ge=1, le=32, description="Wrong PINs the TPM takes before its dictionary-attack lockout (all approvers).",
+    )
+    tpm_recovery_s: int = Field(
+        600, ge=1, le=86400, description="During the TPM lockout, one more PIN try after this many seconds.",
+    )
+    tpm_lockout_recovery_s: int = Field(
+        86400, ge=0, le=604800, description="After a failed lockout reset, the TPM waits this long before another.",
+    )
+    allow_short_pin: bool = Field(
+        False, description="Without a TPM, allow approver PINs under 8 digits (each use of this is audited).",
     )
     pin_backoff_s: float = Field(
         2.0, ge=0.0, le=300.0, description="Wait after the first wrong PIN; doubles with each further one "

@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
-runtime_pkgs=(python3 python3-venv python3-dev gcc libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0 ca-certificates)
-test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng)
+runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0
+              libtss2-dev ca-certificates)
+test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
+           swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")

@@ -200,13 +200,24 @@ def _status(args) -> int:
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
-    guard = PinGuard(args.data, box_device(args.data, cfg))
+    device = box_device(args.data, cfg)
+    guard = PinGuard(args.data, device)
+    tpm = None
+    if getattr(device, "tpm", None) is not None:
+        try:
+            tpm = device.tpm.da_status()
+        except NokboxError as exc:
+            tpm = {"error": str(exc)}
     slots = []
     for name in pin_slots(args.data):
         try:
             st, tamper = guard.load(name)
+            factor = slot_has_tpm_factor(args.data, name)
             slots.append({"approver": name, "failures": st.failures, "locked": st.locked or bool(tamper),
-                          "reason": tamper or st.reason})
+                          "reason": tamper or st.reason, "tpm_factor": factor,
+                          "tpm_tries_left": (tpm["max_tries"] - tpm["counter"]) if factor and tpm and "error" not in tpm
+                          else None,
+                          "tpm_locked_out": bool(tpm.get("in_lockout")) if factor and tpm else None})
         except NokboxError as exc:
             slots.append({"approver": name, "error": str(exc)})
     con = connect_vault(args.data)
@@ -216,19 +227,43 @@ def _status(args) -> int:
     finally:
         con.close()
     out = {"recovery_sealed": (args.data / "keys" / "identity.recovery.age").exists(),
+           "device": {"backend": device.name, "fingerprint": _fingerprint(device)}, "tpm": tpm,
            "pin_dir": str(args.data / "keys" / PIN_DIR), "pin_slots": slots, "key_epochs": epochs}
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0
     print(f"recovery passphrase seal: {'present' if out['recovery_sealed'] else 'MISSING'}")
+    print(f"device secret: {device.name} ({out['device']['fingerprint']})")
+    if tpm:
+        print("TPM: " + (tpm.get("error") or (f"{tpm['max_tries'] - tpm['counter']} of {tpm['max_tries']} PIN tries "
+                                              f"left, one back every {tpm['recovery_s']} s"
+                                              + (", LOCKED OUT" if tpm["in_lockout"] else ""))))
     for s in slots:
         print(f"PIN {s['approver']}: " + (s.get("error") or ("LOCKED (" + s["reason"] + ")" if s["locked"]
-                                                              else f"{s['failures']} wrong since last success")))
+                                                              else f"{s['failures']} wrong since last success"))
+              + ("" if s.get("error") or tpm is None else
+                 ("; TPM factor" if s["tpm_factor"] else "; no TPM factor yet (added at its next right PIN)")))
     for e in epochs:
         state = "destroyed " + e["destroyed_utc"] if e["destroyed_utc"] else (
             "retired " + e["retired_utc"] if e["retired_utc"] else "current")
         print(f"key epoch {e['id']}: {e['created_utc']} {state}")
     return 0
+
+
+def _fingerprint(device) -> str:
+    try:
+        return device.fingerprint()
+    except NokboxError as exc:
+        return f"unavailable: {exc}"
+
+
+def slot_has_tpm_factor(data, approver: str) -> bool:
+    from ..vault.sealing import slot_path
+
+    try:
+        return "tpm" in json.loads(slot_path(data, approver).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _retention(args) -> int:

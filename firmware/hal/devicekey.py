@@ -1,9 +1,11 @@
 """The device-bound secret: 32 bytes that live on the box but not on the data SSD.
 
 Backends: the Raspberry Pi OTP customer private key (read with ``rpi-otp-private-key``,
-present on Raspberry Pi OS for Pi 4/5 once provisioned), or a key file on a separate
-partition (the SD card holding / while recordings live on the SSD). Nothing is read at
-import; the file backend creates its key only through ``provision()``.
+present on Raspberry Pi OS for Pi 4/5 once provisioned), a key file on a separate
+partition (the SD card holding / while recordings live on the SSD), or a TPM 2.0 that
+seals the secret (``tpm``: the blob on the SD card opens only in that TPM; ``hal/tpm.py``).
+Nothing is read at import; the file and TPM backends create their secret only through
+``provision()``.
 """
 
 from __future__ import annotations
@@ -102,10 +104,57 @@ class OtpDeviceSecret(DeviceSecret):
         return self.read()
 
 
-def device_secret(backend: str, key_file: str | os.PathLike) -> DeviceSecret:
-    """The backend the config names ('file' or 'otp')."""
+class TpmDeviceSecret(DeviceSecret):
+    """The secret sealed in a TPM 2.0 (no authorisation, not subject to its lockout); the blob
+    file holds only what that TPM can unseal. The PIN slots use the same TPM for their factor."""
+
+    name = "tpm"
+
+    def __init__(self, blob: str | os.PathLike, tcti: str) -> None:
+        from .tpm import Tpm
+
+        self.path = Path(blob)
+        self.tcti = tcti
+        self.tpm = Tpm(tcti)
+        self._secret: bytes | None = None
+
+    def read(self) -> bytes:
+        if self._secret is None:
+            try:
+                blob = self.path.read_bytes()
+            except FileNotFoundError:
+                raise DeviceError(f"TPM blob {self.path} is missing (was the SD card's partition mounted?)") from None
+            secret = self.tpm.unseal(blob)
+            if len(secret) != SECRET_LEN:
+                raise DeviceError(f"TPM blob {self.path} holds {len(secret)} bytes, not a device secret")
+            self._secret = secret
+        return self._secret
+
+    def provision(self, value: bytes | None = None) -> bytes:
+        """Seal a new secret (or ``value``, when a box moves its existing secret into the TPM)."""
+        if self.path.exists():
+            return self.read()
+        secret = value if value is not None else os.urandom(SECRET_LEN)
+        if len(secret) != SECRET_LEN:
+            raise DeviceError("a device secret is 32 bytes")
+        blob = self.tpm.seal(secret, da=False)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        self._secret = secret
+        return secret
+
+
+def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | os.PathLike = "",
+                  tpm_tcti: str = "device:/dev/tpmrm0") -> DeviceSecret:
+    """The backend the config names ('file', 'otp' or 'tpm')."""
     if backend == "otp":
         return OtpDeviceSecret()
     if backend == "file":
         return FileDeviceSecret(key_file)
+    if backend == "tpm":
+        return TpmDeviceSecret(tpm_blob, tpm_tcti)
     raise DeviceError(f"unknown device secret backend {backend!r}")

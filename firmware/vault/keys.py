@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
 from ..errors import DataDirError, VaultError
-from ..hal.devicekey import DeviceSecret, FileDeviceSecret
+from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret
 from ..index import connect
 from .sealing import DEFAULT_APPROVER, PIN_LOG_N, RECOVERY_LOG_N
 
@@ -53,7 +53,8 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
                   device: DeviceSecret | None = None, *, passphrase: str | None = None,
                   pin: str | None = None, approver: str = DEFAULT_APPROVER,
                   recovery_log_n: int = RECOVERY_LOG_N, pin_log_n: int = PIN_LOG_N,
-                  key_classes: list[str] | None = None) -> tuple[str, str]:
+                  key_classes: list[str] | None = None, tpm_policy: tuple[int, int, int] = (10, 600, 86400)
+                  ) -> tuple[str, str]:
     """Create the data directory and a new records key pair. Returns (identity, recipient).
 
     ``device`` is the device-bound secret (provisioned here if it is a new key file);
@@ -78,6 +79,8 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         raise VaultError(f"{identity_out} exists; refusing to overwrite it")
     if pin is not None and passphrase is None:
         raise VaultError("a PIN slot needs the recovery passphrase too (it unlocks a PIN lockout)")
+    if isinstance(device, TpmDeviceSecret) and passphrase is None:
+        raise VaultError("a TPM box needs the recovery passphrase (it seals the TPM's lockout authorisation)")
     for sub in ("keys", "calls", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(data, 0o750)
@@ -88,6 +91,8 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
     (data / "keys" / "device-recovery.txt").write_text(recipient_of(device_recovery_identity(device)) + "\n")
     if passphrase is not None:
         seal_recovery(data, identity, passphrase, recovery_log_n)
+    if isinstance(device, TpmDeviceSecret):
+        take_tpm_lockout(data, device, passphrase, tpm_policy, recovery_log_n)
     if pin is not None:
         seal_pin_slot(data, identity, approver, pin, device, pin_log_n)
         PinGuard(data, device).reset(approver)
@@ -110,11 +115,51 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
                 f.write(f"# key epoch {eid}, class {cls} (calls until its first rotation): public key {epoch_recipient}\n")
                 f.write(f"{epoch_identity}\n")
     connect(data / "index.sqlite").close()
-    where = {"backend": device.name}
-    if isinstance(device, FileDeviceSecret):
-        where["path"] = str(Path(device.path).resolve())
-    (data / MARKER).write_text(json.dumps({"format": 1, "created": time.time(), "device": where}) + "\n")
+    write_marker(data, device)
     return identity, recipient
+
+
+def write_marker(data: Path, device: DeviceSecret, created: float | None = None) -> None:
+    """``nokbox.json``: which device secret this data directory was initialised with (never the secret)."""
+    where = {"backend": device.name}
+    if isinstance(device, (FileDeviceSecret, TpmDeviceSecret)):
+        where["path"] = str(Path(device.path).resolve())
+    if isinstance(device, TpmDeviceSecret):
+        where["tcti"] = device.tcti
+    tmp = Path(data) / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"format": 1, "created": created or time.time(), "device": where}) + "\n")
+    os.replace(tmp, Path(data) / MARKER)
+
+
+TPM_LOCKOUT_FILE = "tpm-lockout.age"
+
+
+def take_tpm_lockout(data: Path, device: "TpmDeviceSecret", passphrase: str, policy: tuple[int, int, int],
+                     log_n: int = RECOVERY_LOG_N) -> None:
+    """Set the TPM's dictionary-attack policy and a new lockout authorisation, sealed under the recovery
+    passphrase (``keys/tpm-lockout.age``, stock age scrypt): never kept in clear, never in the config."""
+    import secrets as _secrets
+
+    from .sealing import seal_with_passphrase, write_private
+
+    auth = _secrets.token_bytes(32)
+    max_tries, recovery_s, lockout_recovery_s = policy
+    write_private(Path(data) / "keys" / TPM_LOCKOUT_FILE, seal_with_passphrase(auth.hex().encode(), passphrase, log_n),
+                  replace=True)
+    device.tpm.take_lockout(auth, max_tries=max_tries, recovery_s=recovery_s, lockout_recovery_s=lockout_recovery_s)
+
+
+def reset_tpm_lockout(data: Path, device: DeviceSecret, passphrase: str) -> bool:
+    """Lift the TPM's lockout with the authorisation sealed under the passphrase; False without a TPM."""
+    from .sealing import open_with_passphrase
+
+    tpm = getattr(device, "tpm", None)
+    path = Path(data) / "keys" / TPM_LOCKOUT_FILE
+    if tpm is None or not path.exists():
+        return False
+    auth = bytes.fromhex(open_with_passphrase(path.read_bytes(), passphrase).decode())
+    tpm.reset_lockout(auth)
+    return True
 
 
 def device_for(data: Path) -> DeviceSecret:
@@ -129,6 +174,8 @@ def device_for(data: Path) -> DeviceSecret:
         return OtpDeviceSecret()
     if where.get("backend") == "file" and where.get("path"):
         return FileDeviceSecret(where["path"])
+    if where.get("backend") == "tpm" and where.get("path"):
+        return TpmDeviceSecret(where["path"], where.get("tcti") or "device:/dev/tpmrm0")
     raise DataDirError(f"{data}: the device secret is not recorded in {MARKER}")
 
 
@@ -170,8 +217,12 @@ def box_device(data: Path, cfg) -> DeviceSecret:
     file does not exist, the key file ``init`` put beside the data directory."""
     from ..hal.devicekey import device_secret
 
-    dev = device_secret(cfg.vault.device_secret, cfg.vault.device_key_file)
+    v = cfg.vault
+    dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
     data = Path(data)
+    if isinstance(dev, TpmDeviceSecret):
+        beside = data.parent / (data.name + "-device.tpm")
+        return TpmDeviceSecret(beside, v.tpm_tcti) if not dev.path.exists() and beside.exists() else dev
     beside = data.parent / (data.name + "-device.key")
     if isinstance(dev, FileDeviceSecret) and not dev.path.exists() and beside.exists():
         return FileDeviceSecret(beside)
@@ -227,7 +278,13 @@ def clear_lockout(data: Path, cfg, approver: str, passphrase: str, *, actor: str
     from .sealing import PinGuard
 
     unlock_with_passphrase(data, passphrase, actor=actor, reason=f"lift the PIN lockout of {approver}")
-    PinGuard(data, box_device(data, cfg), cfg.vault.pin_backoff_s).clear(approver, actor, "recovery passphrase given")
+    device = box_device(data, cfg)
+    PinGuard(data, device, cfg.vault.pin_backoff_s).clear(approver, actor, "recovery passphrase given")
+    if reset_tpm_lockout(data, device, passphrase):
+        from ..audit import AuditLog
+
+        AuditLog(data).append("keys.tpm.lockout-reset", actor=actor, role="operator", obj="tpm",
+                              reason=f"recovery passphrase given (lifting the PIN lockout of {approver})")
 
 
 def export_identity(data: Path, passphrase: str, out: Path | None, *, actor: str = "operator") -> str:

@@ -327,10 +327,28 @@ def _canon(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _pin_key(pin: str, kdf: dict, approver: str, device: DeviceSecret) -> bytes:
-    stretched = _scrypt(pin, base64.b64decode(kdf["salt"]), int(kdf["log_n"]))
+def _stretch(pin: str, kdf: dict) -> bytes:
+    return _scrypt(pin, base64.b64decode(kdf["salt"]), int(kdf["log_n"]))
+
+
+def _pin_key(pin: str, kdf: dict, approver: str, device: DeviceSecret, *, stretched: bytes | None = None,
+             factor: bytes | None = None) -> bytes:
+    """The slot key: scrypt(PIN) and the device secret, and, on a TPM box, the factor the TPM unseals
+    only for the right PIN (so a weak TPM never makes a slot weaker than without one)."""
+    stretched = stretched if stretched is not None else _stretch(pin, kdf)
+    info = b"nokbox/v1/pin-slot\0" if factor is None else b"nokbox/v1/pin-slot+tpm\0"
     return HKDF(algorithm=SHA256(), length=32, salt=base64.b64decode(kdf["salt"]),
-                info=b"nokbox/v1/pin-slot\0" + approver.encode()).derive(stretched + device.derive(_PIN_INFO))
+                info=info + approver.encode()).derive(stretched + device.derive(_PIN_INFO) + (factor or b""))
+
+
+def _tpm_auth(stretched: bytes, approver: str) -> bytes:
+    """The authorisation value of a slot's TPM factor (from scrypt(PIN), never the PIN itself)."""
+    return HKDF(algorithm=SHA256(), length=32, salt=None,
+                info=b"nokbox/v1/pin-tpm-auth\0" + approver.encode()).derive(stretched)
+
+
+def _slot_tpm(device: DeviceSecret):
+    return getattr(device, "tpm", None)
 
 
 def seal_pin_slot(data: Path, identity: str, approver: str, pin: str, device: DeviceSecret,
@@ -342,12 +360,23 @@ def seal_pin_slot(data: Path, identity: str, approver: str, pin: str, device: De
     kdf = {"alg": "scrypt", "log_n": log_n, "r": 8, "p": 1, "salt": base64.b64encode(os.urandom(16)).decode()}
     head = {"format": "nokbox-pin-slot/1", "approver": approver, "recipient": recipient_of(identity),
             "kdf": kdf, "device": device.fingerprint()}
+    stretched = _stretch(pin, kdf)
+    factor = None
+    tpm = _slot_tpm(device)
+    if tpm is not None:  # a factor that only the TPM gives back, and only for this PIN (counted when wrong)
+        factor = os.urandom(32)
+        head["tpm"] = base64.b64encode(tpm.seal(factor, auth=_tpm_auth(stretched, approver), da=True)).decode()
     nonce = os.urandom(12)
-    sealed = ChaCha20Poly1305(_pin_key(pin, kdf, approver, device)).encrypt(nonce, identity.encode(), _canon(head))
+    sealed = ChaCha20Poly1305(_pin_key(pin, kdf, approver, device, stretched=stretched, factor=factor)).encrypt(
+        nonce, identity.encode(), _canon(head))
     slot = head | {"nonce": base64.b64encode(nonce).decode(), "sealed": base64.b64encode(sealed).decode()}
     path = d / (_slot_name(approver) + ".slot")
     write_private(path, _canon(slot) + b"\n", replace=True)
     return path
+
+
+def slot_path(data: Path, approver: str) -> Path:
+    return Path(data) / "keys" / PIN_DIR / (_slot_name(approver) + ".slot")
 
 
 def pin_slots(data: Path) -> list[str]:
@@ -487,9 +516,16 @@ class PinGuard:
                                   detail={"method": "pin", "seq": st.seq})
                 raise PinRateLimited(f"too soon after a wrong PIN: wait {wait:.0f} s (this try was not counted)",
                                      wait)
-            head = {k: slot[k] for k in ("format", "approver", "recipient", "kdf", "device")}
+            head = {k: slot[k] for k in ("format", "approver", "recipient", "kdf", "device", "tpm") if k in slot}
+            stretched = _stretch(pin.strip(), slot["kdf"])
+            factor, tpm_said = None, ""
+            if "tpm" in slot:
+                factor, tpm_said = self._tpm_factor(slot, stretched, approver, obj, st)
             try:
-                identity = ChaCha20Poly1305(_pin_key(pin.strip(), slot["kdf"], approver, self.device)).decrypt(
+                if "tpm" in slot and factor is None:
+                    raise InvalidTag
+                identity = ChaCha20Poly1305(_pin_key(pin.strip(), slot["kdf"], approver, self.device,
+                                                     stretched=stretched, factor=factor)).decrypt(
                     base64.b64decode(slot["nonce"]), base64.b64decode(slot["sealed"]), _canon(head)).decode()
             except InvalidTag:
                 st.failures += 1
@@ -500,7 +536,7 @@ class PinGuard:
                     st.locked, st.reason = True, f"{MAX_PIN_TRIES} wrong PINs"
                 self.save(st)
                 self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
-                                  reason=f"wrong PIN ({st.failures} of {MAX_PIN_TRIES})",
+                                  reason=f"wrong PIN ({st.failures} of {MAX_PIN_TRIES}){tpm_said}",
                                   detail={"method": "pin", "seq": st.seq})
                 if st.locked:
                     log.error("PIN slot %s locked after %d wrong PINs", obj, MAX_PIN_TRIES)
@@ -508,13 +544,38 @@ class PinGuard:
                                       reason=st.reason, detail={"seq": st.seq})
                     raise PinLockedOut(f"wrong PIN; the PIN of {approver!r} is now locked after {MAX_PIN_TRIES} "
                                        "wrong tries; unlock it with the recovery passphrase: nokbox keys unlock")
-                raise WrongPin(f"wrong PIN ({left} tries left before the lockout)", left) from None
+                raise WrongPin(f"wrong PIN ({left} tries left before the lockout{tpm_said})", left) from None
             if st.failures or st.not_before:
                 st.failures, st.not_before, st.seq = 0, 0.0, st.seq + 1
                 self.save(st)
             self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="ok",
-                              detail={"method": "pin", "seq": st.seq})
+                              detail={"method": "pin" if factor is None else "pin+tpm", "seq": st.seq})
+            if "tpm" not in slot and _slot_tpm(self.device) is not None:
+                # a slot from before the box had its TPM: the right PIN is here, so it gets its TPM factor now
+                seal_pin_slot(self.data, identity, approver, pin, self.device, int(slot["kdf"]["log_n"]))
+                self.audit.append("keys.pin.tpm-factor", actor=approver, role="approver", obj=obj,
+                                  reason="PIN slot re-sealed with a TPM factor at its first unlock on the TPM")
             return identity
+
+    def _tpm_factor(self, slot: dict, stretched: bytes, approver: str, obj: str, st: "PinState"):
+        """(factor, '') when the TPM gives it back; (None, why) for a wrong PIN the TPM counted.
+        Raises PinRateLimited while the TPM is in its lockout (that try is counted by nobody)."""
+        from ..hal.tpm import TpmAuthFailed, TpmLockedOut
+
+        tpm = _slot_tpm(self.device)
+        if tpm is None:
+            raise DeviceMismatch("this PIN slot needs the box's TPM (vault.device_secret = 'tpm')")
+        try:
+            return tpm.unseal(base64.b64decode(slot["tpm"]), auth=_tpm_auth(stretched, approver)), ""
+        except TpmAuthFailed as exc:
+            return None, f"; the TPM counted it, {exc.tries_left} TPM tries left"
+        except TpmLockedOut as exc:
+            self.audit.append("keys.unlock", actor=approver, role="approver", obj=obj, outcome="denied",
+                              reason=f"TPM dictionary-attack lockout; retry in {exc.retry_after:.0f} s",
+                              detail={"method": "pin+tpm", "seq": st.seq})
+            raise PinRateLimited(f"the TPM is locked against PIN guessing: one more try in about "
+                                 f"{exc.retry_after:.0f} s, or lift it with the recovery passphrase "
+                                 "(nokbox keys unlock); this try was not counted", exc.retry_after) from None
 
     def clear(self, approver: str, actor: str, reason: str) -> None:
         """Lift a lockout (the caller has proven the recovery passphrase)."""
