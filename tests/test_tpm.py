@@ -186,3 +186,37 @@ def test_cli_status_and_check_pin_through_the_tpm(tmp_path, tpm):
     assert st["device"]["backend"] == "tpm" and st["tpm"]["max_tries"] == 10
     (slot,) = st["pin_slots"]
     assert slot["tpm_factor"] is True and slot["tpm_tries_left"] == 9 and slot["tpm_locked_out"] is False
+
+
+def test_an_existing_box_moves_its_secret_into_the_tpm(tmp_path, tpm):
+    """`nokbox keys move-to-tpm`: the same secret (masked numbers still open), the old key file erased,
+    a PIN slot that gets its TPM factor at its next right PIN, and from then on the TPM counts."""
+    from firmware.vault.personal import BoxSealer
+
+    data = tmp_path / "data"
+    ident = tmp_path / "records-identity.txt"
+    identity, _ = init_data_dir(data, ident, passphrase=PASSPHRASE, pin=PIN, approver="approver",
+                                recovery_log_n=10, pin_log_n=10)
+    old = device_for(data)
+    masked = BoxSealer(old).seal("010-****-5678")
+    conf = tmp_path / "nokbox.toml"
+    conf.write_text(f'[vault]\ntpm_tcti = "{tpm.tcti}"\ntpm_blob = "{tmp_path / "sd" / "device.tpm"}"\n'
+                    "pin_backoff_s = 0.0\n")
+    pw = tmp_path / "pass"
+    pw.write_text(PASSPHRASE + "\n")
+    r = run_cli("keys", "move-to-tpm", "--data", str(data), "--config", str(conf), "--passphrase-file", str(pw))
+    assert r.returncode == 0, r.stderr
+    assert "PIN slot 'approver': gets its TPM factor at its next right PIN" in r.stdout
+    assert not old.path.exists()
+    new = device_for(data)
+    assert isinstance(new, TpmDeviceSecret) and BoxSealer(new).open(masked) == "010-****-5678"
+    assert "tpm" not in json.loads(sealing.slot_path(data, "approver").read_text())
+    cfg = fast_cfg({"vault": {"tpm_tcti": tpm.tcti, "pin_backoff_s": 0.0}})  # config still says 'file'
+    assert unlock_with_pin(data, cfg, "approver", PIN) == identity
+    assert "tpm" in json.loads(sealing.slot_path(data, "approver").read_text())  # upgraded by the right PIN
+    with pytest.raises(WrongPin, match="the TPM counted it, 9 TPM tries left"):
+        unlock_with_pin(data, cfg, "approver", "13572468")
+    acts = [e["action"] for e in AuditLog(data).entries()]
+    assert "keys.device.move-to-tpm" in acts and "keys.pin.tpm-factor" in acts
+    r = run_cli("keys", "move-to-tpm", "--data", str(data), "--config", str(conf), "--passphrase-file", str(pw))
+    assert r.returncode != 0 and "already sealed in the TPM" in r.stderr

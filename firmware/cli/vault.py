@@ -92,6 +92,10 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--out", type=Path, help="new file to write (0600, not inside the data directory); "
                    "default standard output")
 
+    p = ksub.add_parser("move-to-tpm", help="seal the device secret into this box's TPM 2.0 (needs the passphrase)")
+    common(p)
+    p.add_argument("--passphrase-file", type=Path, help="file holding the recovery passphrase (else prompt)")
+
     p = ksub.add_parser("status", help="PIN slots, lockouts and key epochs (nothing secret)")
     common(p)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -132,7 +136,7 @@ def init_secrets(args) -> tuple[str, str | None, str]:
 
 
 def run(args) -> int:
-    handler = {"add-pin": _add_pin, "check-pin": _check_pin, "unlock": _unlock,
+    handler = {"add-pin": _add_pin, "check-pin": _check_pin, "unlock": _unlock, "move-to-tpm": _move_to_tpm,
                "export-identity": _export, "status": _status}
     if args.cmd == "retention":
         return _retention(args)
@@ -247,6 +251,24 @@ def _status(args) -> int:
         state = "destroyed " + e["destroyed_utc"] if e["destroyed_utc"] else (
             "retired " + e["retired_utc"] if e["retired_utc"] else "current")
         print(f"key epoch {e['id']}: {e['created_utc']} {state}")
+    return 0
+
+
+def _move_to_tpm(args) -> int:
+    from ..hal.devicekey import TpmDeviceSecret
+    from ..vault.keys import move_to_tpm
+
+    _need_box(args.data)
+    cfg, _ = load_config(args.config)
+    blob = Path(cfg.vault.tpm_blob)
+    if not os.access(blob.parent, os.W_OK):  # a development box: beside the data directory, as init does
+        blob = args.data.parent / (args.data.name + "-device.tpm")
+    passphrase = read_secret(args.passphrase_file, "recovery passphrase", args.data)
+    pending = move_to_tpm(args.data, cfg, passphrase, TpmDeviceSecret(blob, cfg.vault.tpm_tcti), actor=_actor())
+    print(f"device secret sealed in the TPM ({blob}); the old key file was erased")
+    print("set [vault] device_secret = \"tpm\" in the config; until then the box follows its marker")
+    for name in pending:
+        print(f"PIN slot {name!r}: gets its TPM factor at its next right PIN (or: nokbox keys add-pin)")
     return 0
 
 

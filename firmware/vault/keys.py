@@ -218,8 +218,14 @@ def box_device(data: Path, cfg) -> DeviceSecret:
     from ..hal.devicekey import device_secret
 
     v = cfg.vault
-    dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
     data = Path(data)
+    try:  # a box whose secret moved into its TPM (keys move-to-tpm) follows its marker, whatever the config says
+        where = json.loads((data / MARKER).read_text()).get("device") or {}
+    except (FileNotFoundError, ValueError):
+        where = {}
+    if where.get("backend") == "tpm" and where.get("path"):
+        return TpmDeviceSecret(where["path"], v.tpm_tcti)
+    dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
     if isinstance(dev, TpmDeviceSecret):
         beside = data.parent / (data.name + "-device.tpm")
         return TpmDeviceSecret(beside, v.tpm_tcti) if not dev.path.exists() and beside.exists() else dev
@@ -285,6 +291,41 @@ def clear_lockout(data: Path, cfg, approver: str, passphrase: str, *, actor: str
 
         AuditLog(data).append("keys.tpm.lockout-reset", actor=actor, role="operator", obj="tpm",
                               reason=f"recovery passphrase given (lifting the PIN lockout of {approver})")
+
+
+def move_to_tpm(data: Path, cfg, passphrase: str, device: TpmDeviceSecret, *, actor: str = "operator") -> list[str]:
+    """Seal this box's existing device secret into its TPM (the same 32 bytes: masked numbers, crash
+    journals and PIN slots keep opening), take the TPM's lockout under the recovery passphrase, and
+    erase the old key file. Returns the approvers whose slots get their TPM factor at their next
+    right PIN (a slot can be re-sealed only with its PIN, which the box never keeps)."""
+    from ..audit import AuditLog
+    from .epochs import erase_file
+    from .sealing import pin_slots
+
+    data = Path(data)
+    old = device_for(data)
+    if isinstance(old, TpmDeviceSecret):
+        raise VaultError("the device secret is already sealed in the TPM")
+    if device.path.exists():
+        raise VaultError(f"{device.path} exists; refusing to replace a TPM blob")
+    unlock_with_passphrase(data, passphrase, actor=actor, reason="move the device secret into the TPM")
+    secret = old.read()
+    device.provision(value=secret)
+    if device.read() != secret:
+        raise VaultError("the TPM did not give the device secret back; the old key file is kept")
+    v = cfg.vault
+    take_tpm_lockout(data, device, passphrase, (v.tpm_max_tries, v.tpm_recovery_s, v.tpm_lockout_recovery_s))
+    try:
+        created = json.loads((data / MARKER).read_text()).get("created")
+    except (OSError, ValueError):
+        created = None
+    write_marker(data, device, created)
+    erased = erase_file(old.path) if isinstance(old, FileDeviceSecret) else False
+    pending = pin_slots(data)
+    AuditLog(data).append("keys.device.move-to-tpm", actor=actor, role="operator", obj="device-secret",
+                          reason=f"from {old.name} to the TPM at {device.tcti}",
+                          detail={"old_file_erased": erased, "slots_to_upgrade": pending})
+    return pending
 
 
 def export_identity(data: Path, passphrase: str, out: Path | None, *, actor: str = "operator") -> str:
