@@ -31,7 +31,7 @@ from firmware.errors import VaultError
 from .conftest import age_decrypt, run_cli
 
 PASS = "K7Q2M-9XWZD-4RTHB-NP0VC"
-PIN = "482913"
+PIN = "48291357"
 
 
 def make_box(tmp_path, name="data", backoff=2.0):
@@ -41,7 +41,7 @@ def make_box(tmp_path, name="data", backoff=2.0):
     cfg = parse_config({"vault": {"device_key_file": str(key), "pin_backoff_s": backoff, "pin_scrypt_log_n": 10}})
     init_data_dir(data, device=FileDeviceSecret(key), passphrase=PASS, pin=PIN, recovery_log_n=10, pin_log_n=10)
     files = {}
-    for what, value in (("pass", PASS), ("pin", PIN), ("badpin", "999111")):
+    for what, value in (("pass", PASS), ("pin", PIN), ("badpin", "99911173")):
         p = tmp_path / f"{name}-{what}.txt"
         p.write_text(value + "\n")
         files[what] = p
@@ -148,7 +148,7 @@ def test_pin_round_trip_and_a_second_approver(tmp_path):
     r = run_cli("keys", "add-pin", "--data", str(data), "--config", str(f["config"]), "--approver", "김과장",
                 "--passphrase-file", str(f["pass"]), "--pin-file", str(f["badpin"]))
     assert r.returncode == 0, r.stderr
-    assert unlock_with_pin(data, cfg, "김과장", "999111") == identity
+    assert unlock_with_pin(data, cfg, "김과장", "99911173") == identity
     with pytest.raises(VaultError):  # a wrong passphrase cannot add a PIN
         add_pin(data, cfg, "mallory", PASS[::-1], "246802")
     actions = audit_actions(data)
@@ -297,7 +297,7 @@ def test_no_secret_on_a_pipe_without_a_file(tmp_path):
 # -- init from the command line ---------------------------------------------------------
 def test_init_generates_the_passphrase_file_or_uses_the_existing_one(tmp_path):
     pin = tmp_path / "pin.txt"
-    pin.write_text("730154\n")
+    pin.write_text("73015498\n")
     pf = tmp_path / "safe-pass.txt"
     r = run_cli("init", "--data", str(tmp_path / "a"), "--passphrase-file", str(pf), "--pin-file", str(pin),
                 stdin=subprocess.DEVNULL)

@@ -220,3 +220,17 @@ def test_an_existing_box_moves_its_secret_into_the_tpm(tmp_path, tpm):
     assert "keys.device.move-to-tpm" in acts and "keys.pin.tpm-factor" in acts
     r = run_cli("keys", "move-to-tpm", "--data", str(data), "--config", str(conf), "--passphrase-file", str(pw))
     assert r.returncode != 0 and "already sealed in the TPM" in r.stderr
+
+
+def test_init_on_a_tpm_box_takes_a_six_digit_pin(tmp_path, tpm):
+    """The TPM's lockout bounds a search, so the 8-digit rule of boxes without one does not apply."""
+    conf = tmp_path / "nokbox.toml"
+    conf.write_text(f'[vault]\ndevice_secret = "tpm"\ntpm_tcti = "{tpm.tcti}"\ntpm_blob = "{tmp_path / "sd" / "d.tpm"}"\n'
+                    "pin_scrypt_log_n = 12\n")
+    pin = tmp_path / "pin"
+    pin.write_text("730154\n")
+    r = run_cli("init", "--data", str(tmp_path / "data"), "--config", str(conf), "--passphrase-file",
+                str(tmp_path / "pass"), "--pin-file", str(pin), stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert device_for(tmp_path / "data").name == "tpm"
+    assert not [e for e in AuditLog(tmp_path / "data").entries() if e["action"] == "keys.pin.short"]

@@ -18,6 +18,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_te
 
 from firmware.people.accounts import ROLE_LABELS, ROLES, Accounts, AuthError, PasswordPolicyError, can
 from firmware.audit import AuditLog
+from firmware.errors import NokboxError
 from firmware.syslog import SyslogForwarder
 
 log = logging.getLogger(__name__)
@@ -200,10 +201,31 @@ def logout():
     return resp
 
 
+def _pin_context() -> dict:
+    """What the PIN form says about this box: TPM or not, and without one the offline search cost."""
+    from firmware.vault.keys import device_for
+    from firmware.vault.sealing import MIN_PIN_DIGITS_WITHOUT_TPM, human_duration, offline_search_s
+
+    x = ext()
+    try:
+        tpm = device_for(x.data_dir).name == "tpm"  # from nokbox.json: which backend, never the secret
+    except NokboxError:
+        tpm = False
+    ctx = {"pin_tpm": tpm, "pin_min": 6 if tpm or x.cfg.vault.allow_short_pin else MIN_PIN_DIGITS_WITHOUT_TPM}
+    if not tpm and g.get("user") is not None and can(g.user, "approver.pin"):
+        log_n = x.cfg.vault.pin_scrypt_log_n
+        ctx["pin_costs"] = [(d, human_duration(offline_search_s(d, log_n))) for d in (6, 8, 10)]
+    return ctx
+
+
+def _account(code: int = 200, **kw):
+    return render_template("account.html", **({"message": "", "error": ""} | _pin_context() | kw)), code
+
+
 @bp.get("/account")
 @requires("account.self")
 def account():
-    return render_template("account.html", message="", error="")
+    return _account()
 
 
 @bp.post("/account/password")
@@ -212,12 +234,11 @@ def account_password():
     f = request.form
     x = ext()
     if f.get("new", "") != f.get("new2", ""):
-        return render_template("account.html", error="새 비밀번호가 서로 다릅니다 · the new passwords differ",
-                               message=""), 400
+        return _account(400, error="새 비밀번호가 서로 다릅니다 · the new passwords differ")
     try:
         x.accounts.set_password(g.user.name, f.get("new", ""), by=g.user, old=f.get("old", ""), source=source())
     except (PasswordPolicyError, AuthError) as exc:
-        return render_template("account.html", error=str(exc), message=""), 400
+        return _account(400, error=str(exc))
     resp = redirect(url_for("auth.login"))
     resp.delete_cookie(COOKIE)
     return resp
@@ -226,10 +247,21 @@ def account_password():
 @bp.post("/account/pin")
 @requires("approver.pin")
 def account_pin():
+    from firmware.vault.sealing import pin_strength_problem
+
     f = request.form
+    x = ext()
+    pin = f.get("pin", "")
+    ctx = _pin_context()
+    problem = pin_strength_problem(pin, tpm=ctx["pin_tpm"], allow_short=x.cfg.vault.allow_short_pin,
+                                   log_n=x.cfg.vault.pin_scrypt_log_n) if pin.strip().isdigit() else ""
+    if problem:
+        return _account(400, error=problem)
     try:
-        ext().accounts.set_pin(g.user.name, f.get("pin", ""), by=g.user, password=f.get("password", ""),
-                               source=source())
+        x.accounts.set_pin(g.user.name, pin, by=g.user, password=f.get("password", ""), source=source())
     except (PasswordPolicyError, AuthError) as exc:
-        return render_template("account.html", error=str(exc), message=""), 400
-    return render_template("account.html", message="PIN이 설정되었습니다 · PIN set", error="")
+        return _account(400, error=str(exc))
+    if not ctx["pin_tpm"] and len(pin.strip()) < 8:
+        x.audit.append("auth.pin_short", actor=g.user.name, role="approver", obj=g.user.name, source=source(),
+                       reason=f"{len(pin.strip())}-digit PIN without a TPM, allowed by vault.allow_short_pin")
+    return _account(message="PIN이 설정되었습니다 · PIN set")

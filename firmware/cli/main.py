@@ -162,7 +162,8 @@ def cmd_init(args) -> int:
 
     if (args.data / MARKER).exists():  # before any secret is generated or asked for
         raise NokboxError(f"{args.data} is already initialised; refusing to replace its records key")
-    passphrase, pin, how = vault_cli.init_secrets(args)
+    tpm = v.device_secret == "tpm"
+    passphrase, pin, how = vault_cli.init_secrets(args, cfg, tpm=tpm)
     from ..vault.epochs import key_class_for
 
     channels = [ln.channel for ln in cfg.line] or range(cfg.audio.channels)
@@ -170,6 +171,8 @@ def cmd_init(args) -> int:
                                  approver=args.approver, pin_log_n=cfg.vault.pin_scrypt_log_n,
                                  key_classes=[key_class_for(cfg, c) for c in channels],
                                  tpm_policy=(v.tpm_max_tries, v.tpm_recovery_s, v.tpm_lockout_recovery_s))
+    if pin:
+        vault_cli.audit_short_pin(args.data, cfg, pin, args.approver, tpm=tpm)
     print(f"initialised {args.data}")
     print(f"records recipient (public): {recipient}")
     if how == "shown":

@@ -115,9 +115,33 @@ def init_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--approver", default="approver", help="name of the first approver's PIN slot")
 
 
-def init_secrets(args) -> tuple[str, str | None, str]:
+def new_pin(pin: str, cfg, *, tpm: bool) -> str:
+    """A new approver PIN checked against the policy: guessable ones refused; without a TPM, fewer than
+    8 digits refused unless ``vault.allow_short_pin`` (the caller audits that use)."""
+    from ..vault.sealing import check_pin, pin_strength_problem
+
+    pin = check_pin(pin)
+    problem = pin_strength_problem(pin, tpm=tpm, allow_short=cfg.vault.allow_short_pin,
+                                   log_n=cfg.vault.pin_scrypt_log_n)
+    if problem:
+        raise VaultError(problem)
+    return pin
+
+
+def audit_short_pin(data, cfg, pin: str, approver: str, *, tpm: bool) -> None:
+    from ..audit import AuditLog
+    from ..vault.sealing import MIN_PIN_DIGITS_WITHOUT_TPM, human_duration, offline_search_s
+
+    if tpm or len(pin.strip()) >= MIN_PIN_DIGITS_WITHOUT_TPM:
+        return
+    AuditLog(data).append("keys.pin.short", actor=_actor(), role="operator", obj=f"pin-slot:{approver}",
+                          reason=f"{len(pin.strip())}-digit PIN without a TPM, allowed by vault.allow_short_pin "
+                                 f"(offline search about {human_duration(offline_search_s(len(pin.strip())))})")
+
+
+def init_secrets(args, cfg=None, *, tpm: bool = False) -> tuple[str, str | None, str]:
     """(passphrase, pin or None, how the passphrase was obtained) for ``nokbox init``."""
-    from ..vault.sealing import check_passphrase, check_pin, generate_passphrase
+    from ..vault.sealing import check_passphrase, generate_passphrase
 
     data = args.data
     pf = args.passphrase_file
@@ -129,7 +153,7 @@ def init_secrets(args) -> tuple[str, str | None, str]:
         passphrase, how = generate_passphrase(), ("new-file" if pf is not None else "shown")
     pin = read_secret(args.pin_file, "approver PIN", data, confirm=True, required=False)
     if pin is not None:
-        pin = check_pin(pin)
+        pin = new_pin(pin, cfg or load_config(args.config)[0], tpm=tpm)
     if how == "new-file":
         _write_new_secret(pf, passphrase)
     return passphrase, pin, how
@@ -151,14 +175,15 @@ def _need_box(data: Path) -> None:
 
 
 def _add_pin(args) -> int:
-    from ..vault.keys import add_pin
-    from ..vault.sealing import check_pin
+    from ..vault.keys import add_pin, box_device
 
     _need_box(args.data)
     cfg, _ = load_config(args.config)
+    tpm = box_device(args.data, cfg).name == "tpm"
     passphrase = read_secret(args.passphrase_file, "recovery passphrase", args.data)
-    pin = check_pin(read_secret(args.pin_file, "approver PIN", args.data, confirm=True))
+    pin = new_pin(read_secret(args.pin_file, "approver PIN", args.data, confirm=True), cfg, tpm=tpm)
     add_pin(args.data, cfg, args.approver, passphrase, pin, actor=_actor())
+    audit_short_pin(args.data, cfg, pin, args.approver, tpm=tpm)
     print(f"PIN set for approver {args.approver!r}")
     return 0
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
 import hmac
 import json
@@ -129,6 +130,46 @@ def check_pin(pin: str) -> str:
         if steps in ({0}, {1}, {9}):
             raise VaultError("that PIN is too easy to guess (repeated digit or a run)")
     return p
+
+
+MIN_PIN_DIGITS_WITHOUT_TPM = 8
+
+
+@functools.lru_cache(maxsize=4)
+def scrypt_guess_s(log_n: int = PIN_LOG_N) -> float:
+    """Seconds one PIN guess costs an offline attacker on one core of this machine (measured once)."""
+    t0 = time.perf_counter()
+    _scrypt("00000000", bytes(16), log_n)
+    return time.perf_counter() - t0
+
+
+def human_duration(seconds: float) -> str:
+    """'3.2일 · 3.2 days' and the like, for people."""
+    for unit, ko, en in ((365 * 86400, "년", "years"), (86400, "일", "days"), (3600, "시간", "hours"), (60, "분", "minutes")):
+        if seconds >= unit:
+            n = seconds / unit
+            return f"{n:,.1f}{ko} · {n:,.1f} {en}"
+    return f"{seconds:.0f}초 · {seconds:.0f} s"
+
+
+def offline_search_s(digits: int, log_n: int = PIN_LOG_N) -> float:
+    """Expected time (half the space) for someone holding the whole box to find a PIN of ``digits`` digits."""
+    return 10 ** digits / 2 * scrypt_guess_s(log_n)
+
+
+def pin_strength_problem(pin: str, *, tpm: bool, allow_short: bool, log_n: int = PIN_LOG_N) -> str:
+    """Why a new PIN is too short for a box without a TPM ('' when it is acceptable). With a TPM its
+    lockout bounds the search; without one, only the PIN's length does."""
+    p = pin.strip()
+    if tpm or allow_short or len(p) >= MIN_PIN_DIGITS_WITHOUT_TPM:
+        return ""
+    n = len(p)
+    return (f"이 장치에는 TPM이 없어 PIN은 {MIN_PIN_DIGITS_WITHOUT_TPM}자리 이상이어야 합니다: 장치를 통째로 가진 사람은 "
+            f"{n}자리 PIN을 약 {human_duration(offline_search_s(n, log_n))} 안에 찾습니다 · without a TPM a PIN needs at "
+            f"least {MIN_PIN_DIGITS_WITHOUT_TPM} digits: someone holding the whole box finds a {n}-digit PIN in about "
+            f"that long on one core ({scrypt_guess_s(log_n):.3g} s a guess here); "
+            f"{MIN_PIN_DIGITS_WITHOUT_TPM} digits take {human_duration(offline_search_s(MIN_PIN_DIGITS_WITHOUT_TPM, log_n))}"
+            " (vault.allow_short_pin = true allows shorter PINs, audited)")
 
 
 def _scrypt(secret: str, salt: bytes, log_n: int) -> bytes:
