@@ -94,12 +94,13 @@ class Client:
         return status
 
 
-APPROVER_PIN = "246810"
+APPROVER_PIN = "24681357"
 
 
-def recorded_vault(tmp_path: Path, cfg):
+def recorded_vault(tmp_path: Path, cfg, device=None):
     """A box whose approver ``approver`` has a PIN slot (APPROVER_PIN), two calls with dialled numbers
     recorded by the real pipeline (one per line, in line order), and one account per role.
+    ``device``: the device secret (default a key file beside the data; a TpmDeviceSecret for the TPM).
     Returns (data, identity file, calls as dicts, {call id: dialled number})."""
     from firmware.hal.audio import ArraySource
     from firmware.index import CallIndex
@@ -110,7 +111,7 @@ def recorded_vault(tmp_path: Path, cfg):
 
     data = tmp_path / "data"
     ident = tmp_path / "records-identity.txt"
-    init_data_dir(data, ident, passphrase="correct-horse-battery-staple-42", pin=APPROVER_PIN,
+    init_data_dir(data, ident, device, passphrase="correct-horse-battery-staple-42", pin=APPROVER_PIN,
                   approver="approver", recovery_log_n=10, pin_log_n=10)
     audio, labels = place_calls(8000, 50.0, [[(3.0, 12.0)], [(6.0, 10.0)]])
     rec = Recorder(cfg, data, source=ArraySource(audio, 8000, 160))

@@ -13,22 +13,30 @@ import soundfile as sf
 
 from firmware.audit import AuditLog
 from firmware.hal.clock import FakeClock
+from firmware.hal.devicekey import TpmDeviceSecret
 from firmware.people.accounts import role_check
 from firmware.vault.keeper import Keeper, Refused
 from firmware.vault.personal import mask_number
 
 from .authutil import APPROVER_PIN as PIN
 from .authutil import fast_cfg, recorded_vault
-from .conftest import decrypt_audio
+from .conftest import Swtpm, decrypt_audio
 
 RATE = 8000
 
 
-@pytest.fixture
-def vault(tmp_path):
-    """A box with an approver PIN slot, two recorded calls with dialled numbers, its people, a keeper."""
-    cfg = fast_cfg({"audio": {"channels": 2}, "vault": {"pin_backoff_s": 0.0}})
-    data, ident, calls, numbers = recorded_vault(tmp_path, cfg)
+@pytest.fixture(params=["file", "tpm"])
+def vault(tmp_path, request):
+    """A box with an approver PIN slot, two recorded calls with dialled numbers, its people, a keeper;
+    once with the device secret in a key file, once sealed in a (simulated) TPM 2.0 with the slot's factor."""
+    device, vault_cfg = None, {"pin_backoff_s": 0.0}
+    if request.param == "tpm":
+        tpm = Swtpm(tmp_path / "tpm")
+        request.addfinalizer(tpm.stop)
+        device = TpmDeviceSecret(tmp_path / "sd" / "device.tpm", tpm.tcti)
+        vault_cfg |= {"device_secret": "tpm", "tpm_tcti": tpm.tcti, "tpm_blob": str(device.path)}
+    cfg = fast_cfg({"audio": {"channels": 2}, "vault": vault_cfg})
+    data, ident, calls, numbers = recorded_vault(tmp_path, cfg, device)
     clock = FakeClock(wall=time.time())
     return data, ident, cfg, calls, numbers, clock, Keeper(data, cfg, authorize=role_check(data), clock=clock)
 
@@ -89,10 +97,10 @@ def test_the_keeper_checks_pin_roles_and_limits_itself(vault):
     assert e.value.code == "no_call"
     for left in (4, 3, 2, 1):
         with pytest.raises(Refused) as e:
-            k.unlock_for("approver", "975310", **ok)
+            k.unlock_for("approver", "97531086", **ok)
         assert e.value.code == "wrong_pin" and f"{left}회 남음" in e.value.message
     with pytest.raises(Refused) as e:  # the fifth wrong PIN locks the slot; the right one no longer opens
-        k.unlock_for("approver", "975310", **ok)
+        k.unlock_for("approver", "97531086", **ok)
     assert e.value.code == "locked"
     with pytest.raises(Refused) as e:
         k.unlock_for("approver", PIN, **ok)

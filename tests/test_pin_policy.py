@@ -24,7 +24,8 @@ def test_init_refuses_a_six_digit_pin_without_a_tpm_unless_allowed(tmp_path):
     assert "6-digit PIN in about" in r.stderr and "vault.allow_short_pin" in r.stderr
     assert not (tmp_path / "a").exists() and not pf.exists()  # nothing created, not even the passphrase
     conf = tmp_path / "nokbox.toml"
-    conf.write_text("[vault]\nallow_short_pin = true\npin_scrypt_log_n = 12\n")
+    # the key file beside the data (a config naming none would put it in /etc/nokbox, outside the test)
+    conf.write_text(f'[vault]\nallow_short_pin = true\npin_scrypt_log_n = 12\ndevice_key_file = "{tmp_path / "b.key"}"\n')
     r = run_cli("init", "--data", str(tmp_path / "b"), "--config", str(conf), "--passphrase-file", str(pf),
                 "--pin-file", str(pin), stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr

@@ -6,71 +6,25 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from firmware.audit import AuditLog
-from firmware.errors import DeviceError, VaultError
+from firmware.errors import DeviceError
 from firmware.hal.devicekey import FileDeviceSecret, TpmDeviceSecret
 from firmware.vault import sealing
 from firmware.vault.keys import clear_lockout, device_for, init_data_dir, unlock_with_pin
 from firmware.vault.sealing import PinGuard, PinRateLimited, WrongPin
 
 from .authutil import fast_cfg
-from .conftest import run_cli
+from .conftest import Swtpm, run_cli
 
 PIN = "24681357"
 PASSPHRASE = "correct-horse-battery-staple-42"
-
-
-def _ports() -> int:
-    while True:
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        with socket.socket() as b:
-            try:
-                b.bind(("127.0.0.1", port + 1))
-                return port
-            except OSError:
-                continue
-
-
-class Swtpm:
-    """One simulated TPM 2.0 with its own state directory (a box's TPM chip)."""
-
-    def __init__(self, state: Path) -> None:
-        if shutil.which("swtpm") is None:
-            pytest.fail("swtpm is required (Debian swtpm; scripts/setup.sh --test installs it)")
-        state.mkdir(parents=True, exist_ok=True)
-        self.state = state
-        self.port = _ports()
-        self.proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1", "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                break
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.proc.stderr.read()
-                time.sleep(0.05)
-        self.tcti = f"swtpm:host=127.0.0.1,port={self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.proc.stderr.close()
 
 
 @pytest.fixture
