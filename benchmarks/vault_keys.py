@@ -5,6 +5,9 @@
 - PIN unlock: scrypt parameters, time per try here (the KDF alone and the whole audited
   unlock_with_pin), an estimate for a Raspberry Pi 4, and what that means for an offline
   PIN search by someone who has both the SSD and the device secret (whole-box thief, root).
+- The same per backend: with the device secret in a key file, and sealed in a TPM 2.0 (Debian's
+  swtpm simulator started here) whose dictionary-attack lockout bounds any search (default policy:
+  10 tries, then one per 10 minutes): the time per try and the time to search 6- and 8-digit PINs.
 - Recovery passphrase unlock (stock age's scrypt work factor).
 - How many years of 16 lines x 8 busy hours a day fit on 1 TB at 16 kbit/s Opus
   (about 2 KB/s per line) plus the measured age overhead.
@@ -41,6 +44,69 @@ def timed(fn, n: int) -> float:
         fn()
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+def _swtpm(state: Path):
+    """A simulated TPM 2.0 on a free local port; (process, TCTI string) or None without swtpm."""
+    import shutil
+    import socket
+    import subprocess
+
+    if shutil.which("swtpm") is None:
+        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server",
+                             f"type=tcp,port={port},bindaddr=127.0.0.1", "--ctrl",
+                             f"type=tcp,port={port + 1},bindaddr=127.0.0.1", "--flags", "not-need-init,startup-clear"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return proc, f"swtpm:host=127.0.0.1,port={port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+def tpm_backend(n: int) -> None:
+    from firmware.hal.devicekey import TpmDeviceSecret
+
+    print("\nPIN unlock per backend")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "tpm").mkdir()
+        started = _swtpm(tmp / "tpm")
+        if started is None:
+            print("  tpm: swtpm is not installed (scripts/setup.sh --test installs it); skipped")
+            return
+        proc, tcti = started
+        try:
+            policy = (10, 600, 86400)
+            dev = TpmDeviceSecret(tmp / "device.tpm", tcti)
+            cfg = parse_config({"vault": {"device_secret": "tpm", "tpm_tcti": tcti, "tpm_blob": str(dev.path),
+                                          "pin_backoff_s": 0.0}})
+            pin = "48291357"
+            init_data_dir(tmp / "data", device=dev, passphrase="K7Q2M-9XWZD-4RTHB-NP0VC", pin=pin, tpm_policy=policy)
+            unlock = timed(lambda: unlock_with_pin(tmp / "data", cfg, "approver", pin), n)
+            kdf = timed(lambda: _scrypt(pin, os.urandom(16), PIN_LOG_N), n)
+            print(f"  file: {kdf * 1000:6.0f} ms per offline guess (scrypt alone); the search is offline, "
+                  "bounded only by the thief's cores (above)")
+            print(f"  tpm:  {unlock * 1000:6.0f} ms per try here (scrypt + TPM unseal of the device secret and the "
+                  "slot's factor, swtpm; a real TPM adds tens of ms)")
+            tries, recovery_s, _ = policy
+            print(f"        no offline guess: the slot key needs the TPM's factor, which it unseals only for the "
+                  f"right PIN and counts every wrong one ({tries} tries, then one every {recovery_s} s)")
+            for digits in (6, 8):
+                half = 10 ** digits / 2
+                years = (max(0.0, half - tries) * recovery_s + tries * unlock) / (365 * 86400)
+                print(f"        a {digits}-digit PIN, on average: {years:,.1f} years of the TPM's pace "
+                      "(one box, one TPM: no parallel search)")
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def main() -> None:
@@ -82,6 +148,8 @@ def main() -> None:
               f"{pp * PI4_FACTOR[0]:.1f}-{pp * PI4_FACTOR[1]:.1f} s on a Pi 4 (est.)")
         print("  100-bit generated passphrase: 2^99 tries on average; not searchable")
         print(f"  nokbox init with passphrase + PIN: {t_init:.2f} s here")
+
+    tpm_backend(n)
 
     # -- capacity ----------------------------------------------------------------------
     print("\nstorage: 16 lines x 8 busy hours a day, Opus 16 kbit/s (2,000 B/s per line)")
