@@ -296,8 +296,13 @@ class Keeper:
         if row is None or row["numbers_sealed"] is None:
             out = {}
         else:
-            with g.lock:
-                out = json.loads(decrypt_bytes(row["numbers_sealed"], [g.calls[call]]).decode("utf-8"))
+            try:
+                with g.lock:
+                    out = json.loads(decrypt_bytes(row["numbers_sealed"], [g.calls[call]]).decode("utf-8"))
+            except (NokboxError, ValueError) as exc:
+                self.audit.append("keeper.numbers", actor=actor, role="officer", obj=f"call:{call}", outcome="failed",
+                                  reason=f"does not open: {type(exc).__name__}", detail={"grant": g.ref})
+                raise Refused("번호를 열 수 없습니다 · the numbers do not open", "unreadable") from None
         self.audit.append("keeper.numbers", actor=actor, role="officer", obj=f"call:{call}", reason=g.purpose[:200],
                           detail={"grant": g.ref, "fields": sorted(out)})
         return {"call": call, "numbers": out}
