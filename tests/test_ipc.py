@@ -150,7 +150,10 @@ def _connect_as_other_uid(path: Path, uid: int = 65534) -> dict:
             s.settimeout(5)
             try:
                 s.connect(str(path))
-                s.sendall(struct.pack(">I", 2) + b"{}")
+                try:
+                    s.sendall(struct.pack(">I", 2) + b"{}")
+                except BrokenPipeError:  # refused at once: the server's answer is already waiting to be read
+                    pass
                 out = _reply(s)
             except OSError as exc:
                 out = {"os_error": exc.errno}
@@ -219,7 +222,7 @@ def test_the_recorder_and_keeper_sockets_refuse_another_uid(box, tmp_path):
         for name in ("recorder", "keeper"):
             c = wait_socket(d / f"{name}.sock", name)
             got = _connect_as_other_uid(d / f"{name}.sock")
-            assert got["reply"]["ok"] is False and got["reply"]["error"]["code"] == "peer_refused", (name, got)
+            assert got["reply"].get("ok") is False and got["reply"]["error"]["code"] == "peer_refused", (name, got)
             assert c.call("status", actor="test", purpose="still serving") is not None
     finally:
         for p in procs:
