@@ -41,8 +41,9 @@ class CaptureReader(threading.Thread):
         self.open_failures = 0
         self.gap_seconds = 0.0
         self.last_error = ""
-        # worst lateness of a period: when the thread got a block against when the device had
-        # it ready (first read + frames / rate); live sources only, reset at every (re)open
+        # worst lateness of a period over the run: when the thread got a block against when the device
+        # had it ready (first read + frames / rate; that base restarts at every (re)open and xrun);
+        # live sources only
         self.max_delay_s = 0.0
         # reads later than the device's whole buffer (audio.periods x period): on real hardware each
         # would have been an overrun; counted here so a source without a buffer shows them too
