@@ -264,9 +264,7 @@ def cmd_run(args) -> int:
                 time.sleep(0.1)
             c.state = "running"
             log.info("%s started (pid %d)", c.name, c.proc.pid)
-        if not args.no_web:
-            log.info("admin page on http://%s:%d/", host, port)
-        notify_systemd("READY=1")
+        notify_systemd("READY=1")  # the page process has said where it serves
         write_supervisor_state(run, children)
         _supervise(children, stop, hup, run)
     finally:
