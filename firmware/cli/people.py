@@ -35,7 +35,7 @@ CLI_PERMISSIONS: dict[str, str | None] = {
     "notice check": "service", "notice set": "config.edit", "notice upload": "config.edit",
     # the vault's key commands are gated by the secret they need (recovery passphrase or PIN)
     "keys add-pin": "service", "keys check-pin": "service", "keys unlock": "service",
-    "keys export-identity": "service", "keys status": "service", "keys move-to-tpm": "service",
+    "keys export-identity": "service", "keys status": "service", "keys move-to-tpm": "service", "keys signer": "service",
     "retention run": "service",
     "user setup": None,
     "user add": "users.manage", "user list": "users.manage", "user disable": "users.manage",

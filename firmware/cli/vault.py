@@ -92,6 +92,9 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--out", type=Path, help="new file to write (0600, not inside the data directory); "
                    "default standard output")
 
+    p = ksub.add_parser("signer", help="the box's export-signing key as an allowed_signers line, and its fingerprint")
+    common(p)
+
     p = ksub.add_parser("move-to-tpm", help="seal the device secret into this box's TPM 2.0 (needs the passphrase)")
     common(p)
     p.add_argument("--passphrase-file", type=Path, help="file holding the recovery passphrase (else prompt)")
@@ -160,7 +163,7 @@ def init_secrets(args, cfg=None, *, tpm: bool = False) -> tuple[str, str | None,
 
 
 def run(args) -> int:
-    handler = {"add-pin": _add_pin, "check-pin": _check_pin, "unlock": _unlock, "move-to-tpm": _move_to_tpm,
+    handler = {"add-pin": _add_pin, "check-pin": _check_pin, "unlock": _unlock, "move-to-tpm": _move_to_tpm, "signer": _signer,
                "export-identity": _export, "status": _status}
     if args.cmd == "retention":
         return _retention(args)
@@ -276,6 +279,23 @@ def _status(args) -> int:
         state = "destroyed " + e["destroyed_utc"] if e["destroyed_utc"] else (
             "retired " + e["retired_utc"] if e["retired_utc"] else "current")
         print(f"key epoch {e['id']}: {e['created_utc']} {state}")
+    return 0
+
+
+def _signer(args) -> int:
+    from ..audit import AuditLog
+    from ..vault.keys import box_device
+    from ..vault.signing import PUBLIC, allowed_signers, ensure_signer, fingerprint
+
+    _need_box(args.data)
+    cfg, _ = load_config(args.config)
+    existed = (args.data / "keys" / PUBLIC).exists()
+    line = ensure_signer(args.data, box_device(args.data, cfg))
+    if not existed:  # a box initialised before export signing: its key is made now
+        AuditLog(args.data).append("keys.signer.create", actor=_actor(), role="operator", obj="export-signer",
+                                   reason="export-signing key created", detail={"fingerprint": fingerprint(line)})
+    print(allowed_signers(line))
+    print(fingerprint(line))
     return 0
 
 

@@ -93,6 +93,9 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         seal_recovery(data, identity, passphrase, recovery_log_n)
     if isinstance(device, TpmDeviceSecret):
         take_tpm_lockout(data, device, passphrase, tpm_policy, recovery_log_n)
+    from .signing import ensure_signer
+
+    ensure_signer(data, device)  # the export-signing key (SSHSIG), sealed under the device secret
     if pin is not None:
         seal_pin_slot(data, identity, approver, pin, device, pin_log_n)
         PinGuard(data, device).reset(approver)
