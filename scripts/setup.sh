@@ -12,7 +12,7 @@ want_test=0
 runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0
               libtss2-dev ca-certificates)
 test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
-           swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0)
+           swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")
