@@ -396,28 +396,37 @@ class Client:
         finally:
             s.close()
 
-    def stream_bytes(self, verb: str, *, actor: str, purpose: str, **args) -> tuple[dict, Iterator[bytes]]:
-        """(head, chunks): the chunks iterator raises IpcError if the server reports an error at the end."""
+    def _open_stream(self, kind: str, verb: str, actor: str, purpose: str, args: dict):
+        """(socket, head reply) of a request the server answers with a ``kind`` stream."""
         s = self._connect()
         try:
             head = self._request(s, verb, actor, purpose, args)
         except BaseException:
             s.close()
             raise
-        if head.get("stream") != "bytes":
+        if head.get("stream") != kind:
             s.close()
             raise ProtocolError("malformed", f"{verb}: the {self.name} did not stream")
+        return s, head
+
+    def _frames(self, s: socket.socket) -> Iterator[bytes]:
+        """The stream's frames up to its empty end frame; a cut is ServiceUnavailable."""
+        while True:
+            try:
+                b = recv_frame(s)
+            except (EOFError, OSError):
+                raise self._down("stream cut") from None
+            if not b:
+                return
+            yield b
+
+    def stream_bytes(self, verb: str, *, actor: str, purpose: str, **args) -> tuple[dict, Iterator[bytes]]:
+        """(head, chunks): the chunks iterator raises IpcError if the server reports an error at the end."""
+        s, head = self._open_stream("bytes", verb, actor, purpose, args)
 
         def chunks() -> Iterator[bytes]:
             try:
-                while True:
-                    try:
-                        b = recv_frame(s)
-                    except (EOFError, OSError):
-                        raise self._down("stream cut") from None
-                    if not b:
-                        break
-                    yield b
+                yield from self._frames(s)
                 try:
                     trailer = recv_msg(s)
                 except (EOFError, OSError):
@@ -432,25 +441,11 @@ class Client:
 
     def stream_json(self, verb: str, *, actor: str, purpose: str, **args) -> Iterator[dict]:
         """Messages until the caller stops iterating (closing the connection ends the server's stream)."""
-        s = self._connect()
-        try:
-            head = self._request(s, verb, actor, purpose, args)
-        except BaseException:
-            s.close()
-            raise
-        if head.get("stream") != "json":
-            s.close()
-            raise ProtocolError("malformed", f"{verb}: the {self.name} did not stream")
+        s, _ = self._open_stream("json", verb, actor, purpose, args)
 
         def items() -> Iterator[dict]:
             try:
-                while True:
-                    try:
-                        payload = recv_frame(s)
-                    except (EOFError, OSError):
-                        raise self._down("stream cut") from None
-                    if not payload:
-                        return
+                for payload in self._frames(s):
                     yield decode_msg(payload)
             finally:
                 s.close()

@@ -86,6 +86,20 @@ def notify_systemd(msg: str) -> None:
         pass
 
 
+def _serve_until_signalled(close) -> int:
+    """Tell systemd we are up, keep its watchdog fed until SIGTERM/SIGINT, then ``close``."""
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    notify_systemd("READY=1")
+    try:
+        while not stop.wait(1.0):
+            notify_systemd("WATCHDOG=1")
+    finally:
+        notify_systemd("STOPPING=1")
+        close()
+    return EXIT_OK
+
+
 # -- the three processes ---------------------------------------------------------------------
 def cmd_recorder(args) -> int:
     from ..recording.recorder import Recorder
@@ -126,16 +140,7 @@ def cmd_keeper(args) -> int:
     require_initialised(args.data)
     svc = KeeperService(Keeper(args.data, cfg, authorize=role_check(args.data))).start()
     log.info("key keeper serving %s", svc.path)
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    notify_systemd("READY=1")
-    try:
-        while not stop.wait(1.0):
-            notify_systemd("WATCHDOG=1")
-    finally:
-        notify_systemd("STOPPING=1")
-        svc.close()  # forgets every identity
-    return EXIT_OK
+    return _serve_until_signalled(svc.close)  # closing forgets every identity
 
 
 def cmd_web(args) -> int:
@@ -151,16 +156,7 @@ def cmd_web(args) -> int:
     server = serve(RecorderClient(args.data, cfg, actor="page"), host, port, data_dir=args.data, cfg=cfg,
                    keeper=KeeperClient(args.data, cfg))
     log.info("admin page on http://%s:%s/", host, server.port)
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    notify_systemd("READY=1")
-    try:
-        while not stop.wait(1.0):
-            notify_systemd("WATCHDOG=1")
-    finally:
-        notify_systemd("STOPPING=1")
-        server.close()
-    return EXIT_OK
+    return _serve_until_signalled(server.close)
 
 
 # -- the supervisor ----------------------------------------------------------------------------
