@@ -423,6 +423,33 @@ class ReviewConfig(_Strict):
     )
 
 
+class ReleaseConfig(_Strict):
+    """The release workflow (열람·제공): requests, approval, listening and export."""
+
+    approval: Literal["head", "team+head"] = Field(
+        "head", description="Approval line: the head of the operating department alone (art. 7(3)), or a team "
+                            "leader's review before the head's approval (the ledger's 팀장 / 과장 columns).")
+    approval_hours: float = Field(24.0, ge=0.5, le=168.0,
+                                  description="Hours an approval stays usable; unused past this, the request expires.")
+    max_plays: int = Field(10, ge=1, le=1000, description="Plays of each attached call one approval allows.")
+    max_exports: int = Field(3, ge=1, le=20,
+                             description="Export attempts of each attached call one approval allows (a failed "
+                                         "stick can be retried; only a delivered package closes the request).")
+    search_margin_min: int = Field(30, ge=0, le=1440,
+                                   description="Minutes searched before and after the request's call window.")
+    window_max_days: int = Field(31, ge=1, le=366, description="Longest call window one request may name.")
+    attachment_max_mb: float = Field(10.0, ge=0.1, le=50.0, description="Largest attached scan (PDF, JPEG, PNG).")
+    attachments_max: int = Field(10, ge=1, le=50, description="Most scans attached to one request.")
+    keep_years: int = Field(3, ge=1, le=30,
+                            description="Years closed requests and their ledger rows are kept, then destroyed.")
+    office: str = Field("", max_length=100, description="The office's name printed on forms (기관명).")
+    head_title: str = Field("운영부서의 장", max_length=60, description="Title of the approving head on forms.")
+    usb_backend: Literal["udisks2", "image"] = Field(
+        "image", description="USB sticks: UDisks2 over D-Bus (the box), or filesystem images in usb_images (tests).")
+    usb_images: str = Field("", description="Folder whose *.img files are presented as sticks (image backend); "
+                                            "empty = DATA/usb-images.")
+
+
 class NokboxConfig(_Strict):
     """The whole configuration of one box."""
 
@@ -439,6 +466,7 @@ class NokboxConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     line: list[LineConfig] = Field(
         default_factory=list,
         description="Declared lines; when empty, one line per channel named 회선 N.",

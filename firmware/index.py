@@ -104,6 +104,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
 _CALLS_ADDED = (
     ("numbers_sealed", "BLOB"),  # age file of {"dialed": ..., "caller_id": ...}; NULL when none
     ("numbers_masked", "BLOB"),  # BoxSealer blob of the same JSON, masked; NULL when none
+    ("numbers_blind", "TEXT"),  # space-separated blind index values (personal.blind_number); NULL when none
     ("key_class", "TEXT"),  # the key class ("30d") whose epoch the call was encrypted to; NULL: before classes
 )
 
@@ -170,12 +171,13 @@ class CallIndex:
             self.con.execute("INSERT OR REPLACE INTO notice_modes (line, mode, actor, reason, time_utc)"
                              " VALUES (?, ?, ?, ?, ?)", (line, mode, actor, reason, iso_utc(now_ts)))
 
-    def set_sealed_numbers(self, call_id: int, sealed: bytes, masked: bytes | None = None) -> None:
-        """Store the call's numbers: encrypted to the records recipients, and masked under the
-        device-bound secret."""
+    def set_sealed_numbers(self, call_id: int, sealed: bytes, masked: bytes | None = None,
+                           blind: str | None = None) -> None:
+        """Store the call's numbers: encrypted to the records recipients, masked under the
+        device-bound secret, and as keyed blind index values (for the search inside a request)."""
         with self.con:
-            self.con.execute("UPDATE calls SET numbers_sealed = ?, numbers_masked = ? WHERE id = ?",
-                             (sealed, masked, call_id))
+            self.con.execute("UPDATE calls SET numbers_sealed = ?, numbers_masked = ?, numbers_blind = ? WHERE id = ?",
+                             (sealed, masked, blind or None, call_id))
 
     def add_event(self, ts: float, kind: str, line: int | None = None, seconds: float | None = None,
                   detail: str | None = None) -> None:

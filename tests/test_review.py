@@ -47,10 +47,10 @@ def day_of_lookups(box):
     clock._wall = _at(y, 16)
     log.append("call.play", actor="officer", role="officer", obj="call 42", source="192.0.2.21",
                detail={"request": "R-2026-002"})
-    acc = Accounts(data, cfg.auth, AuditLog(data, clock=clock), clock=clock)
-    acc.set_pin("approver", "482915", by=acc.get("approver"), password=PASSWORD["approver"])
     clock._wall = _at(y, 14)
-    assert not acc.check_pin("approver", "000111", obj="request R-2026-002")
+    # a wrong PIN as the key keeper's PinGuard records it (the one approver PIN lives in its slot)
+    log.append("keys.unlock", actor="approver", role="approver", obj="pin-slot:approver", outcome="denied",
+               reason="wrong PIN (1 of 5)", detail={"method": "pin", "seq": 3})
     clock._wall = _at(y, 15)
     log.append("config.change", actor="technician", role="technician", obj="/etc/nokbox/nokbox.toml",
                detail={"changes": {"notice.enabled": {"old": True, "new": False}}})

@@ -215,6 +215,13 @@ def _pin_context() -> dict:
     if not tpm and g.get("user") is not None and can(g.user, "approver.pin"):
         log_n = x.cfg.vault.pin_scrypt_log_n
         ctx["pin_costs"] = [(d, human_duration(offline_search_s(d, log_n))) for d in (6, 8, 10)]
+    if g.get("user") is not None and can(g.user, "approver.pin"):
+        from firmware.ipc import IpcError
+
+        try:  # the keeper owns the PIN slots: the page only asks whether there is one
+            ctx["pin_slot"] = current_app.config["KEEPER"].pin_status(g.user.name)
+        except IpcError as exc:
+            ctx["pin_slot"] = {"error": exc.message}
     return ctx
 
 
@@ -247,6 +254,10 @@ def account_password():
 @bp.post("/account/pin")
 @requires("approver.pin")
 def account_pin():
+    """The approver's one PIN: it approves requests and opens their slot in the key keeper. The
+    keeper seals the slot; it needs the records identity, opened with the approver's current PIN,
+    another approver's PIN, or the recovery passphrase (a new approver's first PIN)."""
+    from firmware.ipc import IpcError
     from firmware.vault.sealing import pin_strength_problem
 
     f = request.form
@@ -257,10 +268,25 @@ def account_pin():
                                    log_n=x.cfg.vault.pin_scrypt_log_n) if pin.strip().isdigit() else ""
     if problem:
         return _account(400, error=problem)
+    if pin != f.get("pin2", pin):
+        return _account(400, error="새 PIN이 서로 다릅니다 · the new PINs differ")
     try:
-        x.accounts.set_pin(g.user.name, pin, by=g.user, password=f.get("password", ""), source=source())
-    except (PasswordPolicyError, AuthError) as exc:
+        x.accounts.authenticate(g.user.name, f.get("password", ""), source=source(), purpose="PIN change")
+    except AuthError as exc:
         return _account(400, error=str(exc))
+    how = f.get("via", "own")
+    if how == "passphrase":
+        via = {"passphrase": f.get("passphrase", "")}
+    elif how == "other":
+        via = {"approver": f.get("other", "").strip(), "pin": f.get("other_pin", "")}
+    else:
+        via = {"approver": g.user.name, "pin": f.get("old_pin", "")}
+    try:
+        current_app.config["KEEPER"].enroll_pin(g.user.name, pin, via)
+    except IpcError as exc:
+        if exc.code == "unavailable":
+            raise
+        return _account(400, error=exc.message)
     if not ctx["pin_tpm"] and len(pin.strip()) < 8:
         x.audit.append("auth.pin_short", actor=g.user.name, role="approver", obj=g.user.name, source=source(),
                        reason=f"{len(pin.strip())}-digit PIN without a TPM, allowed by vault.allow_short_pin")

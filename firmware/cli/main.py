@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .people import add_signin_args
 from . import processes
+from . import release as release_cli
 from . import vault as vault_cli
 from ..config import DEFAULT_DATA_DIR, describe_schema, load_config
 from ..errors import NokboxError
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     processes.add_parsers(sub, _common)  # recorder, keeper, web
     add_parsers(sub, _common)  # user …, audit …
     vault_cli.add_parsers(sub, _common)
+    release_cli.add_parsers(sub, _common)  # request, ledger
     return ap
 
 
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),
         "keys": vault_cli.run, "retention": vault_cli.run,
+        "request": release_cli.cmd_request, "ledger": release_cli.cmd_ledger,
     }[args.cmd]
     try:
         return handler(args)

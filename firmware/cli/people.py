@@ -162,8 +162,7 @@ def cmd_user(args) -> int:
         elif args.user_cmd == "list":
             for u in acc.users():
                 lock = " locked" if u.locked_until > acc.clock.wall() else ""
-                pin = " pin-locked" if u.pin_locked else ""
-                print(f"{u.name:<20} {','.join(u.roles):<40} {u.state}{lock}{pin}"
+                print(f"{u.name:<20} {','.join(u.roles):<40} {u.state}{lock}"
                       + (f"  ({u.state_reason})" if u.state_reason else ""))
         elif args.user_cmd in ("disable", "restrict", "enable"):
             state = {"disable": "disabled", "restrict": "restricted", "enable": "active"}[args.user_cmd]

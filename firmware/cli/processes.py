@@ -138,7 +138,10 @@ def cmd_keeper(args) -> int:
     _follow_parent()
     cfg, _ = load_config(args.config)
     require_initialised(args.data)
-    svc = KeeperService(Keeper(args.data, cfg, authorize=role_check(args.data))).start()
+    from ..release.requests import KeeperView
+
+    svc = KeeperService(Keeper(args.data, cfg, authorize=role_check(args.data),
+                               requests=KeeperView(args.data, cfg, role_check(args.data)))).start()
     log.info("key keeper serving %s", svc.path)
     return _serve_until_signalled(svc.close)  # closing forgets every identity
 

@@ -166,7 +166,7 @@ CREATE TABLE IF NOT EXISTS users (
     display TEXT NOT NULL DEFAULT '',
     roles TEXT NOT NULL,
     pw_hash TEXT NOT NULL,
-    pin_hash TEXT,
+    pin_hash TEXT,                    -- unused since the keeper's PIN slots hold the one approver PIN
     state TEXT NOT NULL DEFAULT 'active',
     state_reason TEXT NOT NULL DEFAULT '',
     failures INTEGER NOT NULL DEFAULT 0,
@@ -458,56 +458,6 @@ class Accounts:
             log.warning("account %s locked for %d min after %d failed sign-ins", name, minutes, self.cfg.lock_after)
 
     # -- approval PIN (used by the request workflow) ---------------------------------------------
-    def set_pin(self, name: str, pin: str, *, by: User, password: str, source: str = "local") -> None:
-        """An approver sets their own PIN, confirming with their password."""
-        if by.name != name:
-            self.audit.append("auth.pin_set", actor=by.name, role=",".join(by.roles), obj=name, outcome="refused",
-                              reason="only the approver sets their own PIN", source=source)
-            raise AuthError("only the approver sets their own PIN", "forbidden")
-        self.authorize(by, "approver.pin", obj=f"user {name}", source=source)
-        self.authenticate(name, password, source=source, purpose="PIN change")
-        problems = pin_problems(pin)
-        if problems:
-            raise PasswordPolicyError("; ".join(problems))
-        with self._db() as con:
-            con.execute("UPDATE users SET pin_hash = ?, pin_failures = 0, pin_locked = 0 WHERE name = ?",
-                        (self.ph.hash(pin), name))
-        self.audit.append("auth.pin_set", actor=name, role="approver", obj=name, source=source)
-
-    def check_pin(self, name: str, pin: str, *, source: str = "local", obj: str = "") -> bool:
-        """The approver's PIN check. After ``pin_lock_after`` misses the PIN stays locked (across
-        restarts) until an administrator unlocks it. Every failure and the lock are logged."""
-        with self._db() as con:
-            row = con.execute("SELECT * FROM users WHERE name = ?", (name,)).fetchone()
-        if row is None or row["pin_hash"] is None or row["state"] != "active" or "approver" not in row["roles"]:
-            self.audit.append("auth.pin_failure", actor=name[:32], role="approver", obj=obj, outcome="refused",
-                              reason="no usable PIN", source=source)
-            return False
-        if row["pin_locked"]:
-            self.audit.append("auth.pin_failure", actor=name, role="approver", obj=obj, outcome="refused",
-                              reason="PIN locked", source=source)
-            return False
-        try:
-            self.ph.verify(row["pin_hash"], pin)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            with self._db() as con:
-                con.execute("BEGIN IMMEDIATE")
-                n = con.execute("SELECT pin_failures FROM users WHERE id = ?", (row["id"],)).fetchone()[0] + 1
-                locked = n >= self.cfg.pin_lock_after
-                con.execute("UPDATE users SET pin_failures = ?, pin_locked = ? WHERE id = ?", (n, int(locked), row["id"]))
-                con.execute("COMMIT")
-            self.audit.append("auth.pin_failure", actor=name, role="approver", obj=obj, outcome="failed",
-                              reason="wrong PIN", source=source, detail={"failures": n})
-            if locked:
-                self.audit.append("auth.pin_locked", actor=name, role="approver", obj=obj, outcome="locked",
-                                  reason=f"{n} wrong PINs", source=source)
-            return False
-        with self._db() as con:
-            con.execute("UPDATE users SET pin_failures = 0 WHERE id = ?", (row["id"],))
-        self.audit.append("auth.pin_ok", actor=name, role="approver", obj=obj, source=source)
-        return True
-
-    # -- sessions ---------------------------------------------------------------------------------
     def start_session(self, user: User, source: str) -> tuple[str, str]:
         """A new server-side session: (cookie token, CSRF token). Only a hash of the token is stored."""
         token = secrets.token_urlsafe(32)

@@ -21,9 +21,12 @@ SIGNOFF = "review.signoff"
 # Actions that look at recordings or their metadata (the request workflow writes them).
 LOOKUPS = {
     "request.search": "검색 · search",
-    "call.play": "재생(열람) · playback",
+    "request.view": "신청 열람 · request viewed",
+    "request.play": "재생(열람) · playback",
     "request.export": "내보내기(제공) · export",
+    "call.play": "재생(열람) · playback",
     "call.view": "조회 · view",
+    "ledger.view": "관리대장 조회 · ledger",
 }
 FLAG_LABELS = {
     "outside_hours": "근무시간 외 조회 · lookup outside office hours",
@@ -34,6 +37,9 @@ FLAG_LABELS = {
     "lockout": "계정 잠김 · account locked",
     "denied": "권한 없는 접근 시도 · refused access",
     "user_change": "계정·권한 변경 · account or role change",
+    "other_parties": "다른 사람의 통화가 검색됨 · a search returned other parties' calls",
+    "resubmitted": "반려 후 재신청 · resubmitted after a rejection",
+    "export_outside_hours": "근무시간 외 제공 · export outside office hours",
 }
 _USER_CHANGES = {"user.create", "user.roles", "user.restrict", "user.disable", "user.enable", "user.password",
                  "user.unlock", "user.setup"}
@@ -102,12 +108,24 @@ def review_day(log: AuditLog, day: dt.date, cfg: ReviewConfig) -> DayReview:
         if e["action"] in LOOKUPS:
             people[e["actor"]][e["action"]] += 1
             rv.lookups.append(e | {"time_local": t, "label": LOOKUPS[e["action"]]})
-            if local.weekday() not in cfg.office_days or not start <= local.time() < end:
+            detail = e["detail"] if isinstance(e["detail"], dict) else {}
+            outside = local.weekday() not in cfg.office_days or not start <= local.time() < end
+            if outside:
                 flag("outside_hours", f"{LOOKUPS[e['action']]} {e['object']}")
-            if e["action"] == "request.search" and not (isinstance(e["detail"], dict) and e["detail"].get("request")):
+                if e["action"] == "request.export":
+                    flag("export_outside_hours", e["object"])
+            named = (e["object"] or "").startswith("request:") and e["object"] != "request:-"
+            if e["action"] == "request.search" and not (named or detail.get("request")):
                 flag("no_request", e["object"] or "")
+            if e["action"] == "request.search" and detail.get("other_parties"):
+                flag("other_parties", f"{e['object']}: {detail['other_parties']} / {detail.get('results')}")
+        elif e["action"] == "request.submit" and isinstance(e["detail"], dict) and e["detail"].get("after_rejection"):
+            flag("resubmitted", f"{e['object']} (반려 · rejected: {', '.join(e['detail']['after_rejection'])})")
         elif e["action"] in ("auth.pin_failure", "auth.pin_locked"):
             flag("pin_failure", e["reason"])
+        elif e["action"] in ("keys.unlock", "keys.pin.lockout") and e["outcome"] in ("denied", "locked") and \
+                "PIN" in (e["reason"] or "") + (e["object"] or "").replace("pin-slot", "PIN"):
+            flag("pin_failure", f"{e['object']}: {e['reason']}")
         elif e["action"] == "auth.lockout":
             flag("lockout", e["reason"])
         elif e["action"] == "access.denied":

@@ -380,7 +380,8 @@ class WriterWorker(Worker):
         if numbers:  # sealed to the call's own epoch (never stored in clear), and masked for lists
             sealed = seal_value(json.dumps(numbers, ensure_ascii=False), recips)
             masked = seal_masked(self.masker, numbers) if self.masker is not None else None
-            self._index.set_sealed_numbers(call_id, sealed, masked)
+            blind = self.masker.blinds(numbers) if self.masker is not None else None
+            self._index.set_sealed_numbers(call_id, sealed, masked, blind)
         self.stats.open_ids.pop(idx, None)
         self.stats.calls_open = len(self._open)
         if cf is None:

@@ -77,9 +77,11 @@ def release_text(request_no: str, details: list[tuple[str, str]], calls: list[di
 
 
 def build(out: Path, request_no: str, details: list[tuple[str, str]], calls: list[PackedCall], checkpoint: str,
-          sign: Callable[[bytes], str], extra: dict[str, bytes] | None = None,
+          sign: Callable[[bytes], str], extra: "dict[str, bytes] | Callable[[list[dict]], dict[str, bytes]] | None" = None,
           progress: Callable[[int], None] | None = None) -> Package:
-    """Write the package to ``out`` (through ``out``.part); ``sign`` is the keeper's SSHSIG over the manifest."""
+    """Write the package to ``out`` (through ``out``.part); ``sign`` is the keeper's SSHSIG over the manifest.
+    ``extra`` is further files, or a function of the calls' rows (name, call id, …, SHA-256) that
+    makes them once the calls are in (the handover receipt lists the files' hashes)."""
     import pyzipper
 
     out = Path(out)
@@ -110,7 +112,8 @@ def build(out: Path, request_no: str, details: list[tuple[str, str]], calls: lis
                 name = f"call-{i:02d}.wav"
                 rows.append({"name": name, "call_id": c.call_id, "line": c.line, "start_local": c.start_local,
                              "duration_s": c.duration_s, "sha256": put(name, c.wav)})
-            for name, blob in sorted((extra or {}).items()):
+            more = extra(rows) if callable(extra) else (extra or {})
+            for name, blob in sorted(more.items()):
                 put(name, [blob])
             put(RELEASE, [release_text(request_no, details, rows, checkpoint).encode("utf-8")])
             manifest = "".join(f"{hashes[n]}  {n}\n" for n in sorted(hashes)).encode()

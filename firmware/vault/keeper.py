@@ -75,6 +75,11 @@ class Grant:
     expires: float
     last_used: float
     plays: int = 0
+    request: str = ""               # the request number the grant serves ("" only in tests of the mechanism)
+    max_plays: int = 0              # per call; 0 = no limit
+    max_exports: int = 0            # export reads per call; 0 = none allowed
+    played: dict = field(default_factory=dict)    # call id -> plays started
+    exported: dict = field(default_factory=dict)  # call id -> export reads
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -112,12 +117,16 @@ def wav_header(frames: int, rate: int, channels: int = 1) -> bytes:
 class Keeper:
     """Grants and the identities behind them, for one data directory."""
 
-    def __init__(self, data: Path, cfg, *, authorize: Authorize, clock=None) -> None:
+    def __init__(self, data: Path, cfg, *, authorize: Authorize, clock=None, requests=None) -> None:
         from ..hal.clock import Clock
 
         self.data = Path(data)
         self.cfg = cfg
         self.authorize = authorize
+        # the release workflow's view of its requests (release.requests.KeeperView, built by the CLI:
+        # this module cannot import release/): who may see a request, its sealed details, its calls
+        self.requests = requests
+        self._pcm: tuple | None = None  # (grant hash, call, rate, bytes): the one call decoded for listening
         self.clock = clock or Clock()
         self.audit = AuditLog(self.data, clock=self.clock, every=cfg.audit.seal_every)
         self.device = box_device(self.data, cfg)
@@ -142,7 +151,7 @@ class Keeper:
         return {"ok": True}
 
     def unlock_for(self, actor: str, pin: str, *, grantee: str, purpose: str, calls: list[int],
-                   ttl_s: float) -> dict:
+                   ttl_s: float, request: str = "", max_plays: int = 0, max_exports: int = 0) -> dict:
         """Open the calls for ``grantee`` with ``actor``'s PIN; the grant token (shown to no one but the page)."""
         obj = f"calls:{','.join(str(c) for c in calls[:20])}"
         self._allow(actor, "request.approve", obj, purpose)
@@ -180,11 +189,13 @@ class Keeper:
         del epochs
         token = secrets.token_urlsafe(32)
         now = self.clock.wall()
-        g = Grant(_hash(token), actor, grantee, purpose, opened, now + ttl_s, self.clock.monotonic())
+        g = Grant(_hash(token), actor, grantee, purpose, opened, now + ttl_s, self.clock.monotonic(),
+                  request=request, max_plays=max_plays, max_exports=max_exports)
         with self._lock:
             self._grants[g.token_hash] = g
         self.audit.append("keeper.grant", actor=actor, role="approver", obj=g.ref, reason=purpose[:200],
-                          detail={"grantee": grantee, "calls": sorted(opened), "expires": iso_utc(g.expires)})
+                          detail={"grantee": grantee, "calls": sorted(opened), "expires": iso_utc(g.expires),
+                                  "request": request, "max_plays": max_plays, "max_exports": max_exports})
         log.info("%s: %d call(s) opened by %s for %s until %s", g.ref, len(opened), actor, grantee,
                  iso_utc(g.expires))
         return {"grant": token, "ref": g.ref, "expires": iso_utc(g.expires), "calls": sorted(opened)}
@@ -250,36 +261,83 @@ class Keeper:
         g.last_used = self.clock.monotonic()
         return g
 
-    def open_call(self, actor: str, token: str, call: int) -> tuple[dict, object]:
-        """(head, chunks): the call as 16-bit mono WAV, decrypted and decoded here."""
+    def _decoded(self, g: Grant, call: int, actor: str, what: str) -> tuple[int, bytes]:
+        """(rate, 16-bit mono PCM bytes) of a granted call; the last one decoded for listening is
+        kept (one call, for the grant) so that the player's range requests do not decrypt it again."""
         import numpy as np
         import soundfile as sf
 
-        g = self._grant(token, actor, call, "play")
+        cached = self._pcm
+        if cached is not None and cached[0] == g.token_hash and cached[1] == call:
+            return cached[2], cached[3]
         path = self._call_files([call])[call]
         try:
             with open(path, "rb") as f, g.lock:
-                plain = b"".join(decrypt(f, [g.calls[call]]))
+                ident = g.calls[call]
+                if ident is None:
+                    raise Refused("승인이 끝났습니다 · the grant has ended", "no_grant")
+                plain = b"".join(decrypt(f, [ident]))
             pcm, rate = sf.read(io.BytesIO(plain), dtype="int16", always_2d=True)
         except (OSError, NokboxError, sf.LibsndfileError, RuntimeError) as exc:
-            self.audit.append("keeper.play", actor=actor, role="officer", obj=f"call:{call}", outcome="failed",
-                              reason=f"does not open: {type(exc).__name__}", detail={"grant": g.ref})
+            if isinstance(exc, Refused):
+                raise
+            self.audit.append(f"keeper.{what}", actor=actor, role="officer", obj=f"call:{call}", outcome="failed",
+                              reason=f"does not open: {type(exc).__name__}", detail={"grant": g.ref, "request": g.request})
             raise Refused(f"녹음 파일을 열 수 없습니다 · the recording does not open ({type(exc).__name__})",
                           "unreadable") from None
         del plain
-        mono = np.ascontiguousarray(pcm[:, 0])
-        g.plays += 1
-        self.audit.append("keeper.play", actor=actor, role="officer", obj=f"call:{call}", reason=g.purpose[:200],
-                          detail={"grant": g.ref, "approver": g.approver, "play": g.plays,
-                                  "seconds": round(len(mono) / rate, 1)})
-        head = {"call": call, "rate": int(rate), "frames": int(len(mono)), "mime": "audio/wav",
-                "bytes": 44 + 2 * len(mono)}
+        raw = np.ascontiguousarray(pcm[:, 0]).tobytes()
+        if what == "play":
+            self._pcm = (g.token_hash, call, int(rate), raw)
+        return int(rate), raw
+
+    def open_call(self, actor: str, token: str, call: int, *, offset: int = 0, length: int | None = None,
+                  use: str = "play") -> tuple[dict, object]:
+        """(head, chunks): the call as 16-bit mono WAV, decrypted and decoded here.
+
+        ``offset``/``length`` select bytes of that WAV (the player's HTTP range requests). A play is
+        counted when a read starts at byte 0 (``max_plays`` per call); ``use="export"`` reads the
+        whole file for a package (``max_exports`` per call, so a failed stick can be retried)."""
+        if use not in ("play", "export"):
+            raise Refused("use는 play 또는 export · use is play or export", "bad_args")
+        g = self._grant(token, actor, call, use)
+        counted = use == "export" or offset == 0
+        if counted:
+            with g.lock:
+                done = (g.exported if use == "export" else g.played).get(call, 0)
+                limit = g.max_exports if use == "export" else g.max_plays
+                if g.request and (limit <= 0 or done >= limit):
+                    self.audit.append(f"keeper.{use}", actor=actor, role="officer", obj=f"call:{call}",
+                                      outcome="refused", reason=f"{use} limit reached ({done} of {limit})",
+                                      detail={"grant": g.ref, "request": g.request})
+                    raise Refused(("재생" if use == "play" else "내보내기") +
+                                  f" 허용 횟수({limit}회)를 모두 썼습니다 · the approval allows {limit} "
+                                  f"{use}{'s' if limit != 1 else ''} of this call", "limit")
+                (g.exported if use == "export" else g.played)[call] = done + 1
+        rate, raw = self._decoded(g, call, actor, use)
+        total = 44 + len(raw)
+        if not isinstance(offset, int) or offset < 0 or offset >= total:
+            raise Refused(f"범위가 잘못되었습니다 · range starts outside the file ({total} bytes)", "range")
+        end = total if length is None else min(total, offset + max(0, int(length)))
+        if counted:
+            g.plays += use == "play"
+            self.audit.append(f"keeper.{use}", actor=actor, role="officer", obj=f"call:{call}", reason=g.purpose[:200],
+                              detail={"grant": g.ref, "approver": g.approver, "request": g.request,
+                                      "count": (g.exported if use == "export" else g.played)[call],
+                                      "seconds": round(len(raw) / 2 / rate, 1)})
+        head = {"call": call, "rate": rate, "frames": len(raw) // 2, "mime": "audio/wav", "total": total,
+                "offset": offset, "bytes": end - offset, "counted": counted}
+        header = wav_header(len(raw) // 2, rate)
 
         def chunks():
-            yield wav_header(len(mono), int(rate))
-            raw = mono.tobytes()
-            for i in range(0, len(raw), WAV_CHUNK):
-                yield raw[i:i + WAV_CHUNK]
+            pos = offset
+            if pos < 44:
+                yield header[pos:min(44, end)]
+                pos = 44
+            while pos < end:
+                stop = min(end, pos + WAV_CHUNK)
+                yield raw[pos - 44:stop - 44]
+                pos = stop
 
         return head, chunks()
 
@@ -307,12 +365,21 @@ class Keeper:
                           detail={"grant": g.ref, "fields": sorted(out)})
         return {"call": call, "numbers": out}
 
-    def masked(self, actor: str, calls: list[int], purpose: str) -> dict:
-        """{call id: masked numbers} for the calls listed that have numbers (role numbers.masked)."""
+    def masked(self, actor: str, calls: list[int], purpose: str, request: str | None = None) -> dict:
+        """{call id: masked numbers} for the calls listed that have numbers: for the roles that see
+        masked numbers in lists (numbers.masked), or, with ``request``, for the officer searching
+        inside that request, and only for calls within its window and lines."""
         if not isinstance(calls, list) or len(calls) > MAX_MASKED or not all(
                 isinstance(c, int) and not isinstance(c, bool) for c in calls):
             raise Refused(f"통화 번호 목록이 잘못되었습니다 · calls must be a list of at most {MAX_MASKED} ids", "bad_args")
-        self._allow(actor, "numbers.masked", f"calls:{len(calls)}", purpose)
+        if request:
+            why = self._view().may_search(actor, str(request), calls)
+            if why:
+                self.audit.append("keeper.refused", actor=actor, role="-", obj=f"request:{request}", outcome="refused",
+                                  reason=f"masked numbers: {why}")
+                raise Refused("이 신청의 검색 범위 밖입니다 · outside this request's search", "forbidden")
+        else:
+            self._allow(actor, "numbers.masked", f"calls:{len(calls)}", purpose)
         if self._sealer is None:
             try:
                 self._sealer = BoxSealer(device_for(self.data))  # the secret the recorder sealed them with
@@ -336,6 +403,202 @@ class Keeper:
                           detail={"ids": calls[:100], "masked_numbers": len(out)})
         return out
 
+    # -- the release workflow ------------------------------------------------------------------
+    def _view(self):
+        if self.requests is None:
+            raise Refused("신청 기능이 이 키 관리자에 연결되지 않았습니다 · the keeper was started without the "
+                          "request workflow", "unavailable_here")
+        return self.requests
+
+    def _blind_key(self) -> bytes:
+        from .personal import BLIND_INFO
+
+        return self.device.derive(BLIND_INFO)
+
+    def request_key(self, actor: str) -> dict:
+        """The public recipient the page seals requests' personal details to (it cannot open them)."""
+        from .age import recipient_of
+        from .keys import request_identity
+
+        self._allow(actor, "request.create", "request-key", "seal a request")
+        return {"recipient": recipient_of(request_identity(self.device))}
+
+    def blind(self, actor: str, numbers: list) -> dict:
+        """Blind index values of the numbers a request names (the page never holds the key)."""
+        from .personal import blind_number
+
+        if not isinstance(numbers, list) or len(numbers) > 10 or not all(isinstance(n, str) and len(n) <= 40
+                                                                          for n in numbers):
+            raise Refused("numbers는 최대 10개의 문자열 · numbers is a list of at most 10 strings", "bad_args")
+        self._allow(actor, "request.create", "blind-index", "match a request's numbers")
+        key = self._blind_key()
+        return {"blind": [blind_number(key, n) for n in numbers]}
+
+    def request_details(self, actor: str, numbers: list, purpose: str) -> dict:
+        """{number: details}: the requesters' personal details, for the officer handling the request,
+        its approvers and the auditor only; every request opened is a ``request.view`` entry."""
+        from .age import X25519Identity as _Id, decrypt_bytes
+        from .keys import request_identity
+
+        view = self._view()
+        if not isinstance(numbers, list) or not 0 < len(numbers) <= 2000 or not all(isinstance(n, str) for n in numbers):
+            raise Refused("numbers는 신청번호 목록 · numbers is a list of request numbers", "bad_args")
+        ident = _Id(request_identity(self.device))
+        out = {}
+        refused = []
+        for number in numbers:
+            why = view.may_view(actor, number)
+            if why:
+                refused.append(number)
+                self.audit.append("request.view", actor=actor, role="-", obj=f"request:{number}", outcome="refused",
+                                  reason=why[:200])
+                continue
+            blob = view.sealed_details(number)
+            try:
+                out[number] = json.loads(decrypt_bytes(blob, [ident]).decode("utf-8")) if blob else {}
+            except (NokboxError, ValueError) as exc:
+                out[number] = {"error": f"열 수 없음 · does not open ({type(exc).__name__})"}
+        if out:
+            self.audit.append("request.view", actor=actor, role="-",
+                              obj=f"request:{numbers[0]}" if len(out) == 1 else f"requests:{len(out)}",
+                              reason=purpose[:200], detail={"requests": sorted(out)[:100]})
+        if refused and not out:
+            raise Refused("이 신청을 볼 권한이 없습니다 · you may not see this request "
+                          "(only its officer, its approvers and the auditor)", "forbidden")
+        return {"details": out, "refused": refused}
+
+    def attachment(self, actor: str, number: str, index: int) -> tuple[dict, object]:
+        """(head, chunks): one attached scan of a request, decrypted, for those who may see the request."""
+        from .age import X25519Identity as _Id
+        from .keys import request_identity
+
+        view = self._view()
+        obj = f"request:{number}"
+        why = view.may_view(actor, number)
+        if why:
+            self.audit.append("request.view", actor=actor, role="-", obj=obj, outcome="refused", reason=why[:200],
+                              detail={"attachment": index})
+            raise Refused("이 신청을 볼 권한이 없습니다 · you may not see this request", "forbidden")
+        found = view.attachment(number, index)
+        if found is None:
+            raise Refused("첨부 파일이 없습니다 · no such attachment", "no_attachment")
+        path, mime = found
+        try:
+            with open(path, "rb") as f:
+                plain = b"".join(decrypt(f, [_Id(request_identity(self.device))]))
+        except (OSError, NokboxError) as exc:
+            raise Refused(f"첨부 파일을 열 수 없습니다 · the attachment does not open ({type(exc).__name__})",
+                          "unreadable") from None
+        self.audit.append("request.view", actor=actor, role="-", obj=obj, reason="attachment",
+                          detail={"attachment": index, "bytes": len(plain)})
+        return {"mime": mime, "bytes": len(plain)}, (plain[i:i + WAV_CHUNK] for i in range(0, len(plain), WAV_CHUNK))
+
+    def approve(self, actor: str, pin: str, number: str, *, comment: str, final: bool) -> dict:
+        """An approver decides on a request with their PIN. ``final``: the approval that opens the
+        request's attached calls for its officer (a grant bound to the request, ``release`` limits);
+        otherwise a review stage (the team leader's), where the PIN is only checked."""
+        view = self._view()
+        req = view.for_approval(number)
+        obj = f"request:{number}"
+        if req is None:
+            raise Refused(f"{number}: 신청이 없습니다 · no such request", "no_request")
+        self._allow(actor, "request.approve", obj, req["purpose_ref"])
+        if actor == req["officer"]:
+            self.audit.append("keeper.refused", actor=actor, role="approver", obj=obj, outcome="refused",
+                              reason="self-approval: the approver entered this request")
+            raise Refused("자신이 접수한 신청은 승인할 수 없습니다 · you cannot approve a request you entered",
+                          "self_approval")
+        if not final:
+            self.pin_check(actor, pin)
+            self.audit.append("keeper.review", actor=actor, role="approver", obj=obj, reason=comment[:200])
+            return {"ok": True}
+        rc = self.cfg.release
+        res = self.unlock_for(actor, pin, grantee=req["officer"], purpose=req["purpose_ref"], calls=req["calls"],
+                              ttl_s=min(rc.approval_hours, self.cfg.keeper.grant_max_hours) * 3600.0, request=number,
+                              max_plays=rc.max_plays if req["kind"] in ("listen", "provide") else 0,
+                              max_exports=rc.max_exports if req["kind"] == "provide" else 0)
+        return res
+
+    def pin_status(self, actor: str) -> dict:
+        """Whether ``actor`` has a PIN slot, and its counter (no secret)."""
+        from .sealing import MAX_PIN_TRIES, pin_slots
+
+        have = actor in pin_slots(self.data)
+        st, _ = PinGuard(self.data, self.device, self.cfg.vault.pin_backoff_s).load(actor) if have else (None, "")
+        return {"slot": have, "locked": bool(st and st.locked), "failures": st.failures if st else 0,
+                "tries_left": MAX_PIN_TRIES - (st.failures if st else 0)}
+
+    def enroll_pin(self, actor: str, pin: str, via: dict) -> dict:
+        """Seal ``actor``'s PIN slot: the one PIN that approves requests and opens calls. Needs the
+        records identity, opened here with the recovery passphrase (``via.passphrase``) or with an
+        approver's PIN (``via.approver`` + ``via.pin``: an existing approver, or the actor's own old PIN)."""
+        from .sealing import open_recovery, pin_slots, pin_strength_problem, seal_pin_slot, check_pin as _check_pin
+
+        self._allow(actor, "approver.pin", f"pin-slot:{actor}", "enrol PIN")
+        obj = f"pin-slot:{actor}"
+        try:
+            pin = _check_pin(pin)
+        except NokboxError as exc:
+            raise Refused(f"PIN은 숫자 6~12자리입니다 · {exc}", "bad_pin") from None
+        weak = pin_strength_problem(pin, tpm=getattr(self.device, "tpm", None) is not None,
+                                    allow_short=self.cfg.vault.allow_short_pin, log_n=self.cfg.vault.pin_scrypt_log_n)
+        if weak:
+            raise Refused(weak, "weak_pin")
+        if not isinstance(via, dict):
+            raise Refused("via가 필요합니다 · via is required", "bad_args")
+        if via.get("passphrase"):
+            try:
+                records = open_recovery(self.data, str(via["passphrase"]))
+            except (UnlockError, NokboxError) as exc:
+                self.audit.append("keys.pin.add", actor=actor, role="approver", obj=obj, outcome="denied",
+                                  reason=f"recovery passphrase: {type(exc).__name__}")
+                raise Refused("복구 암호가 틀렸습니다 · the recovery passphrase is wrong", "wrong_passphrase") from None
+            how = "recovery passphrase"
+        elif via.get("approver") and via.get("pin"):
+            by = str(via["approver"])
+            if by != actor:
+                self._allow(by, "approver.pin", obj, "vouch for a new approver's PIN")
+            try:
+                records = PinGuard(self.data, self.device, self.cfg.vault.pin_backoff_s).attempt(
+                    by, str(via["pin"]), self.clock.wall())
+            except UnlockError as exc:
+                raise _pin_refusal(exc) from None
+            how = "own previous PIN" if by == actor else f"PIN of approver {by}"
+        else:
+            raise Refused("복구 암호 또는 기존 승인권자의 PIN이 필요합니다 · the recovery passphrase or an existing "
+                          "approver's PIN is needed", "bad_args")
+        replaced = actor in pin_slots(self.data)
+        try:
+            seal_pin_slot(self.data, records, actor, pin, self.device, self.cfg.vault.pin_scrypt_log_n)
+        finally:
+            del records
+        guard = PinGuard(self.data, self.device, self.cfg.vault.pin_backoff_s)
+        with guard.locked_slot():
+            guard.reset(actor)
+        self.audit.append("keys.pin.add", actor=actor, role="approver", obj=obj,
+                          reason=("PIN replaced" if replaced else "new approver PIN") + f" ({how})")
+        return {"ok": True, "replaced": replaced}
+
+    def signer(self, actor: str) -> dict:
+        from .signing import allowed_signers, fingerprint, public_line
+
+        line = public_line(self.data)
+        return {"public": line, "fingerprint": fingerprint(line), "allowed_signers": allowed_signers(line)}
+
+    def sign(self, actor: str, token: str, message: bytes) -> dict:
+        """The box's SSHSIG over an export manifest, for the grantee of a live grant that allows export."""
+        from .signing import sign as _sign
+
+        g = self._grant(token, actor, None, "sign")
+        if g.max_exports <= 0:
+            raise Refused("이 승인은 제공(내보내기)을 허용하지 않습니다 · this approval does not allow export", "no_export")
+        if len(message) > 256 * 1024:
+            raise Refused("서명할 내용이 너무 큽니다 · message too large", "bad_args")
+        sig = _sign(self.data, self.device, message)
+        self.audit.append("keeper.sign", actor=actor, role="officer", obj=g.ref, reason="export manifest",
+                          detail={"request": g.request, "sha256": hashlib.sha256(message).hexdigest()})
+        return {"signature": sig}
+
     def end_grant(self, actor: str, token: str) -> dict:
         with self._lock:
             g = self._grants.get(_hash(token)) if isinstance(token, str) else None
@@ -350,6 +613,8 @@ class Keeper:
                 return
         with g.lock:
             g.calls = {cid: None for cid in g.calls}  # type: ignore[misc] - drop the identities
+        if self._pcm is not None and self._pcm[0] == g.token_hash:
+            self._pcm = None
         self.audit.append("keeper.forget", actor="system", role="system", obj=g.ref, reason=why,
                           detail={"plays": g.plays})
         log.info("%s: identities forgotten (%s)", g.ref, why)
@@ -393,28 +658,46 @@ class KeeperService:
         self.server = Server(self.path, {
             "status": lambda r: keeper.status(),
             "pin_check": lambda r: keeper.pin_check(r.actor, _str(r, "pin")),
-            "unlock_for": self._unlock_for,
             "open_call": self._open_call,
+            "approve": lambda r: keeper.approve(r.actor, _str(r, "pin"), _str(r, "request"),
+                                                comment=str(r.args.get("comment") or "")[:2000],
+                                                final=bool(r.args.get("final"))),
+            "request_key": lambda r: keeper.request_key(r.actor),
+            "blind": lambda r: keeper.blind(r.actor, r.args.get("numbers")),
+            "request_details": lambda r: keeper.request_details(r.actor, r.args.get("numbers"), r.purpose),
+            "attachment": self._attachment,
+            "pin_status": lambda r: keeper.pin_status(r.actor),
+            "enroll_pin": lambda r: keeper.enroll_pin(r.actor, _str(r, "pin"), r.args.get("via")),
+            "signer": lambda r: keeper.signer(r.actor),
+            "sign": self._sign,
             "numbers": lambda r: keeper.numbers(r.actor, _str(r, "grant"), _int(r, "call")),
-            "masked": lambda r: keeper.masked(r.actor, r.args.get("calls"), r.purpose),
+            "masked": lambda r: keeper.masked(r.actor, r.args.get("calls"), r.purpose, r.args.get("request")),
             "end_grant": lambda r: keeper.end_grant(r.actor, _str(r, "grant")),
         }, name="keeper", allow_uids=allowed_uids(cfg.ipc.keeper_allow))
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="keeper-sweep", daemon=True)
 
-    def _unlock_for(self, r: Request) -> dict:
-        calls = r.args.get("calls")
-        if not isinstance(calls, list):
-            raise Refused("calls는 목록입니다 · calls must be a list", "bad_args")
-        ttl = r.args.get("ttl_s")
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-            raise Refused("ttl_s는 초 단위 숫자입니다 · ttl_s must be a number of seconds", "bad_args")
-        return self.keeper.unlock_for(r.actor, _str(r, "pin"), grantee=_str(r, "grantee"), purpose=r.purpose,
-                                      calls=calls, ttl_s=float(ttl))
-
     def _open_call(self, r: Request) -> Stream:
-        head, chunks = self.keeper.open_call(r.actor, _str(r, "grant"), _int(r, "call"))
+        length = r.args.get("length")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool)):
+            raise Refused("length는 정수 · length must be an integer", "bad_args")
+        head, chunks = self.keeper.open_call(r.actor, _str(r, "grant"), _int(r, "call"),
+                                             offset=r.args.get("offset", 0), length=length,
+                                             use=str(r.args.get("use") or "play"))
         return Stream("bytes", head, chunks, trailer=lambda: {"call": head["call"], "bytes": head["bytes"]})
+
+    def _attachment(self, r: Request) -> Stream:
+        head, chunks = self.keeper.attachment(r.actor, _str(r, "request"), _int(r, "index"))
+        return Stream("bytes", head, chunks, trailer=lambda: {"bytes": head["bytes"]})
+
+    def _sign(self, r: Request) -> dict:
+        import base64
+
+        try:
+            message = base64.b64decode(_str(r, "message"), validate=True)
+        except ValueError:
+            raise Refused("message는 base64 · message must be base64", "bad_args") from None
+        return self.keeper.sign(r.actor, _str(r, "grant"), message)
 
     def _sweep(self) -> None:
         while not self._stop.wait(5.0):
@@ -462,18 +745,47 @@ class KeeperClient:
     def pin_check(self, actor: str, pin: str) -> dict:
         return self.client.call("pin_check", actor=actor, purpose="PIN check", pin=pin)
 
-    def unlock_for(self, actor: str, pin: str, *, grantee: str, purpose: str, calls: list[int], ttl_s: float) -> dict:
-        return self.client.call("unlock_for", actor=actor, purpose=purpose, pin=pin, grantee=grantee,
-                                calls=list(calls), ttl_s=ttl_s)
+    def open_call(self, actor: str, token: str, call: int, *, offset: int = 0, length: int | None = None,
+                  use: str = "play"):
+        return self.client.stream_bytes("open_call", actor=actor, purpose="listening" if use == "play" else "export",
+                                        grant=token, call=call, offset=offset, length=length, use=use)
 
-    def open_call(self, actor: str, token: str, call: int):
-        return self.client.stream_bytes("open_call", actor=actor, purpose="listening", grant=token, call=call)
+    def approve(self, actor: str, pin: str, number: str, *, comment: str, final: bool) -> dict:
+        return self.client.call("approve", actor=actor, purpose=f"approve {number}", pin=pin, request=number,
+                                comment=comment, final=final)
+
+    def request_key(self, actor: str) -> dict:
+        return self.client.call("request_key", actor=actor, purpose="seal a request")
+
+    def blind(self, actor: str, numbers: list) -> dict:
+        return self.client.call("blind", actor=actor, purpose="blind index", numbers=list(numbers))
+
+    def request_details(self, actor: str, numbers: list, purpose: str) -> dict:
+        return self.client.call("request_details", actor=actor, purpose=purpose, numbers=list(numbers))
+
+    def attachment(self, actor: str, number: str, index: int):
+        return self.client.stream_bytes("attachment", actor=actor, purpose="attachment", request=number, index=index)
+
+    def pin_status(self, actor: str) -> dict:
+        return self.client.call("pin_status", actor=actor, purpose="PIN status")
+
+    def enroll_pin(self, actor: str, pin: str, via: dict) -> dict:
+        return self.client.call("enroll_pin", actor=actor, purpose="enrol PIN", pin=pin, via=via)
+
+    def signer(self, actor: str = "system") -> dict:
+        return self.client.call("signer", actor=actor, purpose="export key")
+
+    def sign(self, actor: str, token: str, message: bytes) -> dict:
+        import base64
+
+        return self.client.call("sign", actor=actor, purpose="sign manifest", grant=token,
+                                message=base64.b64encode(message).decode())
 
     def numbers(self, actor: str, token: str, call: int) -> dict:
         return self.client.call("numbers", actor=actor, purpose="numbers", grant=token, call=call)
 
-    def masked(self, actor: str, calls: list[int], purpose: str) -> dict:
-        return self.client.call("masked", actor=actor, purpose=purpose, calls=list(calls))
+    def masked(self, actor: str, calls: list[int], purpose: str, request: str | None = None) -> dict:
+        return self.client.call("masked", actor=actor, purpose=purpose, calls=list(calls), request=request)
 
     def end_grant(self, actor: str, token: str) -> dict:
         return self.client.call("end_grant", actor=actor, purpose="end grant", grant=token)

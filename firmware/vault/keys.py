@@ -40,6 +40,20 @@ def device_recovery_identity(secret: DeviceSecret) -> str:
     return _bech32_encode("age-secret-key-", raw).upper()
 
 
+REQUEST_INFO = "nokbox/v1/request-details"
+
+
+def request_identity(secret: DeviceSecret) -> str:
+    """The identity that opens requests' personal details (requesters' names, numbers, scans).
+
+    Derived from the device-bound secret, so only the keeper (which holds that secret) opens
+    them; the page seals to its public half and can never read back what it stored.
+    """
+    raw = X25519PrivateKey.from_private_bytes(secret.derive(REQUEST_INFO)).private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return _bech32_encode("age-secret-key-", raw).upper()
+
+
 def load_device_recovery_recipient(data: Path) -> bytes:
     """The public half of the device recovery identity (written at init)."""
     path = Path(data) / "keys" / "device-recovery.txt"

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -68,6 +70,27 @@ def open_value(blob: bytes, identity: str) -> str:
     return decrypt_bytes(blob, [X25519Identity(identity)]).decode("utf-8")
 
 
+BLIND_INFO = "nokbox/v1/number-blind"
+
+
+def normal_number(number: str) -> str:
+    """The digits a number is matched on: separators dropped, +82 / 82 written as the leading 0."""
+    d = re.sub(r"[^0-9*#]", "", number or "")
+    if number.strip().startswith("+82") or (d.startswith("82") and len(d) >= 11):
+        d = "0" + d[2:].lstrip("0")
+    return d
+
+
+def blind_number(key: bytes, number: str) -> str:
+    """The keyed blind index of a number: HMAC-SHA256 under a device-derived key, 128 bits in hex.
+    Equal numbers give equal values; without the box's device secret the value reveals nothing
+    (a dictionary of every Korean number is useless without the key)."""
+    d = normal_number(number)
+    if not d:
+        return ""
+    return hmac.new(key, d.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 class BoxSealer:
     """Encrypts short display values under a key bound to this box (not to the SSD)."""
 
@@ -75,6 +98,16 @@ class BoxSealer:
 
     def __init__(self, device: DeviceSecret) -> None:
         self._aead = ChaCha20Poly1305(device.derive(self.INFO))
+        self._blind = device.derive(BLIND_INFO)
+
+    def blind(self, number: str) -> str:
+        """``blind_number`` under this box's key."""
+        return blind_number(self._blind, number)
+
+    def blinds(self, numbers: dict) -> str:
+        """The blind index values of a call's numbers, space-separated (what the index keeps)."""
+        vals = {self.blind(numbers[k]) for k in NUMBER_FIELDS if numbers.get(k)}
+        return " ".join(sorted(v for v in vals if v))
 
     def seal(self, text: str) -> bytes:
         nonce = os.urandom(12)
