@@ -161,28 +161,61 @@ def test_the_page_process_never_opens_keys_calls_or_the_device_secret(vault_box,
         assert status == 200 and "회선 1" in body
         status, _, body = aud.get("/api/status")
         assert status == 200 and json.loads(body)["device"]["backend"] == "simulated"
-        # an approver opens one call for the officer with the PIN; the officer plays it
-        appr = Client(base)
-        assert appr.sign_in("approver", PASSWORD["approver"]) == 302
-        appr.get("/grants")
-        cid = calls[0]["id"]
-        status, _, body = appr.post("/grants", {"grantee": "officer", "calls": str(cid), "purpose": "민원 2026-0001",
-                                                "hours": "1", "pin": PIN})
-        assert status == 200 and "승인되었습니다" in body, body
+        # the release workflow: an officer enters a request (an investigation's written request:
+        # ground 4, its document number), searches inside it, attaches, submits; the approver approves
+        # with the PIN; the officer plays the call through the keeper, by HTTP ranges
+        import datetime as dt2
+
+        t0 = dt2.datetime.fromisoformat(calls[0]["start_utc"].replace("Z", "+00:00"))
         off = Client(base)
         assert off.sign_in("officer", PASSWORD["officer"]) == 302
-        status, _, body = off.get("/listen")
+        off.get("/requests/new")
+        status, hdrs, body = off.post("/requests/new", {
+            "kind": "provide", "legal_ground": "4", "document_number": "수사과-1234", "requester.name": "중부경찰서",
+            "sending_number": numbers[0], "receiving_number": "",
+            "call_from": (t0 - dt2.timedelta(minutes=5)).astimezone(KST).strftime("%Y-%m-%dT%H:%M"),
+            "call_to": (t0 + dt2.timedelta(minutes=5)).astimezone(KST).strftime("%Y-%m-%dT%H:%M"),
+            "purpose": "수사", "reason": "사건 2026-77 통화 확인"})
+        assert status == 302, body
+        number = re.search(r"/requests/([0-9]{4}-[0-9]{4})", hdrs["Location"]).group(1)
+        status, _, body = off.get(f"/requests/{number}")
+        assert status == 200 and "중부경찰서" in body
+        status, _, body = off.post(f"/requests/{number}/search")
+        found = body[body.index('id="found"'):body.index("</table>", body.index('id="found"'))]
+        assert status == 200 and mask_number(numbers[0]) in found and numbers[0] not in found
+        cid = calls[0]["id"]
+        status, _, body = off.post(f"/requests/{number}/attach", {"call": str(cid)})
+        assert status == 200 and "첨부" in body, body
+        status, _, body = off.post(f"/requests/{number}/submit")
+        assert status == 200 and "결재" in body
+        appr = Client(base)
+        assert appr.sign_in("approver", PASSWORD["approver"]) == 302
+        appr.get(f"/requests/{number}")
+        status, _, body = appr.post(f"/requests/{number}/decide", {"decision": "approve", "pin": PIN, "comment": "승인"})
+        assert status == 200 and "승인했습니다" in body, body
+        off.get(f"/requests/{number}")
+        status, _, body = off.post(f"/requests/{number}/play/{cid}")
         assert status == 200 and 'controlslist="nodownload' in body
-        src = re.search(r'<audio[^>]+src="([^"]+)"', body).group(1)
+        src = re.search(r'<audio[^>]+src="([^"]+)"', body).group(1).replace("&amp;", "&")
         import urllib.request
 
-        req = urllib.request.Request(base + src)
+        req = urllib.request.Request(base + src, headers={"Range": "bytes=0-"})
         with off.opener.open(req, timeout=30) as r:
-            assert r.headers["Content-Type"] == "audio/wav" and r.headers["Cache-Control"] == "no-store"
+            assert r.status == 206 and r.headers["Content-Type"] == "audio/wav"
+            assert r.headers["Cache-Control"] == "no-store" and r.headers["Accept-Ranges"] == "bytes"
             wav = r.read()
         got, rate = sf.read(io.BytesIO(wav), dtype="int16")
         want, _ = decrypt_audio(age_tool, ident, data / calls[0]["file"])
         assert rate == RATE and np.array_equal(got, want.reshape(len(want), -1)[:, 0])
+        req = urllib.request.Request(base + src, headers={"Range": "bytes=100-199"})
+        with off.opener.open(req, timeout=30) as r:
+            assert r.status == 206 and r.read() == wav[100:200]
+            assert r.headers["Content-Range"] == f"bytes 100-199/{len(wav)}"
+        other = Client(base)  # the token is bound to the officer's session
+        other.sign_in("officer", PASSWORD["officer"])
+        assert other.get(src)[0] == 404
+        status, _, body = off.get(f"/ledger")
+        assert status == 200 and number in body and "중부경찰서" in body
     finally:
         _stop(page)
         _stop(keeper, rec)
@@ -191,7 +224,9 @@ def test_the_page_process_never_opens_keys_calls_or_the_device_secret(vault_box,
     assert forbidden(opened, data) == []
     actions = [(e["action"], e["actor"]) for e in AuditLog(data).entries()]
     for a in [("keeper.masked", "auditor"), ("keeper.grant", "approver"), ("keeper.play", "officer"),
-              ("recording.play", "officer"), ("call.view", "auditor")]:
+              ("request.create", "officer"), ("request.search", "officer"), ("request.attach", "officer"),
+              ("request.submit", "officer"), ("request.approve", "approver"), ("request.play", "officer"),
+              ("request.view", "approver"), ("ledger.view", "officer"), ("call.view", "auditor")]:
         assert a in actions
 
 
@@ -282,11 +317,14 @@ def test_a_process_that_is_down_gives_a_clear_503_and_nothing_breaks(vault_box, 
     day = dt.datetime.fromisoformat(calls[0]["start_utc"].replace("Z", "+00:00")).astimezone(KST).date()
     r = aud.get(f"/calls?day={day.isoformat()}")  # the list still shows, without the masked numbers
     assert r.status_code == 200 and "키 관리자" in r.data.decode() and r.data.decode().count('<tr data-id="') == 2
-    appr = TC(app)
-    appr.sign_in("approver", PASSWORD["approver"])
-    appr.get("/grants")
-    r = appr.post("/grants", {"grantee": "officer", "calls": str(calls[0]["id"]), "purpose": "p", "hours": "1",
-                              "pin": PIN})
+    off = TC(app)
+    off.sign_in("officer", PASSWORD["officer"])
+    r = off.get("/requests")
+    assert r.status_code == 200
+    r = off.post("/requests/new", {"kind": "listen", "legal_ground": "4", "document_number": "D-1",
+                                   "requester.name": "경찰서", "sending_number": "010-1234-5678",
+                                   "call_from": "2026-12-01T10:00", "call_to": "2026-12-01T11:00", "purpose": "p",
+                                   "reason": "r"})
     assert r.status_code == 503 and "키 관리자" in r.data.decode()
     tech = TC(app)
     tech.sign_in("technician", PASSWORD["technician"])

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Flask:
     """The admin app over the recorder (``status()``, ``notice_test()``) and the key keeper
-    (``masked()``, ``unlock_for()``, ``open_call()``; by default the keeper process's socket);
+    (``masked()``, ``approve()``, ``open_call()``, …; by default the keeper process's socket);
     every page needs sign-in."""
     from firmware.ipc import IpcError, ServiceUnavailable
 
@@ -31,7 +31,7 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     app.config["RECORDER"] = recorder
     app.config["KEEPER"] = keeper
     app.json.ensure_ascii = False
-    from . import auth, calls, listen, notice, review, users
+    from . import auth, calls, notice, release, review, users
     from .status import bp as status_bp
 
     auth.init_app(app, data_dir, cfg, clock)
@@ -40,7 +40,13 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     app.register_blueprint(review.bp)
     app.register_blueprint(notice.bp)
     app.register_blueprint(calls.bp)
-    app.register_blueprint(listen.bp)
+    app.register_blueprint(release.bp)
+
+    @app.template_filter("kst")
+    def _kst(iso):
+        from firmware.index import KST, parse_utc
+
+        return parse_utc(iso).astimezone(KST).strftime("%Y-%m-%d %H:%M") if iso else ""
 
     @app.errorhandler(ServiceUnavailable)
     def _down(exc):

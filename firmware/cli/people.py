@@ -37,6 +37,12 @@ CLI_PERMISSIONS: dict[str, str | None] = {
     "keys add-pin": "service", "keys check-pin": "service", "keys unlock": "service",
     "keys export-identity": "service", "keys status": "service", "keys move-to-tpm": "service", "keys signer": "service",
     "retention run": "service",
+    # the release workflow (firmware/cli/release.py); the keeper checks again what it opens
+    "request new": "request.create", "request list": "requests.view", "request show": "requests.view",
+    "request search": "request.search", "request attach": "request.search", "request submit": "request.create",
+    "request approve": "request.approve", "request reject": "request.reject", "request export": "request.export",
+    "request receipt": "requests.view", "request close": "request.create", "request destroyed": "request.create",
+    "ledger": "ledger.view",
     "user setup": None,
     "user add": "users.manage", "user list": "users.manage", "user disable": "users.manage",
     "user restrict": "users.manage", "user enable": "users.manage", "user roles": "users.manage",

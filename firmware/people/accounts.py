@@ -52,6 +52,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # masked numbers (010-****-5678) in that list: the oversight roles. The officer sees them
     # only inside an entered request (request.search), never in a free list (seed 000).
     "numbers.masked": frozenset({"approver", "auditor"}),
+    # the release workflow's requests and ledger (personal details inside are opened by the keeper,
+    # which decides per request: its officer, its approvers once submitted, the auditor)
+    "requests.view": frozenset({"officer", "approver", "auditor"}),
+    "ledger.view": frozenset({"officer", "approver", "auditor"}),
     "request.create": frozenset({"officer"}),
     "request.search": frozenset({"officer"}),    # only within an entered request
     "call.play": frozenset({"officer"}),         # viewing (열람) within an approved request

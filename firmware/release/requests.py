@@ -43,12 +43,12 @@ from ..vault.personal import normal_number
 from ..vault.retention import close_hold, open_hold
 
 KINDS = {"listen": "열람", "provide": "제공"}
-GROUNDS = {
-    1: "정보주체의 동의가 있는 경우",
-    2: "다른 법률에 특별한 규정이 있는 경우 외에 정보주체 또는 그 법정대리인이 요청하는 경우",
-    3: "다른 법률에 특별한 규정이 있는 경우",
-    4: "범죄의 수사와 공소의 제기 및 유지에 필요한 경우",
-    5: "법원의 재판업무 수행을 위하여 필요한 경우",
+GROUNDS = {  # seed 001 art. 7(1), as written
+    1: "당사자 중 일방의 동의가 있는 경우",
+    2: "당사자 중 일방에게 열람·제공되는 경우",
+    3: "다른 법령에서 특별히 규정하고 있는 경우",
+    4: "수사와 공소의 제기 및 유지에 필요하여 관계기관의 문서로 요청된 경우",
+    5: "법원의 재판업무 수행을 위하여 법원의 문서로 요청된 경우",
 }
 # Grounds where an authority's written request replaces form 1 (seed 001 art. 7(2)).
 AUTHORITY_GROUNDS = frozenset({3, 4, 5})
@@ -887,16 +887,30 @@ class Requests:
                 if r["document_number"]:
                     note.append(f"공문 {r['document_number']}")
                 rows.append({"number": r["number"], "received": r["created_utc"], "requester": "", "kind": KINDS[r["kind"]],
+                             "ground": f"제7조제1항 제{r['legal_ground']}호" + (f" ({r['document_number']})" if r["document_number"] else ""),
+                             "address": "", "reason": "", "numbers": "", "call_time": _local(calls[0]["start_utc"]) if calls else "",
                              "purpose": "", "calls": len(calls), "call_summary": summary, "officer": r["officer"],
                              "team": _approval_cell(aps.get("team")), "head": _approval_cell(aps.get("head")),
                              "delivered": done["time_utc"] if done else "", "state": STATES[r["state"]],
                              "destroyed": r["destroyed_utc"] or "", "note": "; ".join(note)})
         if rows:
             got = self.keeper.request_details(actor, [x["number"] for x in rows], "ledger")["details"]
+            from ..vault.personal import mask_number
+
             for x in rows:
                 d = got.get(x["number"]) or {}
                 x["requester"] = (d.get("requester") or {}).get("name", "")
+                x["address"] = (d.get("requester") or {}).get("address", "")
                 x["purpose"] = d.get("purpose", "")
+                x["reason"] = d.get("reason", "")
+                nums = []
+                for n in (d.get("sending_number"), d.get("receiving_number")):
+                    if n:
+                        try:
+                            nums.append(mask_number(normal_number(n)))
+                        except NokboxError:
+                            nums.append("*" * len(n))
+                x["numbers"] = " / ".join(nums)
         self.audit.append("ledger.view", actor=actor, role="-", obj="ledger", source=source,
                           detail={"from": iso_utc(start), "to": iso_utc(end), "rows": len(rows), "kind": kind,
                                   "officer": officer})

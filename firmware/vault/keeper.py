@@ -292,7 +292,7 @@ class Keeper:
         return int(rate), raw
 
     def open_call(self, actor: str, token: str, call: int, *, offset: int = 0, length: int | None = None,
-                  use: str = "play") -> tuple[dict, object]:
+                  use: str = "play", count: bool = True) -> tuple[dict, object]:
         """(head, chunks): the call as 16-bit mono WAV, decrypted and decoded here.
 
         ``offset``/``length`` select bytes of that WAV (the player's HTTP range requests). A play is
@@ -301,7 +301,7 @@ class Keeper:
         if use not in ("play", "export"):
             raise Refused("use는 play 또는 export · use is play or export", "bad_args")
         g = self._grant(token, actor, call, use)
-        counted = use == "export" or offset == 0
+        counted = use == "export" or (offset == 0 and bool(count))
         if counted:
             with g.lock:
                 done = (g.exported if use == "export" else g.played).get(call, 0)
@@ -413,7 +413,12 @@ class Keeper:
     def _blind_key(self) -> bytes:
         from .personal import BLIND_INFO
 
-        return self.device.derive(BLIND_INFO)
+        return self._box_secret().derive(BLIND_INFO)  # the secret the recorder derived the calls' values with
+
+    def _box_secret(self):
+        """The device secret the data directory was initialised with (the recorder's, for masked and
+        blind values); the PIN slots use ``self.device``, which follows the config."""
+        return device_for(self.data)
 
     def request_key(self, actor: str) -> dict:
         """The public recipient the page seals requests' personal details to (it cannot open them)."""
@@ -421,7 +426,7 @@ class Keeper:
         from .keys import request_identity
 
         self._allow(actor, "request.create", "request-key", "seal a request")
-        return {"recipient": recipient_of(request_identity(self.device))}
+        return {"recipient": recipient_of(request_identity(self._box_secret()))}
 
     def blind(self, actor: str, numbers: list) -> dict:
         """Blind index values of the numbers a request names (the page never holds the key)."""
@@ -443,7 +448,7 @@ class Keeper:
         view = self._view()
         if not isinstance(numbers, list) or not 0 < len(numbers) <= 2000 or not all(isinstance(n, str) for n in numbers):
             raise Refused("numbers는 신청번호 목록 · numbers is a list of request numbers", "bad_args")
-        ident = _Id(request_identity(self.device))
+        ident = _Id(request_identity(self._box_secret()))
         out = {}
         refused = []
         for number in numbers:
@@ -485,7 +490,7 @@ class Keeper:
         path, mime = found
         try:
             with open(path, "rb") as f:
-                plain = b"".join(decrypt(f, [_Id(request_identity(self.device))]))
+                plain = b"".join(decrypt(f, [_Id(request_identity(self._box_secret()))]))
         except (OSError, NokboxError) as exc:
             raise Refused(f"첨부 파일을 열 수 없습니다 · the attachment does not open ({type(exc).__name__})",
                           "unreadable") from None
@@ -683,7 +688,7 @@ class KeeperService:
             raise Refused("length는 정수 · length must be an integer", "bad_args")
         head, chunks = self.keeper.open_call(r.actor, _str(r, "grant"), _int(r, "call"),
                                              offset=r.args.get("offset", 0), length=length,
-                                             use=str(r.args.get("use") or "play"))
+                                             use=str(r.args.get("use") or "play"), count=r.args.get("count", True) is not False)
         return Stream("bytes", head, chunks, trailer=lambda: {"call": head["call"], "bytes": head["bytes"]})
 
     def _attachment(self, r: Request) -> Stream:
@@ -746,9 +751,9 @@ class KeeperClient:
         return self.client.call("pin_check", actor=actor, purpose="PIN check", pin=pin)
 
     def open_call(self, actor: str, token: str, call: int, *, offset: int = 0, length: int | None = None,
-                  use: str = "play"):
+                  use: str = "play", count: bool = True):
         return self.client.stream_bytes("open_call", actor=actor, purpose="listening" if use == "play" else "export",
-                                        grant=token, call=call, offset=offset, length=length, use=use)
+                                        grant=token, call=call, offset=offset, length=length, use=use, count=count)
 
     def approve(self, actor: str, pin: str, number: str, *, comment: str, final: bool) -> dict:
         return self.client.call("approve", actor=actor, purpose=f"approve {number}", pin=pin, request=number,
