@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import pytest
 
-from firmware.people.accounts import Accounts
 from firmware.audit import AuditLog
 from firmware.recording.recorder import Recorder
 from firmware.hal.clock import FakeClock
