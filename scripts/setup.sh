@@ -10,7 +10,7 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0
-              libtss2-dev ca-certificates fonts-nanum)
+              libtss2-dev ca-certificates fonts-nanum mtools dosfstools)
 test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
            swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client poppler-utils)
 
