@@ -42,16 +42,22 @@ def test_the_offline_search_cost_is_measured_and_grows_tenfold_a_digit():
     assert sealing.pin_strength_problem("730154", tpm=True, allow_short=False) == ""
 
 
-def test_the_pin_form_shows_the_cost_and_keeps_the_rule(box):
-    data, _ = box
+def test_the_pin_form_shows_the_cost_and_keeps_the_rule(tmp_path):
+    from firmware.people.accounts import role_check
+    from firmware.vault.keeper import Keeper
+    from firmware.vault.keys import init_data_dir
+
+    data = tmp_path / "data"
+    init_data_dir(data, tmp_path / "ident.txt", passphrase="correct-horse-battery-staple-42", recovery_log_n=10)
     cfg = fast_cfg({"vault": {"pin_scrypt_log_n": 12}})
     make_people(data, cfg)
-    app = create_app(Recorder(cfg, data), keeper=object())
+    app = create_app(Recorder(cfg, data), keeper=Keeper(data, cfg, authorize=role_check(data)))
     tc = TC(app)
     tc.sign_in("approver", PASSWORD["approver"])
     page = tc.get("/account").data.decode()
     assert 'id="pin-cost"' in page and "6자리 · 6 digits" in page and 'minlength="8"' in page
     r = tc.post("/account/pin", {"pin": "730154", "password": PASSWORD["approver"]})
     assert r.status_code == 400 and "8자리 이상" in r.data.decode()
-    r = tc.post("/account/pin", {"pin": "73015498", "password": PASSWORD["approver"]})
-    assert r.status_code == 200 and "PIN이 설정되었습니다" in r.data.decode()
+    r = tc.post("/account/pin", {"pin": "73015498", "pin2": "73015498", "password": PASSWORD["approver"],
+                                 "via": "passphrase", "passphrase": "correct-horse-battery-staple-42"})
+    assert r.status_code == 200 and "PIN이 설정되었습니다" in r.data.decode(), r.data.decode()[-800:]
