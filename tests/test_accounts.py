@@ -120,7 +120,7 @@ def test_restrict_and_disable_with_reason(tmp_path):
     assert u.state == "restricted" and not can(u, "request.search") and can(u, "status.view")
     assert acc.session(token) is None  # restriction ends the sessions
     e = _actions(tmp_path, "user.restrict")[-1]
-    assert e["reason"] == "seed 001 art. 9(3): private use" and e["detail"] == {"old": "active", "new": "restricted"}
+    assert e["reason"] == "seed 001 art. 9(3): private use" and e["detail"] == {"old": "active", "new": "restricted", "ground": 4}
     acc.set_state("officer", "disabled", "left the office", by=admin)
     with pytest.raises(AuthError, match="disabled"):
         acc.authenticate("officer", PASSWORD["officer"])

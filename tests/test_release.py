@@ -344,3 +344,43 @@ def test_rejected_then_resubmitted_is_flagged(box):
     day = dt.datetime.fromtimestamp(clock.wall(), KST).date()
     rv = review_day(AuditLog(data), day, cfg.review)
     assert any(f.kind == "resubmitted" and f.actor == "officer" for f in rv.flags)
+
+
+def test_a_restriction_prints_its_written_notice(tmp_path, capsys):
+    """Seed 001 art. 9: restricting a user prints the 사용 제한 통지서 (CLI and the users page)."""
+    from firmware import cli
+    from firmware.people.accounts import Accounts
+    from firmware.vault.keys import init_data_dir
+
+    from .authutil import PASSWORD, make_people
+    from .test_roles import TC
+
+    data = tmp_path / "data"
+    init_data_dir(data, tmp_path / "ident.txt")
+    cfg_path = tmp_path / "nokbox.toml"
+    cfg_path.write_text("[auth]\nargon2_memory_kib = 19456\nargon2_time_cost = 2\nargon2_parallelism = 1\n"
+                        "[release]\noffice = \"이천시청\"\n")
+    make_people(data, fast_cfg())
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD["admin"] + "\n")
+    pdf = tmp_path / "notice.pdf"
+    rc = cli.main(["user", "restrict", "officer", "--reason", "녹취정보를 사적으로 조회함", "--ground", "3",
+                   "--notice-pdf", str(pdf), "--data", str(data), "--config", str(cfg_path), "--as", "admin",
+                   "--as-password-file", str(pw)])
+    assert rc == 0, capsys.readouterr().err
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True).stdout
+    assert "통지서" in text
+    assert "officer" in text and "사적으로" in text and "부정하게" in text  # art. 9 item 3's own words
+    assert Accounts(data, fast_cfg().auth).get("officer").state == "restricted"
+    from web import create_app
+    from firmware.recording.recorder import Recorder
+    from firmware.config import load_config
+
+    cfg, _ = load_config(cfg_path)
+    app = create_app(Recorder(cfg, data), keeper=object())
+    tc = TC(app)
+    tc.sign_in("admin", PASSWORD["admin"])
+    assert "notice.pdf" in tc.get("/users").data.decode()
+    r = tc.get("/users/officer/notice.pdf")
+    assert r.status_code == 200 and r.data.startswith(b"%PDF-")
+    assert tc.get("/users/auditor/notice.pdf").status_code == 404  # never restricted

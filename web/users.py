@@ -43,8 +43,34 @@ def create():
 @requires("users.manage")
 def state(name):
     f = request.form
+    ground = int(f["ground"]) if f.get("ground", "").isdigit() else None
     return _do(lambda: ext().accounts.set_state(name, f.get("state", ""), f.get("reason", ""), by=g.user,
-                                                source=source()))
+                                                source=source(), ground=ground))
+
+
+@bp.get("/users/<name>/notice.pdf")
+@requires("users.manage")
+def notice(name):
+    """The written notice of the account's latest restriction (seed 001 art. 9), A4 PDF."""
+    from flask import Response, abort
+
+    from firmware.audit import parse_utc
+    from firmware.release.forms import notice_input, restriction_notice_pdf
+
+    x = ext()
+    user = x.accounts.get(name)
+    last = [e for e in x.audit.entries() if e["action"] == "user.restrict" and e["object"] == name]
+    if user is None or not last:
+        abort(404)
+    e = last[-1]
+    ground = (e["detail"] or {}).get("ground", 4) if isinstance(e["detail"], dict) else 4
+    pdf = restriction_notice_pdf(notice_input(user, ground, e["reason"], e["actor"], parse_utc(e["time_utc"]).timestamp(),
+                                              office=x.cfg.release.office, head=x.cfg.release.head_title))
+    x.audit.append("user.notice", actor=g.user.name, role="admin", obj=name, source=source(),
+                   reason="restriction notice printed")
+    resp = Response(pdf, mimetype="application/pdf")
+    resp.headers["Content-Disposition"] = f'inline; filename="restriction-{name}.pdf"'
+    return resp
 
 
 @bp.post("/users/<name>/roles")

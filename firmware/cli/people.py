@@ -80,7 +80,9 @@ def add_parsers(sub, common) -> None:
     p.add_argument("--password-file", type=Path, help="file holding the new account's password (else a prompt)")
     cmd(us, "list", "list accounts")
     cmd(us, "disable", "disable an account (no sign-in)", target=True, reason=True)
-    cmd(us, "restrict", "restrict an account (every role suspended; seed 001 art. 9)", target=True, reason=True)
+    p = cmd(us, "restrict", "restrict an account (every role suspended; seed 001 art. 9)", target=True, reason=True)
+    p.add_argument("--ground", type=int, choices=(1, 2, 3, 4), default=4, help="the art. 9 item the restriction rests on")
+    p.add_argument("--notice-pdf", type=Path, help="write the written notice (사용 제한 통지서, A4 PDF) here")
     cmd(us, "enable", "make an account active again", target=True, reason=True)
     p = cmd(us, "roles", "set an account's roles", target=True, reason=True)
     p.add_argument("--role", action="append", required=True, choices=ROLES)
@@ -172,8 +174,17 @@ def cmd_user(args) -> int:
                       + (f"  ({u.state_reason})" if u.state_reason else ""))
         elif args.user_cmd in ("disable", "restrict", "enable"):
             state = {"disable": "disabled", "restrict": "restricted", "enable": "active"}[args.user_cmd]
-            u = acc.set_state(args.name, state, args.reason, by=by, source="cli")
+            u = acc.set_state(args.name, state, args.reason, by=by, source="cli",
+                              ground=getattr(args, "ground", None) if state == "restricted" else None)
             print(f"{u.name}: {u.state} ({u.state_reason})")
+            if state == "restricted" and getattr(args, "notice_pdf", None):
+                from ..release.forms import notice_input, restriction_notice_pdf
+
+                cfg = _context(args)[2]
+                args.notice_pdf.write_bytes(restriction_notice_pdf(notice_input(
+                    u, args.ground, args.reason, by.name, acc.clock.wall(), office=cfg.release.office,
+                    head=cfg.release.head_title)))
+                print(f"사용 제한 통지서 · written notice: {args.notice_pdf}")
         elif args.user_cmd == "roles":
             u = acc.set_roles(args.name, args.role, args.reason, by=by, source="cli")
             print(f"{u.name}: {', '.join(u.roles)}")

@@ -321,8 +321,12 @@ class Accounts:
                           detail={"roles": list(roles)})
         return user
 
-    def set_state(self, name: str, state: str, reason: str, *, by: User, source: str = "local") -> User:
-        """Restrict (sign-in kept, every role suspended), disable (no sign-in) or re-enable an account."""
+    def set_state(self, name: str, state: str, reason: str, *, by: User, source: str = "local",
+                  ground: int | None = None) -> User:
+        """Restrict (sign-in kept, every role suspended), disable (no sign-in) or re-enable an account.
+        ``ground``: the art. 9 item (1-4) a restriction rests on, printed on its written notice."""
+        if state == "restricted" and ground not in (None, 1, 2, 3, 4):
+            raise PasswordPolicyError("제9조 사유는 1~4호 · the art. 9 ground is 1-4")
         if state not in STATES:
             raise PasswordPolicyError(f"state must be one of {', '.join(STATES)}")
         self.authorize(by, "users.manage", obj=f"user {name}", source=source)
@@ -335,8 +339,10 @@ class Accounts:
             con.execute("UPDATE users SET state = ?, state_reason = ?, changed = ? WHERE name = ?",
                         (state, reason, self.clock.wall(), name))
         action = {"active": "user.enable", "restricted": "user.restrict", "disabled": "user.disable"}[state]
-        self.audit.append(action, actor=by.name, role="admin", obj=name, reason=reason, source=source,
-                          detail={"old": old.state, "new": state})
+        detail = {"old": old.state, "new": state}
+        if state == "restricted":
+            detail["ground"] = ground or 4
+        self.audit.append(action, actor=by.name, role="admin", obj=name, reason=reason, source=source, detail=detail)
         if state != "active":
             self.revoke_sessions(name, by=by, reason=f"account {state}", source=source)
         return self._require(name)

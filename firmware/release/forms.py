@@ -629,3 +629,11 @@ def restriction_notice_pdf(notice: dict) -> bytes:
     sig.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "MIDDLE"), ("ALIGN", (0, 0), (0, 0), "RIGHT")]))
     story.append(sig)
     return _build(story, title=f"시스템 사용 제한 통지서 {number}", left_later=f"사용 제한 통지서 {number}")
+
+
+def notice_input(user, ground: int, reason: str, by: str, when: float, *, office: str = "", head: str = "") -> dict:
+    """What ``restriction_notice_pdf`` prints for an account (``people.accounts.User``) restricted at ``when``."""
+    at = dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    return {"number": f"제한-{at.astimezone(KST).strftime('%Y%m%d')}-{user.name}",
+            "person": {"name": user.name, "display": user.display, "roles": list(user.roles)},
+            "ground": ground, "reason": reason, "date": at.isoformat(), "head": head, "by": by, "office": office}
