@@ -384,3 +384,24 @@ def test_a_restriction_prints_its_written_notice(tmp_path, capsys):
     r = tc.get("/users/officer/notice.pdf")
     assert r.status_code == 200 and r.data.startswith(b"%PDF-")
     assert tc.get("/users/auditor/notice.pdf").status_code == 404  # never restricted
+
+
+def test_closed_requests_are_destroyed_after_keep_years(box):
+    data, ident, cfg, calls, numbers, clock, keeper, reqs = box
+    from firmware.index import parse_utc
+
+    t0 = parse_utc(calls[0]["start_utc"]).timestamp()
+    number = reqs.create(validate_form(form(numbers, calls[0]["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
+                         actor="officer")
+    assert (data / "requests" / number / "0.age").exists()
+    assert reqs.purge() == []  # open: kept
+    reqs.close(number, actor="officer", reason="취하", state="withdrawn")
+    clock.advance(cfg.release.keep_years * 365.25 * 86400 - 3600)
+    assert reqs.purge() == []
+    clock.advance(7200)
+    assert reqs.purge() == [number]
+    assert not (data / "requests" / number).exists() and reqs.list() == []
+    con = sqlite3.connect(data / "requests.sqlite")
+    assert con.execute("SELECT number FROM request_destructions").fetchall() == [(number,)]
+    con.close()
+    assert _entries(data, "request.destroy")[-1]["object"] == f"request:{number}"

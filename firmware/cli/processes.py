@@ -159,7 +159,34 @@ def cmd_web(args) -> int:
     server = serve(RecorderClient(args.data, cfg, actor="page"), host, port, data_dir=args.data, cfg=cfg,
                    keeper=KeeperClient(args.data, cfg))
     log.info("admin page on http://%s:%s/", host, server.port)
-    return _serve_until_signalled(server.close)
+    stop = threading.Event()
+    threading.Thread(target=_request_upkeep, args=(args.data, cfg, stop), name="request-upkeep", daemon=True).start()
+
+    def close() -> None:
+        stop.set()
+        server.close()
+
+    return _serve_until_signalled(close)
+
+
+def _request_upkeep(data, cfg, stop: "threading.Event", every_s: float = 6 * 3600.0) -> None:
+    """The page process owns the requests: at start and every few hours it notes attached calls that
+    retention destroyed (the ledger says so) and destroys requests past ``release.keep_years``."""
+    from ..audit import AuditLog
+    from ..release.requests import Requests
+    from ..vault.keeper import KeeperClient
+
+    while True:
+        try:
+            reqs = Requests(data, cfg, AuditLog(data, every=cfg.audit.seal_every), KeeperClient(data, cfg))
+            gone = reqs.mark_destroyed_calls()
+            purged = reqs.purge()
+            if gone or purged:
+                log.info("requests: %d attached call(s) found destroyed, %d old request(s) destroyed", gone, len(purged))
+        except Exception:  # noqa: BLE001 - upkeep must not stop the page
+            log.exception("request upkeep failed")
+        if stop.wait(every_s):
+            return
 
 
 # -- the supervisor ----------------------------------------------------------------------------
