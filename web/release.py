@@ -412,7 +412,9 @@ def receipt(number: str):
         d = done[-1]["detail"]
         delivered = {"time": done[-1]["time_utc"], "medium": "USB", "package": d.get("package", ""),
                      "bytes": d.get("bytes", 0), "recipient": (req.get("details") or {}).get("requester", {}).get("name", "")}
+    rows = done[-1]["detail"].get("files") if done else None
     pdf = forms.receipt_pdf(receipt_input(req, signer=signer["fingerprint"], delivered=delivered,
+                                          rows=rows if isinstance(rows, list) else None,
                                           checkpoint=done[-1]["detail"].get("checkpoint", "") if done else "",
                                           office=ext().cfg.release.office))
     ext().audit.append("request.receipt", actor=g.user.name, role="-", obj=f"request:{req['number']}", source=source())

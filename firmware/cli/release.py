@@ -284,6 +284,7 @@ def _receipt(args, reqs, me: str, audit) -> None:
     files = []
     if done:
         d = done[-1]["detail"]
+        files = d.get("files") if isinstance(d.get("files"), list) else []
         delivered = {"time": done[-1]["time_utc"], "medium": "USB" if d.get("medium") == "usb" else d.get("medium", ""),
                      "package": d.get("package", ""), "bytes": d.get("bytes", 0), "recipient": (r.get("details") or {}).get(
                          "requester", {}).get("name", "")}

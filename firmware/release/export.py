@@ -249,7 +249,9 @@ def export(reqs: Requests, number: str, target, *, actor: str, checkpoint: Calla
             raise
         finally:
             work.unlink(missing_ok=True)
+        files = [{"call_id": c["call_id"], "name": f"call-{i:02d}.wav", "sha256": pkg.files.get(f"call-{i:02d}.wav", "")}
+                 for i, c in enumerate(req["calls"], 1)]  # the receipt printed later lists them again
         detail = {"package": name, "bytes": pkg.size, "sha256": digest, "medium": target.kind,
-                  "files": len(pkg.files), "signer": signer["fingerprint"], "checkpoint": cp[:120]}
+                  "files": files, "signer": signer["fingerprint"], "checkpoint": cp[:300]}
         reqs.delivered(number, actor=actor, detail=detail, source=source)
         return Exported(number, name, pkg.password, pkg.size, digest, pkg.files, target.kind)
