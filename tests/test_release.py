@@ -405,3 +405,28 @@ def test_closed_requests_are_destroyed_after_keep_years(box):
     assert con.execute("SELECT number FROM request_destructions").fetchall() == [(number,)]
     con.close()
     assert _entries(data, "request.destroy")[-1]["object"] == f"request:{number}"
+
+
+def test_a_keeper_restart_lapses_the_approval_which_can_be_given_again(box, tmp_path):
+    data, ident, cfg, calls, numbers, clock, keeper, reqs = box
+    from firmware.index import parse_utc
+
+    first = calls[0]
+    t0 = parse_utc(first["start_utc"]).timestamp()
+    number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
+                         actor="officer")
+    reqs.attach(number, [first["id"]], actor="officer")
+    reqs.submit(number, actor="officer")
+    reqs.decide(number, actor="approver", decision="approved", pin=PIN, comment="")
+    keeper.close()  # the keeper process stops; a new one knows no grant
+    reqs.keeper = Keeper(data, cfg, authorize=role_check(data), clock=clock, requests=KeeperView(data, cfg, role_check(data)))
+    out = tmp_path / "stick"
+    out.mkdir()
+    cp = lambda: AuditLog(data).checkpoint(actor="officer", role="officer", purpose="export").line()  # noqa: E731
+    with pytest.raises(RequestError) as e:
+        export(reqs, number, FolderTarget(out), actor="officer", checkpoint=cp)
+    assert e.value.code == "lapsed" and reqs.row(number)["state"] == "submitted" and list(out.iterdir()) == []
+    reqs.decide(number, actor="approver", decision="approved", pin=PIN, comment="다시 승인")
+    res = export(reqs, number, FolderTarget(out), actor="officer", checkpoint=cp)
+    assert (out / res.name).exists() and reqs.row(number)["state"] == "delivered"
+    assert _entries(data, "request.lapse")[-1]["object"] == f"request:{number}"

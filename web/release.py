@@ -292,6 +292,8 @@ def audio(number: str, call: int):
             raise
         if exc.code == "range":
             return Response(status=416)
+        if exc.code == "no_grant":  # the keeper restarted: the approval must be given again
+            _reqs().lapse(number, actor=g.user.name, source=source())
         ext().audit.append("request.play", actor=g.user.name, role="officer", obj=f"request:{number}",
                            outcome="refused", reason=exc.message[:200], source=source(), detail={"call": call})
         return render_template("error.html", code=403, message=exc.message), 403

@@ -190,6 +190,11 @@ def export(reqs: Requests, number: str, target, *, actor: str, checkpoint: Calla
                 except NokboxError as exc:
                     if getattr(exc, "code", "") in ("no_call", "destroyed"):
                         reqs.mark_destroyed_calls()
+                    if getattr(exc, "code", "") == "no_grant":
+                        reqs.lapse(number, actor=actor, source=source)
+                        raise RequestError("키 관리자가 다시 시작되어 승인이 풀렸습니다: 승인권자가 다시 승인해야 합니다 · the "
+                                           "keeper restarted and the approval lapsed: the approver must approve again",
+                                           "lapsed") from None
                     raise
                 yield package.PackedCall(c["call_id"], f"{c['line'] + 1} {c['line_name']}", _local(c["start_utc"]),
                                          head["frames"] / head["rate"], chunks)

@@ -742,6 +742,22 @@ class Requests:
                              f"{call}번 통화는 이 신청에 없습니다 · call {call} is not in this request", "not_in_request")
         return r, r["grant_token"]
 
+    def lapse(self, number: str, *, actor: str, source: str = "local") -> None:
+        """The keeper no longer knows the request's grant (it restarted: grants live only in its memory):
+        the request goes back to the head's approval, which can then be given again."""
+        r = self.row(number)
+        if r["state"] != "approved":
+            return
+        with self._db() as con, con:
+            team = con.execute("SELECT 1 FROM approvals WHERE request_id = ? AND stage = 'team' AND decision = 'approved'",
+                               (r["id"],)).fetchone()
+            back = "reviewed" if team else "submitted"
+            con.execute("UPDATE requests SET state = ?, state_utc = ?, grant_token = NULL, grant_ref = NULL,"
+                        " approval_expires_utc = NULL WHERE id = ?", (back, iso_utc(self._now()), r["id"]))
+        self.audit.append("request.lapse", actor=actor, role="officer", obj=f"request:{r['number']}", source=source,
+                          reason="the keeper restarted and forgot the grant: approve again",
+                          detail={"state": back})
+
     def record_use(self, number: str, kind: str, *, actor: str, call: int | None, outcome: str = "ok",
                    detail: dict | None = None, source: str = "local") -> None:
         """A ledger line: a play, or an export attempt and its outcome (only 'ok' counts as delivered)."""
