@@ -62,6 +62,18 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()
 
 
+def submitted(reqs, cfg, clock, numbers, call: dict, **kw) -> str:
+    """A request for ``call`` (its number, a minute around it) entered, with the call attached, submitted."""
+    from firmware.index import parse_utc
+
+    t0 = parse_utc(call["start_utc"]).timestamp()
+    number = reqs.create(validate_form(form(numbers, call["id"], t0, t0 + 60, **kw), cfg=cfg, now=clock.wall()),
+                         actor="officer")
+    reqs.attach(number, [call["id"]], actor="officer")
+    reqs.submit(number, actor="officer")
+    return number
+
+
 @pytest.fixture
 def box(tmp_path):
     cfg = fast_cfg({"audio": {"channels": 2}, "vault": {"pin_backoff_s": 0.0}})
@@ -203,10 +215,7 @@ def test_refusals_each_audited(box):
         reqs.attach(far, [first["id"]], actor="officer")
     assert e.value.code == "outside"
     # another officer may not search someone else's request
-    number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
-                         actor="officer")
-    reqs.attach(number, [first["id"]], actor="officer")
-    reqs.submit(number, actor="officer")
+    number = submitted(reqs, cfg, clock, numbers, first)
     # five wrong PINs lock the approver's slot
     for i in range(4):
         with pytest.raises(Refused) as e:
@@ -224,14 +233,9 @@ def test_refusals_each_audited(box):
 
 def test_expired_approval_and_destroyed_call(box):
     data, ident, cfg, calls, numbers, clock, keeper, reqs = box
-    from firmware.index import parse_utc
 
     first = calls[0]
-    t0 = parse_utc(first["start_utc"]).timestamp()
-    number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60, kind="listen"), cfg=cfg,
-                                       now=clock.wall()), actor="officer")
-    reqs.attach(number, [first["id"]], actor="officer")
-    reqs.submit(number, actor="officer")
+    number = submitted(reqs, cfg, clock, numbers, first, kind="listen")
     reqs.decide(number, actor="approver", decision="approved", pin=PIN, comment="")
     clock.advance(cfg.release.approval_hours * 3600 + 1)
     with pytest.raises(RequestError) as e:
@@ -299,7 +303,6 @@ def test_one_pin_per_approver_enrolled_through_the_keeper(box):
 
 def test_team_review_then_head_approval(box):
     data, ident, cfg, calls, numbers, clock, keeper, reqs = box
-    from firmware.index import parse_utc
     from firmware.people.accounts import Accounts
 
     from .authutil import PASSWORD
@@ -310,11 +313,7 @@ def test_team_review_then_head_approval(box):
     acc.create("teamlead", PASSWORD["approver"], ["approver"], by=acc.get("admin"))
     keeper.enroll_pin("teamlead", "86420975", {"approver": "approver", "pin": PIN})
     first = calls[0]
-    t0 = parse_utc(first["start_utc"]).timestamp()
-    number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
-                         actor="officer")
-    reqs.attach(number, [first["id"]], actor="officer")
-    reqs.submit(number, actor="officer")
+    number = submitted(reqs, cfg, clock, numbers, first)
     assert reqs.decide(number, actor="teamlead", decision="approved", pin="86420975", comment="검토")["stage"] == "team"
     assert reqs.row(number)["state"] == "reviewed" and not reqs.row(number)["grant_token"]
     with pytest.raises(RequestError) as e:
@@ -329,16 +328,12 @@ def test_rejected_then_resubmitted_is_flagged(box):
     data, ident, cfg, calls, numbers, clock, keeper, reqs = box
     import datetime as dt
 
-    from firmware.index import KST, parse_utc
+    from firmware.index import KST
     from firmware.people.review import review_day
 
     first = calls[0]
-    t0 = parse_utc(first["start_utc"]).timestamp()
     for attempt in range(2):
-        number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
-                             actor="officer")
-        reqs.attach(number, [first["id"]], actor="officer")
-        reqs.submit(number, actor="officer")
+        number = submitted(reqs, cfg, clock, numbers, first)
         if attempt == 0:
             reqs.decide(number, actor="approver", decision="rejected", pin="", comment="근거 부족")
     day = dt.datetime.fromtimestamp(clock.wall(), KST).date()
@@ -409,14 +404,9 @@ def test_closed_requests_are_destroyed_after_keep_years(box):
 
 def test_a_keeper_restart_lapses_the_approval_which_can_be_given_again(box, tmp_path):
     data, ident, cfg, calls, numbers, clock, keeper, reqs = box
-    from firmware.index import parse_utc
 
     first = calls[0]
-    t0 = parse_utc(first["start_utc"]).timestamp()
-    number = reqs.create(validate_form(form(numbers, first["id"], t0, t0 + 60), cfg=cfg, now=clock.wall()),
-                         actor="officer")
-    reqs.attach(number, [first["id"]], actor="officer")
-    reqs.submit(number, actor="officer")
+    number = submitted(reqs, cfg, clock, numbers, first)
     reqs.decide(number, actor="approver", decision="approved", pin=PIN, comment="")
     keeper.close()  # the keeper process stops; a new one knows no grant
     reqs.keeper = Keeper(data, cfg, authorize=role_check(data), clock=clock, requests=KeeperView(data, cfg, role_check(data)))

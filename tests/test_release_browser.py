@@ -7,7 +7,6 @@ Screenshots of every page go to build/screenshots/release/."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from firmware.vault.keeper import Keeper
 
 from .authutil import APPROVER_PIN, PASSWORD, fast_cfg, recorded_vault
 from .test_release import png
-from .test_usb import _names, fat32
+from .test_usb import _names, copy_out, fat32
 from .test_web import browser  # noqa: F401 - the fixture
 
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots" / "release"
@@ -131,9 +130,7 @@ def test_the_release_workflow_in_chromium(browser, tmp_path):  # noqa: F811
         name = f"nokbox-{number}.zip"
         assert _names(img) == {name}
         assert subprocess.run(["fsck.fat", "-n", str(img)], capture_output=True).returncode == 0
-        got = tmp_path / "got.zip"
-        subprocess.run(["mcopy", "-n", "-i", str(img), f"::/{name}", str(got)], check=True,
-                       env=dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C.UTF-8"))
+        got = copy_out(img, name, tmp_path / "got.zip")
         seven = shutil.which("7z") or shutil.which("7zz")
         assert subprocess.run([seven, "t", f"-p{password}", str(got)], capture_output=True).returncode == 0
 

@@ -8,7 +8,6 @@ import csv
 import datetime as dt
 import io
 import json
-import os
 import shutil
 import subprocess
 
@@ -21,7 +20,7 @@ from .authutil import APPROVER_PIN, PASSWORD, fast_cfg, recorded_vault
 from .conftest import run_cli
 from .test_processes import CONFIG, _start, _stop, wait_socket
 from .test_release import png
-from .test_usb import _names, fat32
+from .test_usb import _names, copy_out, fat32
 
 
 @pytest.fixture
@@ -94,9 +93,7 @@ def test_the_workflow_from_the_shell(box):
     name = f"nokbox-{number}.zip"
     assert _names(img) == {name}
     assert subprocess.run(["fsck.fat", "-n", str(img)], capture_output=True).returncode == 0
-    out = tmp / "got.zip"
-    subprocess.run(["mcopy", "-n", "-i", str(img), f"::/{name}", str(out)], check=True,
-                   env=dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C.UTF-8"))
+    out = copy_out(img, name, tmp / "got.zip")
     seven = shutil.which("7z") or shutil.which("7zz")
     x = tmp / "x"
     assert subprocess.run([seven, "x", f"-p{password}", f"-o{x}", str(out)], capture_output=True).returncode == 0

@@ -24,6 +24,13 @@ def fat32(path, kb: int = 40 * 1024):
     return path
 
 
+def copy_out(img, name: str, dest):
+    """A file of a FAT image copied out with stock mtools (not through the code under test)."""
+    subprocess.run(["mcopy", "-n", "-i", str(img), f"::/{name}", str(dest)], check=True,
+                   env=dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C.UTF-8"))
+    return dest
+
+
 def _names(img):
     r = subprocess.run(["mdir", "-b", "-i", str(img), "::"], capture_output=True, text=True,
                        env=dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C.UTF-8"))

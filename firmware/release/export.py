@@ -199,7 +199,8 @@ def export(reqs: Requests, number: str, target, *, actor: str, checkpoint: Calla
                 yield package.PackedCall(c["call_id"], f"{c['line'] + 1} {c['line_name']}", _local(c["start_utc"]),
                                          head["frames"] / head["rate"], chunks)
 
-        total_audio = sum(44 + int((c["duration"] or 0) * 8000 * 2) for c in req["calls"])
+        rate = reqs.cfg.audio.rate  # the WAV the keeper gives is 16-bit mono at the capture rate
+        total_audio = sum(44 + int((c["duration"] or 0) * rate * 2) for c in req["calls"])
 
         def packed(done: int) -> None:
             if progress:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -41,15 +40,9 @@ from ..index import KST, CallIndex, iso_utc, parse_utc
 from ..vault.age import AgeWriter, parse_recipient
 from ..vault.personal import normal_number
 from ..vault.retention import close_hold, open_hold
+from .forms import GROUNDS  # seed 001 art. 7(1), as written (the forms print it)
 
 KINDS = {"listen": "열람", "provide": "제공"}
-GROUNDS = {  # seed 001 art. 7(1), as written
-    1: "당사자 중 일방의 동의가 있는 경우",
-    2: "당사자 중 일방에게 열람·제공되는 경우",
-    3: "다른 법령에서 특별히 규정하고 있는 경우",
-    4: "수사와 공소의 제기 및 유지에 필요하여 관계기관의 문서로 요청된 경우",
-    5: "법원의 재판업무 수행을 위하여 법원의 문서로 요청된 경우",
-}
 # Grounds where an authority's written request replaces form 1 (seed 001 art. 7(2)).
 AUTHORITY_GROUNDS = frozenset({3, 4, 5})
 STATES = {
@@ -974,15 +967,19 @@ class KeeperView:
         self.cfg = cfg
         self.authorize = authorize
 
+    @contextlib.contextmanager
     def _row(self, number: str):
+        """(the request's row or None, the read-only connection or None), closed afterwards."""
         con = connect_readonly(self.data)
-        if con is None:
-            return None, con
-        return con.execute("SELECT * FROM requests WHERE number = ?", (str(number),)).fetchone(), con
+        try:
+            yield (con.execute("SELECT * FROM requests WHERE number = ?", (str(number),)).fetchone()
+                   if con is not None else None), con
+        finally:
+            if con is not None:
+                con.close()
 
     def may_view(self, actor: str, number: str) -> str | None:
-        r, con = self._row(number)
-        try:
+        with self._row(number) as (r, con):
             if r is None:
                 return "no such request"
             if actor == r["officer"] and not self.authorize(actor, "request.create"):
@@ -992,61 +989,38 @@ class KeeperView:
             if r["state"] != "entered" and not self.authorize(actor, "request.approve"):
                 return None
             return "only the request's officer, its approvers (once submitted) and the auditor"
-        finally:
-            if con is not None:
-                con.close()
 
     def sealed_details(self, number: str) -> bytes | None:
-        r, con = self._row(number)
-        try:
+        with self._row(number) as (r, con):
             return bytes(r["details_sealed"]) if r is not None else None
-        finally:
-            if con is not None:
-                con.close()
 
     def attachment(self, number: str, index: int):
-        r, con = self._row(number)
-        try:
+        with self._row(number) as (r, con):
             if r is None:
                 return None
             a = con.execute("SELECT * FROM attachments WHERE request_id = ? AND idx = ?", (r["id"], index)).fetchone()
             return (self.data / a["file"], MIMES[a["mime"]]) if a else None
-        finally:
-            if con is not None:
-                con.close()
 
     def for_approval(self, number: str) -> dict | None:
-        r, con = self._row(number)
-        try:
+        with self._row(number) as (r, con):
             if r is None or r["state"] not in ("submitted", "reviewed"):
                 return None
             calls = [x["call_id"] for x in con.execute("SELECT call_id FROM request_calls WHERE request_id = ? ORDER BY call_id",
                                                        (r["id"],))]
             return {"officer": r["officer"], "kind": r["kind"], "calls": calls, "purpose_ref": f"request {r['number']}"}
-        finally:
-            if con is not None:
-                con.close()
 
     def may_search(self, actor: str, number: str, calls: list[int]) -> str | None:
-        r, con = self._row(number)
-        try:
+        with self._row(number) as (r, con):
             if r is None:
                 return "no such request"
             if r["officer"] != actor:
                 return "not the request's officer"
             if self.authorize(actor, "request.search"):
                 return "no request.search permission"
-        finally:
-            if con is not None:
-                con.close()
         allowed = {c["id"] for c in candidates(self.data, r, self.cfg)}
         if not set(calls) <= allowed:
             return "calls outside the request's window and lines"
         return None
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def kst_day_bounds(day_from: str, day_to: str) -> tuple[float, float]:
