@@ -448,6 +448,11 @@ class ReleaseConfig(_Strict):
         "image", description="USB sticks: UDisks2 over D-Bus (the box), or filesystem images in usb_images (tests).")
     usb_images: str = Field("", description="Folder whose *.img files are presented as sticks (image backend); "
                                             "empty = DATA/usb-images.")
+    usb_dbus_address: str = Field("", max_length=200,
+                                  description="D-Bus address of the bus UDisks2 is on (udisks2 backend); empty = the "
+                                              "system bus.")
+    usb_loop_devices: bool = Field(False, description="Also present loop devices as sticks (udisks2 backend; tests "
+                                                      "and the development box, never on a box in service).")
 
 
 class NokboxConfig(_Strict):

@@ -10,23 +10,30 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0
-              libtss2-dev ca-certificates fonts-nanum mtools dosfstools)
+              libtss2-dev ca-certificates fonts-nanum mtools dosfstools udisks2 exfatprogs)
 test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
-           swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client poppler-utils)
+           swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client poppler-utils
+           exfat-fuse dbus-daemon udev)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")
 
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}" >&2
-  SUDO=""
-  [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Tests mount exFAT images as sticks. A kernel without exFAT (this CI's) mounts them with the FUSE
+# driver; UDisks2 finds a filesystem's driver as mount.<type>, so name the FUSE one that way there.
+if ((want_test)) && ! grep -qw exfat /proc/filesystems && [[ ! -e /usr/sbin/mount.exfat ]]; then
+  $SUDO ln -s mount.exfat-fuse /usr/sbin/mount.exfat
 fi
 
 PY=${PYTHON:-python3}

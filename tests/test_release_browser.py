@@ -1,7 +1,8 @@
 """The whole release workflow in real headless Chromium: an officer enters a request with a scan,
 searches, attaches, submits; the approver approves with the PIN; the officer plays the call (the
 player streams; no download control) and exports onto a FAT32 stick image; the password is shown
-once; the package opens with 7-Zip; the receipt and the ledger PDFs hold the request's fields.
+once; the package opens with 7-Zip; the receipt and the ledger PDFs hold the request's fields. A
+second request is delivered onto an exFAT stick image (loop device + FUSE exFAT) beside it.
 Screenshots of every page go to build/screenshots/release/."""
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from firmware.release.requests import KeeperView
 from firmware.vault.keeper import Keeper
 
 from .authutil import APPROVER_PIN, PASSWORD, fast_cfg, recorded_vault
-from .test_release import png
+from .test_release import png, submitted
 from .test_usb import _names, copy_out, fat32
+from .udisks import exfat, mounted_exfat, need_root_tools
 from .test_web import browser  # noqa: F401 - the fixture
 
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots" / "release"
@@ -30,15 +32,20 @@ SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots" / "rele
 
 @pytest.mark.browser
 def test_the_release_workflow_in_chromium(browser, tmp_path):  # noqa: F811
+    from firmware.audit import AuditLog
+    from firmware.hal.clock import FakeClock
     from firmware.recording.recorder import Recorder
+    from firmware.release.requests import Requests
     from web import serve
 
+    need_root_tools()  # the exFAT stick is a loop device
     sticks = tmp_path / "sticks"
     sticks.mkdir()
     cfg = fast_cfg({"audio": {"channels": 2}, "vault": {"pin_backoff_s": 0.0},
                     "release": {"usb_images": str(sticks), "office": "이천시청"}})
     data, ident, calls, numbers = recorded_vault(tmp_path, cfg)
     img = fat32(sticks / "KINGSTON.img")
+    ex = exfat(sticks / "SAMSUNG.img", 64, label="SAMSUNG")
     keeper = Keeper(data, cfg, authorize=role_check(data), requests=KeeperView(data, cfg, role_check(data)))
     srv = serve(Recorder(cfg, data), port=0, keeper=keeper, data_dir=data, cfg=cfg)
     base = f"http://127.0.0.1:{srv.port}"
@@ -112,6 +119,7 @@ def test_the_release_workflow_in_chromium(browser, tmp_path):  # noqa: F811
         o.screenshot(path=str(SHOTS / "5-listen.png"), full_page=True)
 
         o.goto(f"{base}/requests/{number}")
+        o.check("input[name=stick][value='KINGSTON.img']")
         o.click("#export-button")
         # the page polls the export's progress and reloads itself when it ends
         try:
@@ -148,5 +156,38 @@ def test_the_release_workflow_in_chromium(browser, tmp_path):  # noqa: F811
         (tmp_path / "l.pdf").write_bytes(ledger.body())
         assert number in subprocess.run(["pdftotext", str(tmp_path / "l.pdf"), "-"], capture_output=True,
                                          text=True).stdout
+
+        # a second request, entered and submitted by the officer's script, approved on the page and
+        # delivered onto the exFAT stick
+        reqs = Requests(data, cfg, AuditLog(data), keeper)
+        second = submitted(reqs, cfg, FakeClock(wall=time.time()), numbers, calls[1])
+        a.goto(f"{base}/requests/{second}")
+        a.fill("#pin", APPROVER_PIN)
+        a.click("#approve")
+        assert "승인" in a.inner_text("#state")
+        o.goto(f"{base}/requests/{second}")
+        rows = o.inner_text("#sticks")
+        assert "SAMSUNG" in rows and "exFAT" in rows and "FAT32" in rows
+        o.screenshot(path=str(SHOTS / "9-sticks-fat32-exfat.png"), full_page=True)
+        o.check("input[name=stick][value='SAMSUNG.img']")
+        o.click("#export-button")
+        o.wait_for_selector("#show-password, #export-error", timeout=60000)
+        assert o.locator("#export-error").count() == 0, o.inner_text("#export-error")
+        o.click("#show-password")
+        password2 = o.inner_text("#zip-password").strip()
+        assert password2 != password
+        name2 = f"nokbox-{second}.zip"
+        r = subprocess.run(["fsck.exfat", "-n", str(ex)], capture_output=True, text=True)  # ejected: unmounted
+        assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
+        with mounted_exfat(ex) as mnt:
+            assert sorted(p.name for p in mnt.iterdir()) == [name2]
+            assert subprocess.run([seven, "t", f"-p{password2}", str(mnt / name2)], capture_output=True).returncode == 0
+            assert subprocess.run([seven, "t", "-pWRONG-PASS", str(mnt / name2)], capture_output=True).returncode != 0
+        assert _names(img) == {name}  # the FAT32 stick kept only the first package
     finally:
         srv.close()
+        from firmware.hal.usb import usb_media
+
+        for s in usb_media("image", directory=sticks).sticks():
+            if s.fs == "exfat":
+                usb_media("image", directory=sticks).eject(s.id)

@@ -321,7 +321,7 @@ def _media():
     if rc.usb_backend == "image":
         folder = Path(rc.usb_images) if rc.usb_images else Path(x.data_dir) / "usb-images"
         return usb_media("image", directory=folder)
-    return usb_media("udisks2")
+    return usb_media("udisks2", bus_address=rc.usb_dbus_address, loop_devices=rc.usb_loop_devices)
 
 
 @bp.post("/requests/<number>/export")

@@ -59,24 +59,14 @@ class FolderTarget:
         return str(self.folder)
 
     def write(self, name: str, src, total: int, progress=None) -> str:
+        from ..hal.usb import UsbError, write_into
+
         if not self.folder.is_dir():
             raise RequestError(f"폴더가 없습니다 · no such folder: {self.folder}", "no_target")
-        part = self.folder / (name + ".part")
-        done = 0
         try:
-            with open(part, "wb") as f:
-                for chunk in iter(lambda: src.read(CHUNK), b""):
-                    f.write(chunk)
-                    done += len(chunk)
-                    if progress:
-                        progress(done, total)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(part, self.folder / name)
-        except OSError as exc:
-            part.unlink(missing_ok=True)
-            raise RequestError(f"쓸 수 없습니다 · cannot write to {self.folder}: {exc.strerror}", "write_failed") from None
-        return name
+            return write_into(self.folder, name, src, total, "folder", progress)
+        except UsbError as exc:
+            raise RequestError(f"쓸 수 없습니다 · cannot write to {self.folder}: {exc}", "write_failed") from None
 
     def read_back(self, name: str):
         with open(self.folder / name, "rb") as f:
