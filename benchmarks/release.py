@@ -9,6 +9,7 @@ synthetic speech-band audio, FLAC/Opus as configured, encrypted), its people and
 - peak RSS of a child process rendering the ledger PDF for ``--ledger-rows`` rows.
 
     .venv/bin/python benchmarks/release.py --calls 6 --minutes 10      # 1 h of audio
+    .venv/bin/python benchmarks/release.py --calls 10 --minutes 60     # 10 h, hour-long calls
 """
 
 from __future__ import annotations
@@ -93,7 +94,15 @@ def main() -> None:
     head, chunks = keeper.open_call("officer", token, found[0]["id"])
     next(iter(chunks))
     first_byte = time.perf_counter() - t0
-    img = fat32(tmp / "stick.img", 4 * 1024 * 1024)
+    t0 = time.perf_counter()  # the player seeks to the middle: a range request there
+    _, chunks = keeper.open_call("officer", token, found[0]["id"], offset=head["total"] // 2 + 1, length=1 << 20)
+    next(iter(chunks))
+    seek_byte = time.perf_counter() - t0
+    t0 = time.perf_counter()  # another call of the grant: decrypted and opened anew
+    _, chunks = keeper.open_call("officer", token, found[-1]["id"]) if len(found) > 1 else (None, iter([b""]))
+    next(iter(chunks))
+    other_byte = time.perf_counter() - t0
+    img = fat32(tmp / "stick.img", 4 * 1024 * 1024 - 1024)
     media = usb_media("image", images=[img])
     cp = lambda: AuditLog(data).checkpoint(actor="officer", role="officer", purpose="bench").line()  # noqa: E731
     res = step("export", lambda: export(reqs, number, StickTarget(media, media.sticks()[0].id), actor="officer",
@@ -101,7 +110,8 @@ def main() -> None:
     hours = sum(c["duration"] for c in found) / 3600
     for k, v in steps.items():
         print(f"step {k:<14} {v * 1000:9.1f} ms")
-    print(f"listening start (first WAV byte of a {found[0]['duration'] / 60:.0f}-min call): {first_byte * 1000:.0f} ms")
+    print(f"listening start (first WAV byte of a {found[0]['duration'] / 60:.0f}-min call): {first_byte * 1000:.0f} ms; "
+          f"after a seek to its middle: {seek_byte * 1000:.0f} ms; another call: {other_byte * 1000:.0f} ms")
     print(f"export: {hours:.2f} h of audio, package {res.size / 1e6:.1f} MB, {steps['export']:.1f} s "
           f"= {hours / (steps['export'] / 60):.2f} audio hours per minute")
     code = ("import resource,sys,time;sys.path.insert(0,%r);from firmware.release.forms import ledger_pdf;"

@@ -114,6 +114,37 @@ def wav_header(frames: int, rate: int, channels: int = 1) -> bytes:
             b"data" + struct.pack("<I", data))
 
 
+class _Decoder:
+    """One call's decrypted file opened with libsndfile, read as 16-bit mono PCM by byte ranges.
+    Reads are serialised (one file position); a range past what the codec yields is silence, so
+    the WAV's announced length always holds."""
+
+    def __init__(self, plain: bytes) -> None:
+        import soundfile as sf
+
+        try:
+            self.sf = sf.SoundFile(io.BytesIO(plain))
+        except sf.LibsndfileError as exc:
+            raise RuntimeError(str(exc)) from None
+        self.rate, self.frames = int(self.sf.samplerate), int(self.sf.frames)
+        self.lock = threading.Lock()
+
+    def pcm_bytes(self, start: int, stop: int) -> bytes:
+        """Bytes [start, stop) of the PCM data (2 bytes a frame, first channel)."""
+        import numpy as np
+
+        first, skip = divmod(start, 2)
+        n = (stop - start + skip + 1) // 2
+        with self.lock:
+            if self.sf.tell() != first:
+                self.sf.seek(first)
+            pcm = self.sf.read(n, dtype="int16", always_2d=True)
+        raw = np.ascontiguousarray(pcm[:, 0]).tobytes()
+        if len(raw) < 2 * n:
+            raw += bytes(2 * n - len(raw))
+        return raw[skip:skip + stop - start]
+
+
 class Keeper:
     """Grants and the identities behind them, for one data directory."""
 
@@ -126,7 +157,7 @@ class Keeper:
         # the release workflow's view of its requests (release.requests.KeeperView, built by the CLI:
         # this module cannot import release/): who may see a request, its sealed details, its calls
         self.requests = requests
-        self._pcm: tuple | None = None  # (grant hash, call, rate, bytes): the one call decoded for listening
+        self._pcm: tuple | None = None  # (grant hash, call, _Decoder): the one call opened for listening
         self.clock = clock or Clock()
         self.audit = AuditLog(self.data, clock=self.clock, every=cfg.audit.seal_every)
         self.device = box_device(self.data, cfg)
@@ -261,15 +292,15 @@ class Keeper:
         g.last_used = self.clock.monotonic()
         return g
 
-    def _decoded(self, g: Grant, call: int, actor: str, what: str) -> tuple[int, bytes]:
-        """(rate, 16-bit mono PCM bytes) of a granted call; the last one decoded for listening is
-        kept (one call, for the grant) so that the player's range requests do not decrypt it again."""
-        import numpy as np
-        import soundfile as sf
-
+    def _opened(self, g: Grant, call: int, actor: str, what: str) -> "_Decoder":
+        """A granted call, decrypted in memory (the encoded file: Opus or FLAC, a few MB an hour)
+        and opened for decoding by blocks. Only the blocks a read asks for are decoded, so the
+        first byte of an hour-long call comes as fast as of a short one, and a seek decodes from
+        the seek point. The last call opened for listening is kept (one call, for the grant) so
+        the player's range requests do not decrypt it again."""
         cached = self._pcm
         if cached is not None and cached[0] == g.token_hash and cached[1] == call:
-            return cached[2], cached[3]
+            return cached[2]
         path = self._call_files([call])[call]
         try:
             with open(path, "rb") as f, g.lock:
@@ -277,19 +308,17 @@ class Keeper:
                 if ident is None:
                     raise Refused("승인이 끝났습니다 · the grant has ended", "no_grant")
                 plain = b"".join(decrypt(f, [ident]))
-            pcm, rate = sf.read(io.BytesIO(plain), dtype="int16", always_2d=True)
-        except (OSError, NokboxError, sf.LibsndfileError, RuntimeError) as exc:
+            dec = _Decoder(plain)
+        except (OSError, NokboxError, RuntimeError) as exc:
             if isinstance(exc, Refused):
                 raise
             self.audit.append(f"keeper.{what}", actor=actor, role="officer", obj=f"call:{call}", outcome="failed",
                               reason=f"does not open: {type(exc).__name__}", detail={"grant": g.ref, "request": g.request})
             raise Refused(f"녹음 파일을 열 수 없습니다 · the recording does not open ({type(exc).__name__})",
                           "unreadable") from None
-        del plain
-        raw = np.ascontiguousarray(pcm[:, 0]).tobytes()
         if what == "play":
-            self._pcm = (g.token_hash, call, int(rate), raw)
-        return int(rate), raw
+            self._pcm = (g.token_hash, call, dec)
+        return dec
 
     def open_call(self, actor: str, token: str, call: int, *, offset: int = 0, length: int | None = None,
                   use: str = "play", count: bool = True) -> tuple[dict, object]:
@@ -314,8 +343,9 @@ class Keeper:
                                   f" 허용 횟수({limit}회)를 모두 썼습니다 · the approval allows {limit} "
                                   f"{use}{'s' if limit != 1 else ''} of this call", "limit")
                 (g.exported if use == "export" else g.played)[call] = done + 1
-        rate, raw = self._decoded(g, call, actor, use)
-        total = 44 + len(raw)
+        dec = self._opened(g, call, actor, use)
+        rate, frames = dec.rate, dec.frames
+        total = 44 + 2 * frames
         if not isinstance(offset, int) or offset < 0 or offset >= total:
             raise Refused(f"범위가 잘못되었습니다 · range starts outside the file ({total} bytes)", "range")
         end = total if length is None else min(total, offset + max(0, int(length)))
@@ -324,10 +354,10 @@ class Keeper:
             self.audit.append(f"keeper.{use}", actor=actor, role="officer", obj=f"call:{call}", reason=g.purpose[:200],
                               detail={"grant": g.ref, "approver": g.approver, "request": g.request,
                                       "count": (g.exported if use == "export" else g.played)[call],
-                                      "seconds": round(len(raw) / 2 / rate, 1)})
-        head = {"call": call, "rate": rate, "frames": len(raw) // 2, "mime": "audio/wav", "total": total,
+                                      "seconds": round(frames / rate, 1)})
+        head = {"call": call, "rate": rate, "frames": frames, "mime": "audio/wav", "total": total,
                 "offset": offset, "bytes": end - offset, "counted": counted}
-        header = wav_header(len(raw) // 2, rate)
+        header = wav_header(frames, rate)
 
         def chunks():
             pos = offset
@@ -336,7 +366,7 @@ class Keeper:
                 pos = 44
             while pos < end:
                 stop = min(end, pos + WAV_CHUNK)
-                yield raw[pos - 44:stop - 44]
+                yield dec.pcm_bytes(pos - 44, stop - 44)
                 pos = stop
 
         return head, chunks()
