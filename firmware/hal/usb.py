@@ -28,6 +28,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -533,6 +534,11 @@ class UDisks2Media:
             self._calls(calls)
         except _UDisksError as exc:
             raise UsbError(f"USB 저장장치를 꺼낼 수 없습니다 · cannot eject the stick ({exc.detail[:160]})") from None
+        # UDisks2 drops the stick's object when udev reports the device gone, a moment after the
+        # call returns: wait for it, so a list made right after the eject no longer offers the stick
+        deadline = time.monotonic() + self.timeout
+        while stick_id in self._candidates(self._objects()) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class _UDisksError(UsbError):
