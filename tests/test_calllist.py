@@ -134,3 +134,18 @@ def test_calls_page_in_korean_first_with_masks_by_role(recorded):
     other = day - dt.timedelta(days=3)
     r = tc.get(f"/calls?day={other.isoformat()}")
     assert r.status_code == 200 and "이 날의 통화가 없습니다" in r.data.decode()
+
+
+def test_out_of_range_days_and_lines_are_refused_in_korean_not_a_500(recorded):
+    data, cfg, _, _, day = recorded
+    app = create_app(Recorder(cfg, data), keeper=keeper(data, cfg))
+    tc = TC(app)
+    tc.sign_in("auditor", PASSWORD["auditor"])
+    for url in ("/calls?line=99999999999999999999999", "/calls?line=-1", "/calls?line=1.5", "/calls?day=0001-01-01",
+                "/calls?day=9999-12-31", "/review/0001-01-01", "/review/9999-12-31", "/review/2026-02-30"):
+        r = tc.get(url)
+        assert r.status_code == 400, url
+        page = r.data.decode()
+        assert ("날짜" in page or "회선" in page) and "Traceback" not in page, url
+    assert tc.get(f"/calls?day={day.isoformat()}&line=0").status_code == 200
+    assert tc.get(f"/review/{day.isoformat()}").status_code == 200

@@ -50,6 +50,28 @@ def source() -> str:
     return request.remote_addr or "unknown"
 
 
+# the days a page can be asked for: a call list or a review of year 1 or 9999 has nothing to show,
+# and one day before date.min (the "previous day" link) does not exist
+FIRST_DAY, LAST_DAY = __import__("datetime").date(2000, 1, 1), __import__("datetime").date(9998, 12, 31)
+
+
+def day_arg(text: str):
+    """A YYYY-MM-DD date from a URL, or a 400 page that says what is wrong (Korean · English)."""
+    import datetime as dt
+
+    from flask import abort, make_response
+
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is None or not FIRST_DAY <= day <= LAST_DAY:
+        abort(make_response(render_template(
+            "error.html", code=400, message=f"날짜는 {FIRST_DAY}부터 {LAST_DAY}까지의 YYYY-MM-DD입니다 · a date is "
+                                            f"YYYY-MM-DD from {FIRST_DAY} to {LAST_DAY}"), 400))
+    return day
+
+
 def csrf_token() -> str:
     sess = g.get("sess")
     if sess is not None:

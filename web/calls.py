@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, abort, current_app, g, render_template, request
+from flask import Blueprint, current_app, g, render_template, request
 
 from firmware.release.calllist import list_calls
 from firmware.index import KST
 from firmware.vault.retention import open_holds
 from firmware.vaultdb import connect_vault
 
-from .auth import ext, requires, source
+from .auth import day_arg, ext, requires, source
 
 bp = Blueprint("calls", __name__)
 
@@ -22,11 +22,13 @@ bp = Blueprint("calls", __name__)
 def index():
     x = ext()
     today = dt.datetime.fromtimestamp(x.audit.clock.wall(), KST).date()
-    try:
-        day = dt.date.fromisoformat(request.args.get("day") or today.isoformat())
-        line = int(request.args["line"]) if request.args.get("line") else None
-    except ValueError:
-        abort(400)
+    day = day_arg(request.args.get("day") or today.isoformat())
+    line = None
+    if request.args.get("line"):
+        text = request.args["line"].strip()
+        if not (text.isdigit() and int(text) < max(x.cfg.audio.channels, 64)):
+            return render_template("error.html", code=400, message="회선 번호가 잘못되었습니다 · no such line number"), 400
+        line = int(text)
     con = connect_vault(x.data_dir)
     try:
         holds = open_holds(con)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import Blueprint, Response, abort, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, redirect, render_template, request, url_for
 
 from firmware.audit import AuditError, parse_utc
 from firmware.people.review import KST, SIGNOFF, review_day, overdue_days
 
-from .auth import ext, requires, source
+from .auth import day_arg, ext, requires, source
 
 bp = Blueprint("review", __name__)
 
@@ -24,10 +24,7 @@ def _today() -> dt.date:
 
 
 def _day(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        abort(404)
+    return day_arg(text)
 
 
 @bp.get("/review")
