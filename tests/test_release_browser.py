@@ -188,6 +188,7 @@ def test_the_release_workflow_in_chromium(browser, tmp_path):  # noqa: F811
         srv.close()
         from firmware.hal.usb import usb_media
 
-        for s in usb_media("image", directory=sticks).sticks():
+        media = usb_media("image", directory=sticks)
+        for s in media.sticks():
             if s.fs == "exfat":
-                usb_media("image", directory=sticks).eject(s.id)
+                media.eject(s.id)

@@ -7,6 +7,7 @@ declares the permission it needs with ``@requires`` or ``@public``; a refusal is
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import ipaddress
@@ -14,7 +15,8 @@ import secrets
 from functools import wraps
 from types import SimpleNamespace
 
-from flask import Blueprint, Flask, current_app, g, jsonify, redirect, render_template, request, url_for
+from flask import (Blueprint, Flask, abort, current_app, g, jsonify, make_response, redirect, render_template,
+                   request, url_for)
 
 from firmware.people.accounts import ROLE_LABELS, ROLES, Accounts, AuthError, PasswordPolicyError, can
 from firmware.audit import AuditLog
@@ -52,15 +54,11 @@ def source() -> str:
 
 # the days a page can be asked for: a call list or a review of year 1 or 9999 has nothing to show,
 # and one day before date.min (the "previous day" link) does not exist
-FIRST_DAY, LAST_DAY = __import__("datetime").date(2000, 1, 1), __import__("datetime").date(9998, 12, 31)
+FIRST_DAY, LAST_DAY = dt.date(2000, 1, 1), dt.date(9998, 12, 31)
 
 
-def day_arg(text: str):
+def day_arg(text: str) -> dt.date:
     """A YYYY-MM-DD date from a URL, or a 400 page that says what is wrong (Korean · English)."""
-    import datetime as dt
-
-    from flask import abort, make_response
-
     try:
         day = dt.date.fromisoformat(text)
     except ValueError:

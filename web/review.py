@@ -23,10 +23,6 @@ def _today() -> dt.date:
     return dt.datetime.fromtimestamp(ext().audit.clock.wall(), KST).date()
 
 
-def _day(text: str) -> dt.date:
-    return day_arg(text)
-
-
 @bp.get("/review")
 @requires("audit.review")
 def index():
@@ -38,7 +34,7 @@ def index():
 @bp.get("/review/<day>")
 @requires("audit.review")
 def day(day):
-    d = _day(day)
+    d = day_arg(day)
     x = ext()
     today = _today()
     # viewing the trail is itself logged; the checkpoint seals the log and goes on the printed page
@@ -57,7 +53,7 @@ def day(day):
 @bp.post("/review/<day>/signoff")
 @requires("audit.signoff")
 def signoff(day):
-    d = _day(day)
+    d = day_arg(day)
     x = ext()
     if d >= _today():
         return render_template("error.html", code=409, message="지난 날만 확인할 수 있습니다 · only a past day can be "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
-import logging
 import os
 import re
 import subprocess
@@ -38,8 +37,6 @@ from ..errors import NokboxError
 CHUNK = 1 << 20
 FAT32_MAX_FILE = 4 * 1024 ** 3 - 1
 STICK_FILESYSTEMS = ("vfat", "exfat")  # what the recipient's Windows, macOS and phones read
-
-log = logging.getLogger(__name__)
 
 
 class UsbError(NokboxError):
@@ -106,12 +103,24 @@ def _gone() -> StickGone:
                      "removed while writing: insert it and try again")
 
 
+def _missing(stick_id: str) -> StickGone:
+    return StickGone(f"USB 저장장치가 빠졌습니다 · the stick {stick_id} is gone")
+
+
+def _unreadable() -> StickGone:
+    return StickGone("USB 저장장치에서 다시 읽을 수 없습니다 · cannot read the file back from the stick")
+
+
+def _read_only() -> StickReadOnly:
+    return StickReadOnly("USB 저장장치가 쓰기 금지 상태입니다 · the stick is read-only")
+
+
 def _os_error(exc: OSError) -> UsbError:
     """What an OSError from a mounted stick means to the officer."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StickFull("쓰는 중에 USB 저장장치가 가득 찼습니다 · the stick filled up while writing")
     if exc.errno == errno.EROFS:
-        return StickReadOnly("USB 저장장치가 쓰기 금지 상태입니다 · the stick is read-only")
+        return _read_only()
     if exc.errno == errno.EFBIG:
         return FileTooLarge("이 저장장치의 파일 크기 한도를 넘었습니다 · the file is larger than this stick's "
                             "filesystem allows")
@@ -123,7 +132,7 @@ def _os_error(exc: OSError) -> UsbError:
 def _checks(total: int, fs: str, free: int, read_only: bool) -> None:
     """The refusals that can be made before a byte is written."""
     if read_only:
-        raise StickReadOnly("USB 저장장치가 쓰기 금지 상태입니다 · the stick is read-only")
+        raise _read_only()
     if fs == "vfat" and total > FAT32_MAX_FILE:
         raise FileTooLarge(f"FAT32 저장장치에는 4 GB 이상의 파일을 쓸 수 없습니다 (패키지 {_mb(total)}): exFAT로 "
                            f"포맷한 저장장치를 쓰십시오 · FAT32 holds no file of 4 GiB or more ({_mb(total)})")
@@ -138,15 +147,16 @@ def _free_in(root: Path) -> tuple[int, bool]:
 
 
 def write_into(root: Path, name: str, src: BinaryIO, total: int, fs: str,
-               progress: Callable[[int, int], None] | None = None) -> str:
+               progress: Callable[[int, int], None] | None = None, read_only: bool = False) -> str:
     """Write ``src`` as ``root/name`` on a mounted stick: checks first, then ``name.part``, fsync,
     rename, fsync of the folder. A failure removes the part file (when the stick is still there)
-    and raises the UsbError that says why."""
+    and raises the UsbError that says why. ``read_only``: the device says it is write-protected
+    (whatever its mount says)."""
     try:
         free, ro = _free_in(root)
     except OSError as exc:
         raise _os_error(exc) from None
-    _checks(total, fs, free, ro)
+    _checks(total, fs, free, ro or read_only)
     part = root / (name + ".part")
     done = 0
     try:
@@ -178,7 +188,7 @@ def read_from(root: Path, name: str) -> Iterator[bytes]:
         with open(root / name, "rb") as f:
             yield from iter(lambda: f.read(CHUNK), b"")
     except OSError:
-        raise StickGone("USB 저장장치에서 다시 읽을 수 없습니다 · cannot read the file back from the stick") from None
+        raise _unreadable() from None
 
 
 def _mount_of(source: str) -> Path | None:
@@ -217,7 +227,7 @@ class ImageMedia:
         for p in self._paths():
             if p.name == stick_id:
                 return p
-        raise StickGone(f"USB 저장장치가 빠졌습니다 · the stick {stick_id} is gone")
+        raise _missing(stick_id)
 
     def _mtools(self, *args: str, path: Path, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([args[0], "-i", str(path), *args[1:]], env=_env(), capture_output=True, **kw)
@@ -330,8 +340,7 @@ class ImageMedia:
         if rc != 0 or not path.exists():
             self._cleanup(path, part)
             if not path.exists():
-                raise StickGone("쓰는 중에 USB 저장장치가 빠졌습니다: 다시 꽂고 다시 시도하십시오 · the stick was "
-                                "removed while writing: insert it and try again")
+                raise _gone()
             if "full" in err.lower() or "no space" in err.lower() or "no free cluster" in err.lower():
                 raise StickFull("쓰는 중에 USB 저장장치가 가득 찼습니다 · the stick filled up while writing")
             raise UsbError(f"USB 저장장치에 쓸 수 없습니다 · cannot write to the stick ({err.strip()[:120]})")
@@ -360,7 +369,7 @@ class ImageMedia:
         finally:
             proc.stdout.close()
             if proc.wait() != 0:
-                raise StickGone("USB 저장장치에서 다시 읽을 수 없습니다 · cannot read the file back from the stick")
+                raise _unreadable()
 
     def delete(self, stick_id: str, name: str) -> None:
         path = self._path(stick_id)
@@ -469,7 +478,7 @@ class UDisks2Media:
     def _find(self, stick_id: str) -> dict:
         c = self._candidates(self._objects()).get(stick_id)
         if c is None:
-            raise StickGone(f"USB 저장장치가 빠졌습니다 · the stick {stick_id} is gone")
+            raise _missing(stick_id)
         return c
 
     def _mount(self, c: dict) -> Path:
@@ -503,9 +512,8 @@ class UDisks2Media:
     def write(self, stick_id: str, name: str, src: BinaryIO, total: int,
               progress: Callable[[int, int], None] | None = None) -> str:
         c = self._find(stick_id)
-        if c["block"].get("ReadOnly"):
-            raise StickReadOnly("USB 저장장치가 쓰기 금지 상태입니다 · the stick is read-only")
-        return write_into(self._mount(c), name, src, total, c["fstype"], progress)
+        return write_into(self._mount(c), name, src, total, c["fstype"], progress,
+                          read_only=bool(c["block"].get("ReadOnly")))
 
     def read_back(self, stick_id: str, name: str) -> Iterator[bytes]:
         yield from read_from(self._mount(self._find(stick_id)), name)
