@@ -290,6 +290,11 @@ class ImageMedia:
             except OSError:
                 pass
         _run("losetup", "-d", loop)
+        # the FUSE driver closes the device a moment after umount returns; until it has, the kernel
+        # only marks the loop to clear: wait, so the eject returns when the stick is really free
+        deadline = time.monotonic() + 10
+        while self._loop_of(path) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def sticks(self) -> list[Stick]:
         out = []
