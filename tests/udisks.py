@@ -105,7 +105,9 @@ class UDisks:
     def insert(self, img: Path, read_only: bool = False) -> str:
         """Attach ``img`` as a loop device through UDisks2; returns its stick id (``loopN``)."""
         args = ["udisksctl", "loop-setup", "--no-user-interaction", "-f", str(img)] + (["-r"] if read_only else [])
-        out = subprocess.run(args, env=self.env, check=True, capture_output=True, text=True).stdout
+        run = subprocess.run(args, env=self.env, capture_output=True, text=True)
+        assert run.returncode == 0, f"udisksctl loop-setup failed: {run.stderr.strip()}"
+        out = run.stdout
         dev = out.strip().rstrip(".").rsplit(" ", 1)[-1]
         subprocess.run(["udevadm", "settle", "-t", "10"], check=False)
         return Path(dev).name
@@ -123,7 +125,15 @@ class UDisks:
             except subprocess.TimeoutExpired:
                 p.kill()
         if self.started_udevd:
+            # udevd exits a moment after it is told to; the next test's fixture must not find it
+            # still there, count on it, and then wait for events no one delivers.
             subprocess.run(["udevadm", "control", "--exit"], capture_output=True)
+            deadline = time.monotonic() + 10
+            while subprocess.run(["pgrep", "-x", "systemd-udevd"], capture_output=True).returncode == 0:
+                if time.monotonic() > deadline:
+                    subprocess.run(["pkill", "-KILL", "-x", "systemd-udevd"], capture_output=True)
+                    break
+                time.sleep(0.05)
 
 
 @pytest.fixture
