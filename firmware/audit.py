@@ -706,11 +706,24 @@ class AuditLog:
         for e in self.entries():
             local = parse_utc(e["time_utc"]).astimezone(tz)
             if frm <= local.date() <= to:
-                w.writerow([e["seq"], e["time_utc"], local.isoformat(timespec="seconds"), e["mono"], e["boot"],
-                            e["action"], e["actor"], e["role"], e["object"], e["outcome"], e["reason"],
-                            e["source"], json.dumps(e["detail"], ensure_ascii=False, sort_keys=True), e["hash"]])
+                w.writerow([e["seq"], e["time_utc"], local.isoformat(timespec="seconds"), e["mono"], e["boot"]]
+                           + [csv_text(v) for v in (e["action"], e["actor"], e["role"], e["object"], e["outcome"],
+                                                    e["reason"], e["source"],
+                                                    json.dumps(e["detail"], ensure_ascii=False, sort_keys=True))]
+                           + [e["hash"]])
                 rows += 1
         return buf.getvalue(), rows
+
+
+# a cell a spreadsheet would run as a formula (OWASP "CSV injection"): names, reasons and objects can
+# be typed by anyone, a sign-in name by someone who is not even signed in
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(v) -> str:
+    """A text cell for a CSV that Excel or LibreOffice opens: formula-looking text gets a leading '."""
+    s = "" if v is None else str(v)
+    return "'" + s if s.startswith(_FORMULA) else s
 
 
 _SECRET_KEYS = re.compile(r"password|secret|token|identity|pin\b|key$", re.I)

@@ -19,6 +19,9 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     """The admin app over the recorder (``status()``, ``notice_test()``) and the key keeper
     (``masked()``, ``approve()``, ``open_call()``, …; by default the keeper process's socket);
     every page needs sign-in."""
+    from flask import request
+    from werkzeug.exceptions import HTTPException
+
     from firmware.ipc import IpcError, ServiceUnavailable
 
     app = Flask(__name__)
@@ -48,6 +51,20 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
 
         return parse_utc(iso).astimezone(KST).strftime("%Y-%m-%d %H:%M") if iso else ""
 
+    @app.errorhandler(HTTPException)
+    def _http(exc):
+        """Every refusal Werkzeug raises (404, 405, 413, …) as a Korean page, never its English default."""
+        return _refusal(exc.code or 500, HTTP_MESSAGES.get(exc.code, f"요청을 처리할 수 없습니다 · the request "
+                                                                    f"cannot be handled ({exc.code})"))
+
+    @app.errorhandler(Exception)
+    def _crash(exc):
+        """A fault in the page: logged here with its traceback, never shown to the browser."""
+        if isinstance(exc, HTTPException):
+            return _http(exc)
+        log.exception("page %s %s failed", request.method, request.path)
+        return _refusal(500, HTTP_MESSAGES[500])
+
     @app.errorhandler(ServiceUnavailable)
     def _down(exc):
         """The recorder or the keeper is down or restarting: say so, never a stack trace."""
@@ -69,6 +86,19 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     return app
 
 
+HTTP_MESSAGES = {
+    400: "요청이 잘못되었습니다 · the request is malformed",
+    403: "권한이 없습니다 · you may not open this page",
+    404: "없는 페이지입니다. 주소를 확인하십시오 · there is no such page; check the address",
+    405: "이 주소는 그 방식으로 열 수 없습니다 · this page cannot be opened that way",
+    409: "지금 상태에서는 할 수 없습니다 · not possible in the current state",
+    413: "보낸 내용이 너무 큽니다 · the upload is too large",
+    500: "장치 내부 오류입니다. 기록되었습니다; 관리자에게 알리십시오 · an internal error; it was logged, tell the "
+         "administrator",
+    503: "잠시 사용할 수 없습니다. 잠시 후 다시 시도하십시오 · unavailable for a moment; try again shortly",
+}
+
+
 def _refusal(code: int, message: str):
     from flask import jsonify, render_template, request
 
@@ -83,7 +113,12 @@ class _Server:
     def __init__(self, app: Flask, host: str, port: int) -> None:
         from waitress.server import create_server
 
-        self._srv = create_server(app, host=host, port=port, threads=4, ident="nokbox")
+        from .auth import largest_body
+
+        # waitress buffers a whole body (spooling it to disk) before the app sees it: it refuses one
+        # longer than any route takes; each route's own, smaller limit is checked before it is read
+        self._srv = create_server(app, host=host, port=port, threads=4, ident="nokbox",
+                                  max_request_body_size=largest_body(app))
         self.port = self._srv.effective_port
         self._thread = threading.Thread(target=self._srv.run, name="web", daemon=True)
         self._thread.start()

@@ -83,16 +83,56 @@ def _set_pre_csrf(resp):
     return resp
 
 
+# request bodies: a form is small; only the routes that take a file take more, and no more than
+# that file's limit (the announcement: MAX_SECONDS of 48 kHz stereo 16-bit WAV; a request: its scans)
+FORM_LIMIT = 256 * 1024
+
+
+def largest_body(app: Flask) -> int:
+    """The largest body any route takes: the server (waitress) refuses a longer one before buffering it."""
+    with app.app_context():
+        return max(body_limit(e) for e in ("notice.upload", "release.create", None))
+
+
+def body_limit(endpoint: str | None) -> int:
+    from firmware.recording.notice import MAX_SECONDS
+
+    if endpoint == "notice.upload":
+        return int(MAX_SECONDS * 48000 * 2 * 2) + 64 * 1024
+    if endpoint == "release.create":
+        rc = ext().cfg.release
+        return int(rc.attachment_max_mb * 1024 * 1024 * rc.attachments_max) + FORM_LIMIT
+    return FORM_LIMIT
+
+
+def _too_large(limit: int):
+    return render_template("error.html", code=413, message=f"보낸 내용이 너무 큽니다 (최대 {limit / 1048576:.1f} MB) · "
+                           f"the upload is too large (at most {limit / 1048576:.1f} MB)"), 413
+
+
 def _load():
-    """Before every request: who is signed in; first-run redirect; CSRF on POST."""
+    """Before every request: the body's size limit (refused before it is read); who is signed in;
+    a POST to a signed-in page from nobody refused unread; first-run redirect; CSRF on POST."""
     g.user = g.sess = None
     if request.endpoint == "static":
         return None
     x = ext()
+    limit = body_limit(request.endpoint)
+    request.max_content_length = limit  # also bounds a chunked body while it is read
+    request.max_form_memory_size = min(limit, FORM_LIMIT)
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(limit)
     token = request.cookies.get(COOKIE, "")
     found = x.accounts.session(token, source=source(), touch=not request.headers.get("X-Nokbox-Poll"))
     if found:
         g.user, g.sess = found
+    view = current_app.view_functions.get(request.endpoint)
+    if request.method == "POST" and g.user is None and view is not None and \
+            getattr(view, "_nokbox_perm", None) is not None:
+        # nobody is signed in: the body is never read (nor spooled to disk) for a page that needs a person
+        if request.path.startswith("/api/"):
+            return jsonify(error="sign in required"), 401
+        return redirect(url_for("auth.login"))
     if request.method == "POST":
         expected = g.sess.csrf if g.sess else request.cookies.get(PRE_CSRF, "")
         given = request.form.get("csrf", "")
@@ -146,7 +186,25 @@ def _landing(user) -> str:
     return url_for("status.page")
 
 
+def safe_next(nxt: str) -> str:
+    """Where to go after sign-in: a path on this box, or "" (the landing page). Browsers drop tabs and
+    newlines from a URL and read ``\\`` as ``/``, so ``/\t/evil.example`` or ``/\\evil.example`` would
+    leave the box: anything but a plain path is refused."""
+    from urllib.parse import urlsplit
+
+    if not nxt.startswith("/") or any(c in nxt for c in "\\") or any(ord(c) < 0x21 or ord(c) == 0x7f for c in nxt):
+        return ""
+    parts = urlsplit(nxt)
+    if parts.scheme or parts.netloc or nxt.startswith("//"):
+        return ""
+    return nxt
+
+
 def _signed_in(user, target: str):
+    """A new session for ``user``; the session the browser came with (anyone's) ends first, so a
+    cookie from before a sign-in is never good after it (session fixation, a shared browser)."""
+    if g.get("user") is not None:
+        ext().accounts.end_session(request.cookies.get(COOKIE, ""), user=g.user, source=source())
     token, _ = ext().accounts.start_session(user, source())
     resp = redirect(target)
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
@@ -197,9 +255,7 @@ def setup():
 @public
 def login():
     error = ""
-    nxt = request.args.get("next") or ""
-    if not nxt.startswith("/") or nxt.startswith("//"):
-        nxt = ""
+    nxt = safe_next(request.args.get("next") or "")
     if request.method == "POST":
         try:
             user = ext().accounts.authenticate(request.form.get("name", "").strip(), request.form.get("password", ""),

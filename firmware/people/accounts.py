@@ -422,20 +422,27 @@ class Accounts:
                               source=source, detail={"purpose": purpose})
             raise AuthError("이름 또는 비밀번호가 틀렸습니다 · wrong name or password", "bad_credentials")
         user = self._user(row)
-        if row["state"] == "disabled":
-            self.audit.append("auth.signin", actor=name, role=",".join(user.roles), outcome="refused",
-                              reason="account disabled", source=source, detail={"purpose": purpose})
-            raise AuthError("사용 중지된 계정입니다 · this account is disabled", "disabled")
-        if row["locked_until"] > now:
-            self.audit.append("auth.signin", actor=name, role=",".join(user.roles), outcome="refused",
-                              reason="account locked", source=source, detail={"purpose": purpose})
-            raise AuthError("잠긴 계정입니다. 나중에 다시 시도하거나 관리자에게 요청하십시오 · the account is locked; "
-                            "try later or ask an administrator", "locked")
+        # the hash is checked before anything about the account is said: a disabled or locked account
+        # costs the same time as any other and, to a wrong password, answers as an unknown name does
         try:
             self.ph.verify(row["pw_hash"], password)
+            right = True
         except (VerifyMismatchError, VerificationError, InvalidHashError):
+            right = False
+        blocked = "disabled" if row["state"] == "disabled" else ("locked" if row["locked_until"] > now else "")
+        if blocked:
+            self.audit.append("auth.signin", actor=name, role=",".join(user.roles), outcome="refused",
+                              reason=f"account {blocked}" + ("" if right else ", wrong password"), source=source,
+                              detail={"purpose": purpose})
+            if not right:
+                raise AuthError("이름 또는 비밀번호가 틀렸습니다 · wrong name or password", "bad_credentials")
+            if blocked == "disabled":
+                raise AuthError("사용 중지된 계정입니다 · this account is disabled", "disabled")
+            raise AuthError("잠긴 계정입니다. 나중에 다시 시도하거나 관리자에게 요청하십시오 · the account is locked; "
+                            "try later or ask an administrator", "locked")
+        if not right:
             self._failed(con_row=row, now=now, source=source, purpose=purpose)
-            raise AuthError("이름 또는 비밀번호가 틀렸습니다 · wrong name or password", "bad_credentials") from None
+            raise AuthError("이름 또는 비밀번호가 틀렸습니다 · wrong name or password", "bad_credentials")
         with self._db() as con:
             # lockouts stay: a repeat offender's next lock is longer until an administrator unlocks
             con.execute("UPDATE users SET failures = 0, locked_until = 0 WHERE id = ?", (row["id"],))

@@ -80,6 +80,8 @@ def _hm(s: str) -> dt.time:
 def _notice_off(e: dict) -> bool:
     if e["action"] == "notice.disabled":
         return True
+    if e["action"] == "notice.mode" and isinstance(e["detail"], dict) and e["detail"].get("new") == "off":
+        return True  # a line's notice switched off on the page or with `nokbox notice mode`
     if e["action"].startswith("config.") and isinstance(e["detail"], dict):
         for key, change in (e["detail"].get("changes") or {}).items():
             new = change.get("new") if isinstance(change, dict) else change

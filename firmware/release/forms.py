@@ -62,6 +62,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 from zoneinfo import ZoneInfo
 
+from ..audit import csv_text
 from ..errors import NokboxError
 
 KST = ZoneInfo("Asia/Seoul")
@@ -112,7 +113,6 @@ CSV_HEADER = ["번호", "접수일시", "구분", "신청인", "소속(주소)",
               "파기 확인", "비고"]
 PAD_LR, PAD_TOP, PAD_BOTTOM = 3, 2.5, 3          # cell padding (pt)
 LEDGER_CLIP = 240                                 # characters of one ledger cell in the PDF
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -555,11 +555,6 @@ def ledger_pdf(rows: list[dict], *, period: tuple[str, str], office: str = "") -
                   left_later=f"관리대장 {period[0]} ~ {period[1]}")
 
 
-def _csv_cell(v) -> str:
-    s = "" if v is None else str(v)
-    return "'" + s if s.startswith(_FORMULA) else s
-
-
 def ledger_csv(rows: list[dict], *, period: tuple[str, str]) -> bytes:
     """The ledger as CSV for Excel: UTF-8 with a BOM, a Korean header row, formula-looking cells quoted
     with a leading ``'`` (CSV injection). ``period`` is not written: the caller's file name carries it."""
@@ -569,7 +564,7 @@ def ledger_csv(rows: list[dict], *, period: tuple[str, str]) -> bytes:
     wr.writerow(CSV_HEADER)
     for r in rows:
         cell = _ledger_cells(r)
-        wr.writerow([_csv_cell(v) for v in (
+        wr.writerow([csv_text(v) for v in (
             r.get("number"), _time(r.get("received")), cell["kind"], r.get("requester"), r.get("address"),
             cell["call_time"], r.get("calls", ""), r.get("numbers"), r.get("purpose"), r.get("reason"), r.get("ground"),
             r.get("officer"), r.get("requester"), _time(r.get("delivered")), r.get("team"), r.get("head"),
