@@ -129,10 +129,7 @@ def _load():
     view = current_app.view_functions.get(request.endpoint)
     if request.method == "POST" and g.user is None and view is not None and \
             getattr(view, "_nokbox_perm", None) is not None:
-        # nobody is signed in: the body is never read (nor spooled to disk) for a page that needs a person
-        if request.path.startswith("/api/"):
-            return jsonify(error="sign in required"), 401
-        return redirect(url_for("auth.login"))
+        return _sign_in_first()  # nobody is signed in: the body is never read for a page that needs a person
     if request.method == "POST":
         expected = g.sess.csrf if g.sess else request.cookies.get(PRE_CSRF, "")
         given = request.form.get("csrf", "")
@@ -148,6 +145,13 @@ def _load():
     return None
 
 
+def _sign_in_first():
+    """The answer to a signed-out visitor: 401 for the API, else the sign-in page (back here after, for a GET)."""
+    if request.path.startswith("/api/"):
+        return jsonify(error="sign in required"), 401
+    return redirect(url_for("auth.login", next=request.full_path if request.method == "GET" else None))
+
+
 def public(view):
     view._nokbox_perm = None
     return view
@@ -161,10 +165,7 @@ def requires(perm: str):
         def wrapper(*args, **kwargs):
             user = g.get("user")
             if user is None:
-                if request.path.startswith("/api/"):
-                    return jsonify(error="sign in required"), 401
-                nxt = request.full_path if request.method == "GET" else None
-                return redirect(url_for("auth.login", next=nxt))
+                return _sign_in_first()
             try:
                 ext().accounts.authorize(user, perm, obj=f"{request.method} {request.path}", source=source())
             except AuthError:
@@ -192,7 +193,7 @@ def safe_next(nxt: str) -> str:
     leave the box: anything but a plain path is refused."""
     from urllib.parse import urlsplit
 
-    if not nxt.startswith("/") or any(c in nxt for c in "\\") or any(ord(c) < 0x21 or ord(c) == 0x7f for c in nxt):
+    if not nxt.startswith("/") or "\\" in nxt or any(ord(c) < 0x21 or ord(c) == 0x7f for c in nxt):
         return ""
     parts = urlsplit(nxt)
     if parts.scheme or parts.netloc or nxt.startswith("//"):
