@@ -97,7 +97,7 @@ def test_run_records_serves_status_reloads_and_stops_cleanly(running_box, age_to
     while time.monotonic() < deadline and not (seen_call and len(levels) > 3):
         st = get_json(base + "/api/status")
         assert [ln["name"] for ln in st["lines"]] == ["민원실"]
-        seen_call |= any(ln["state"] == "in_call" for ln in st["lines"])
+        seen_call |= any(ln["in_call"] for ln in st["lines"])
         levels.add(st["lines"][0]["level_dbfs"])
         time.sleep(0.3)
     assert seen_call and len(levels) > 3

@@ -73,9 +73,9 @@ def test_status_page_shows_lines_live_in_korean_first(browser, live_box, tmp_pat
         seen.add(rows.nth(0).locator(".db").inner_text())
         page.wait_for_timeout(500)
     assert len(seen) >= 3, seen
-    page.wait_for_function("document.querySelector('#lines tbody tr.in_call') !== null", timeout=15000)
+    page.locator('#lines tbody tr.in_call').first.wait_for(timeout=15000)
     assert "통화 중" in page.locator("#lines tbody tr.in_call .state").first.inner_text()
-    assert page.locator("#dev-state").inner_text() == "running"
+    assert page.locator("#dev-state").inner_text() == "동작 · Running"
     page.screenshot(path=str(tmp_path / "status.png"), full_page=True)
     assert not errors
     page.close()

@@ -89,7 +89,9 @@ def test_status_page_raises_the_notice_alarm(browser, box):  # noqa: F811
         sign_in(page, url, "technician")
         page.wait_for_function("document.querySelector('#lines tr[data-channel=\"0\"] .notice.bad') !== null",
                                timeout=15000)
-        assert "ALARM (output_failed)" in page.locator("#lines tr[data-channel='0'] .notice").inner_text()
+        text = page.locator("#lines tr[data-channel='0'] .notice").inner_text()
+        assert "ALARM (출력 실패 · Output failed)" in text, text  # the failure in words, not its code
+        assert page.locator("#lines tr[data-channel='0'] .state").inner_text() == "고장 · Fault"
         page.close()
     finally:
         server.close()

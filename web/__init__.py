@@ -34,7 +34,7 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     app.config["RECORDER"] = recorder
     app.config["KEEPER"] = keeper
     app.json.ensure_ascii = False
-    from . import auth, calls, notice, release, review, users
+    from . import auth, calls, lines, notice, release, review, users
     from .status import bp as status_bp
 
     auth.init_app(app, data_dir, cfg, clock)
@@ -43,7 +43,17 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     app.register_blueprint(review.bp)
     app.register_blueprint(notice.bp)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(lines.bp)
     app.register_blueprint(release.bp)
+
+    from .labels import LABELS, label
+
+    app.jinja_env.filters["label"] = label
+    app.jinja_env.globals["LABELS"] = LABELS
+
+    @app.context_processor
+    def _site():
+        return {"box_office": app.extensions["nokbox"].cfg.release.office}
 
     @app.template_filter("kst")
     def _kst(iso):
@@ -115,9 +125,10 @@ class _Server:
 
         from .auth import largest_body
 
+        self.app = app
         # waitress buffers a whole body (spooling it to disk) before the app sees it: it refuses one
         # longer than any route takes; each route's own, smaller limit is checked before it is read
-        self._srv = create_server(app, host=host, port=port, threads=4, ident="nokbox",
+        self._srv = create_server(app, host=host, port=port, threads=8, ident="nokbox",
                                   max_request_body_size=largest_body(app))
         self.port = self._srv.effective_port
         self._thread = threading.Thread(target=self._srv.run, name="web", daemon=True)

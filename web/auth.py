@@ -123,10 +123,11 @@ def _load():
     if request.content_length is not None and request.content_length > limit:
         return _too_large(limit)
     token = request.cookies.get(COOKIE, "")
-    found = x.accounts.session(token, source=source(), touch=not request.headers.get("X-Nokbox-Poll"))
+    view = current_app.view_functions.get(request.endpoint)
+    poll = request.headers.get("X-Nokbox-Poll") or getattr(view, "_nokbox_poll", False)
+    found = x.accounts.session(token, source=source(), touch=not poll)
     if found:
         g.user, g.sess = found
-    view = current_app.view_functions.get(request.endpoint)
     if request.method == "POST" and g.user is None and view is not None and \
             getattr(view, "_nokbox_perm", None) is not None:
         return _sign_in_first()  # nobody is signed in: the body is never read for a page that needs a person

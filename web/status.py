@@ -7,12 +7,12 @@ from flask import Blueprint, current_app, jsonify, render_template
 from firmware.ipc import IpcError, run_dir, supervisor_view
 
 from .auth import ext, requires
+from .labels import LABELS
 
 bp = Blueprint("status", __name__)
 
 PROCESS_LABELS = {"recorder": "녹음기 · recorder", "keeper": "키 관리자 · key keeper", "web": "관리 화면 · page"}
-STATE_LABELS = {"running": "동작 · running", "starting": "시작 중 · starting", "restarting": "재시작 대기 · restarting",
-                "stopped": "멈춤 · stopped"}
+STATE_LABELS = {k: LABELS[k] for k in ("running", "starting", "restarting", "stopped")}
 
 
 def processes() -> list[dict]:

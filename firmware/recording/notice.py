@@ -105,6 +105,7 @@ class _Request:
     t0: float  # monotonic time of the call's start (detection or line sense)
     result: NoticeResult | None = None
     done: threading.Event | None = None
+    samples: np.ndarray | None = None  # a test call's recorded sample instead of the announcement
 
 
 @dataclass
@@ -116,6 +117,7 @@ class LineNotice:
     alarm: bool = False
     last_failure: str | None = None
     played: int = 0
+    playing: bool = False  # the relay is switched onto the line and the output is playing
 
 
 class NoticeService:
@@ -229,6 +231,14 @@ class NoticeService:
         req.done.wait(self.cfg.max_wait_s + MAX_SECONDS + 5)
         return req.result or NoticeResult(self._mode(line), failure="output_busy")
 
+    def play_back(self, line: int, samples: np.ndarray) -> NoticeResult:
+        """Play ``samples`` (int16 at the output's rate) onto ``line`` through its relay, whatever the
+        line's notice mode: a test call's sample heard back on the technician's handset. Waits."""
+        req = _Request(line, None, time.monotonic(), done=threading.Event(), samples=samples)
+        self.queue.put(req, timeout=self.cfg.max_wait_s)
+        req.done.wait(self.cfg.max_wait_s + len(samples) / self.cfg.rate + 5)
+        return req.result or NoticeResult(self._mode(line), failure="output_busy")
+
     def _mode(self, line: int) -> str:
         if not self.enabled:
             return "off"
@@ -252,7 +262,7 @@ class NoticeService:
         res = NoticeResult(mode)
         now = time.monotonic()
         res.wait_ms = round(1000 * (now - req.t0), 1)
-        if mode == "off":
+        if mode == "off" and req.samples is None:
             res.failure = "disabled"
             return res
         if now - req.t0 > self.cfg.max_wait_s:
@@ -262,7 +272,10 @@ class NoticeService:
         if relay is None:
             res.failure = "no_relay"
             return res
-        samples = self.beep if mode == "beep" else self._load_announcement()
+        if req.samples is not None:
+            samples = req.samples
+        else:
+            samples = self.beep if mode == "beep" else self._load_announcement()
         first: list[float] = []
         try:
             try:
@@ -273,6 +286,8 @@ class NoticeService:
                 return res
             t_on = time.monotonic()
             res.started = iso_utc(time.time())
+            with self._lock:
+                self.state[req.line].playing = True
             res.relay_ms = round(1000 * (t_on - req.t0), 1)
             if self.cfg.settle_ms:
                 time.sleep(self.cfg.settle_ms / 1000)
@@ -291,6 +306,8 @@ class NoticeService:
             return res
         finally:
             if res.started is not None:
+                with self._lock:
+                    self.state[req.line].playing = False
                 try:
                     relay.off()
                 except Exception:  # noqa: BLE001
@@ -300,6 +317,9 @@ class NoticeService:
 
     def _finish(self, req: _Request, res: NoticeResult) -> None:
         req.result = res
+        if req.samples is not None:  # a test call's playback: not the line's notice, no counters
+            req.done.set()
+            return
         ch = self.lines[req.line].channel
         with self._lock:
             st = self.state[req.line]
@@ -363,7 +383,8 @@ class NoticeService:
     def status(self) -> dict:
         with self._lock:
             return {i: {"mode": self._mode(i), "alarm": s.alarm, "failures_in_row": s.failures_in_row,
-                        "last_failure": s.last_failure, "played": s.played} for i, s in self.state.items()}
+                        "last_failure": s.last_failure, "played": s.played, "playing": s.playing}
+                    for i, s in self.state.items()}
 
     def close(self) -> None:
         for _ in self._workers:

@@ -40,6 +40,13 @@ log = logging.getLogger(__name__)
 
 # Settings that need a restart to change (the device and the ring layout).
 _RESTART_KEYS = ("audio",)
+# The technician's test call: how long a sample may be, and the window of a live meter reading.
+TEST_CALL_MAX_S = 15.0
+METER_WINDOW_S = 0.1
+
+
+class LineBusy(NokboxError):
+    """The line cannot take a test call now (a call in progress, or a test already running)."""
 
 
 def segment_params(cfg: NokboxConfig, rate: int) -> SegmentParams:
@@ -132,6 +139,8 @@ class Recorder:
         )
         self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.segmenter.on_call_start = self.notice.request
+        self.tests: dict[int, dict] = {}  # channel -> the last test call's phase and result
+        self._tests_lock = threading.Lock()
         self.maintainer = StatusMaintainer(self)
         # live recording only: a replay's calls carry past times and must not be expired mid-replay
         self.retention = RetentionMaintainer(self)
@@ -264,8 +273,10 @@ class Recorder:
                 "channel": ls.cfg.channel,
                 "name": ls.cfg.name,
                 "extension": ls.cfg.extension,
-                "state": "in_call" if ls.call_key is not None else "idle",
-                "level_dbfs": round(ls.level_dbfs, 1),
+                "state": self.line_state(ls, notice.get(ls.idx)),
+                "in_call": ls.call_key is not None,
+                "enabled": getattr(ls.cfg, "enabled", True),
+                "level_dbfs": self.live_level(ls.idx),
                 "floor_dbfs": round(ls.seg.floor_dbfs, 1),
                 "calls_today": today.get(ls.cfg.channel, 0),
                 "overrun_frames": int(self.rings.lost[ls.idx]),
@@ -302,11 +313,90 @@ class Recorder:
             "config_error": self.config_error,
         }
 
+    def live_level(self, idx: int) -> float:
+        """dBFS RMS of the last ``METER_WINDOW_S`` captured on line ``idx`` (a copy out of its ring:
+        the capture path is not touched); -90 when silent or nothing captured yet."""
+        import numpy as np
+
+        wp = self.rings.write_pos
+        x, _ = self.rings.read(idx, wp - int(self.rate * METER_WINDOW_S), wp)
+        if not len(x):
+            return -90.0
+        rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) / 32768.0
+        return round(max(-90.0, 20.0 * np.log10(rms)) if rms > 0 else -90.0, 1)
+
+    def line_state(self, ls, notice: dict | None) -> str:
+        """What a person sees of a line: disabled, fault, notice playing, in call or idle."""
+        if not getattr(ls.cfg, "enabled", True):
+            return "disabled"
+        if (notice or {}).get("alarm") or self.reader.state in ("lost", "failed"):
+            return "fault"
+        if (notice or {}).get("playing"):
+            return "notice_playing"
+        return "in_call" if ls.call_key is not None else "idle"
+
     def levels(self) -> dict:
-        """Per-line level and state, cheap enough for the page's live meters (no disk, no index)."""
-        return {"time": self.clock.wall(), "lines": [
-            {"channel": ls.cfg.channel, "level_dbfs": round(ls.level_dbfs, 1),
-             "state": "in_call" if ls.call_key is not None else "idle"} for ls in self.segmenter.lines]}
+        """Per-line live level and state, cheap enough for the page's meters at 10 Hz (no disk, no index)."""
+        notice = self.notice.status()
+        return {"time": self.clock.wall(), "device": self.reader.state, "lines": [
+            {"channel": ls.cfg.channel, "level_dbfs": self.live_level(ls.idx),
+             "state": self.line_state(ls, notice.get(ls.idx)), "in_call": ls.call_key is not None,
+             "test": self.tests.get(ls.cfg.channel)} for ls in self.segmenter.lines]}
+
+    def test_call(self, channel: int, seconds: float = 5.0, actor: str = "-") -> dict:
+        """The technician's test call on the line of input ``channel``: record the next ``seconds`` from
+        the line's ring, then play it back onto the line through the notice output (the handset hears
+        it; the sample never leaves the recorder, is never stored and never reaches the browser).
+        Runs in the background; its phase (recording, playing, done, failed) shows in ``levels()``."""
+        if not 1.0 <= seconds <= TEST_CALL_MAX_S:
+            raise ConfigError(f"a test call is 1 to {TEST_CALL_MAX_S:g} seconds")
+        ls = next((x for x in self.segmenter.lines if x.cfg.channel == channel), None)
+        if ls is None:
+            raise ConfigError(f"no line on channel {channel}")
+        with self._tests_lock:
+            if (self.tests.get(channel) or {}).get("phase") in ("recording", "playing"):
+                raise LineBusy("이 회선에서 시험 통화가 진행 중입니다 · a test call is already running on this line")
+            if ls.call_key is not None:
+                raise LineBusy("회선이 통화 중입니다. 통화가 끝난 뒤 시험하십시오 · the line is in a call; "
+                               "test it when the call has ended")
+            state = {"phase": "recording", "seconds": seconds, "failure": None, "started": iso_utc(self.clock.wall())}
+            self.tests[channel] = state
+        self.audit.append("notice.test_call", actor=actor, role="technician", obj=f"line:{channel}",
+                          outcome="ok", reason="started", detail={"seconds": seconds})
+        threading.Thread(target=self._run_test_call, args=(ls.idx, channel, seconds, actor, state),
+                         name=f"test-call-{channel}", daemon=True).start()
+        return dict(state)
+
+    def _run_test_call(self, idx: int, channel: int, seconds: float, actor: str, state: dict) -> None:
+        import numpy as np
+
+        try:
+            n = int(seconds * self.rate)
+            start = self.rings.write_pos
+            deadline = time.monotonic() + seconds * 2 + 5
+            while self.rings.write_pos < start + n and time.monotonic() < deadline:
+                time.sleep(0.05)
+            x, first = self.rings.read(idx, start, start + n)
+            if len(x) < n // 2:
+                raise NokboxError("the line delivered no audio (is the capture device running?)")
+            out_rate = self.notice.cfg.rate
+            if out_rate != self.rate:
+                from math import gcd
+
+                from scipy.signal import resample_poly
+
+                g = gcd(out_rate, self.rate)
+                y = resample_poly(x.astype(np.float32), out_rate // g, self.rate // g)
+                x = np.clip(np.round(y), -32768, 32767).astype(np.int16)
+            state["phase"] = "playing"
+            res = self.notice.play_back(idx, x)
+            del x
+            state["phase"] = "done" if res.played else "failed"
+            state["failure"] = res.failure
+        except Exception as exc:  # noqa: BLE001 - a test must end in a phase the page can show
+            state["phase"], state["failure"] = "failed", str(exc)
+        self.audit.append("notice.test_call", actor=actor, role="technician", obj=f"line:{channel}",
+                          outcome="ok" if state["phase"] == "done" else "failed", reason=state["failure"] or "played back")
 
     def notice_test(self, channel: int) -> dict:
         """Play the notice on the line of input ``channel`` now (the technician's test); the result."""

@@ -2,8 +2,10 @@
 
 Verbs (``firmware/ipc.py`` frames): ``status`` (``Recorder.status()``: no personal data),
 ``levels`` (a stream of per-line level and state at ``ipc.levels_hz``, for live meters),
-``reload`` (re-read the config; a bad file is refused and the running one kept), and
-``notice_test`` (play the notice on a line, audited with the acting user). Nothing here can
+``reload`` (re-read the config; a bad file is refused and the running one kept),
+``notice_test`` (play the notice on a line, audited with the acting user) and ``test_call`` (record
+a few seconds of a line and play them back onto it through the notice output; the sample never
+leaves the recorder). Nothing here can
 read a call or a number: the recorder holds public recipients only.
 """
 
@@ -29,6 +31,7 @@ class RecorderService:
             "levels": self._levels,
             "reload": self._reload,
             "notice_test": self._notice_test,
+            "test_call": self._test_call,
         }, name="recorder", allow_uids=allowed_uids(cfg.ipc.recorder_allow))
 
     def start(self) -> "RecorderService":
@@ -75,6 +78,22 @@ class RecorderService:
             raise IpcError("bad_args", f"{channel}번 채널에 회선이 없습니다 · {exc}") from None
 
 
+    def _test_call(self, req: Request) -> dict:
+        from .recorder import LineBusy
+
+        channel, seconds = req.args.get("channel"), req.args.get("seconds", 5.0)
+        if not isinstance(channel, int) or isinstance(channel, bool):
+            raise IpcError("bad_args", "회선을 고르십시오 · choose a line (channel is an integer)")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            raise IpcError("bad_args", "seconds는 숫자여야 합니다 · seconds must be a number")
+        try:
+            return self.rec.test_call(channel, float(seconds), actor=req.actor)
+        except LineBusy as exc:
+            raise IpcError("busy", str(exc)) from None
+        except ConfigError as exc:
+            raise IpcError("bad_args", str(exc)) from None
+
+
 class RecorderClient:
     """The page's (and ``nokbox status``'s) handle on the recorder process; same calls as ``Recorder``."""
 
@@ -97,3 +116,7 @@ class RecorderClient:
 
     def notice_test(self, channel: int, *, actor: str | None = None) -> dict:
         return self.client.call("notice_test", actor=actor or self.actor, purpose="notice test", channel=channel)
+
+    def test_call(self, channel: int, seconds: float = 5.0, *, actor: str | None = None) -> dict:
+        return self.client.call("test_call", actor=actor or self.actor, purpose="test call", channel=channel,
+                                seconds=seconds)

@@ -1,11 +1,12 @@
 // Live refresh of the status page once a second from /api/status.
 "use strict";
 (function () {
-  function stateText(s) { return s === "in_call" ? "통화 중 · In call" : "대기 · Idle"; }
+  var LABELS = JSON.parse(document.getElementById("labels").textContent);
+  function label(code) { return code == null ? "\u2014" : (LABELS[code] || String(code)); }
   function set(id, text) { var el = document.getElementById(id); if (el) el.textContent = text; }
   function render(st) {
     set("time", st.time_local.slice(0, 19).replace("T", " ") + " KST");
-    set("dev-state", st.device.state);
+    set("dev-state", label(st.device.state));
     document.getElementById("dev-state").dataset.state = st.device.state;
     set("dev-xruns", String(st.device.xruns));
     set("dev-losses", String(st.device.losses));
@@ -16,7 +17,7 @@
       var row = document.querySelector('tr[data-channel="' + ln.channel + '"]');
       if (!row) return;
       row.className = ln.state;
-      row.querySelector(".state").textContent = stateText(ln.state);
+      row.querySelector(".state").textContent = label(ln.state);
       row.querySelector("meter").value = ln.level_dbfs;
       row.querySelector(".db").textContent = ln.level_dbfs.toFixed(1);
       row.querySelector(".today").textContent = String(ln.calls_today);
@@ -25,7 +26,7 @@
       ov.classList.toggle("bad", ln.overrun_frames > 0);
       var nt = row.querySelector(".notice");
       if (nt && ln.notice) {
-        nt.textContent = ln.notice.alarm ? "경보 · ALARM (" + ln.notice.last_failure + ")" : ln.notice.mode;
+        nt.textContent = ln.notice.alarm ? "경보 · ALARM (" + label(ln.notice.last_failure) + ")" : label(ln.notice.mode);
         nt.classList.toggle("bad", ln.notice.alarm);
       }
     });
