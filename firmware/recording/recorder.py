@@ -377,6 +377,7 @@ class Recorder:
             while self.rings.write_pos < start + n and time.monotonic() < deadline:
                 time.sleep(0.05)
             x, first = self.rings.read(idx, start, start + n)
+            state["samples"] = [int(first), int(first) + len(x)]  # which ring samples were played back
             if len(x) < n // 2:
                 raise NokboxError("the line delivered no audio (is the capture device running?)")
             out_rate = self.notice.cfg.rate

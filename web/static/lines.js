@@ -4,7 +4,9 @@
   var LABELS = JSON.parse(document.getElementById("labels").textContent);
   function label(code) { return code == null ? "\u2014" : (LABELS[code] || String(code)); }
   var badge = document.getElementById("stream-state");
+  var grid = document.getElementById("lines"), updates = 0;
   function render(msg) {
+    grid.dataset.updates = String(++updates);
     msg.lines.forEach(function (ln) {
       var card = document.querySelector('section.card[data-channel="' + ln.channel + '"]');
       if (!card) return;
