@@ -176,3 +176,36 @@ def test_a_line_notice_switched_off_is_flagged_in_the_review(tmp_path):
     kinds = [(f.kind, f.text) for f in rv.flags]
     assert ("notice_disabled", "quiet please") in kinds
     assert len([k for k, _ in kinds if k == "notice_disabled"]) == 1  # beep is not off
+
+
+def test_session_cookie_flags_over_http_and_https(site):
+    app, _ = site
+    for base, name, secure in (("http://127.0.0.1", "nokbox_session", False),
+                               ("https://192.0.2.1", "__Host-nokbox_session", True)):
+        c = app.test_client()
+        c.get("/login", base_url=base)
+        token = c.get_cookie("nokbox_csrf", domain=base.split("//")[1]).value
+        r = c.post("/login", base_url=base, data={"name": "technician", "password": PASSWORD["technician"],
+                                                  "csrf": token})
+        assert r.status_code == 302
+        [cookie] = [h for h in r.headers.getlist("Set-Cookie") if h.startswith(name + "=")]
+        flags = {f.strip().split("=")[0].lower(): f.strip() for f in cookie.split(";")[1:]}
+        assert "httponly" in flags and flags["samesite"] == "SameSite=Strict" and flags["path"] == "Path=/"
+        assert ("secure" in flags) is secure and "domain" not in flags
+        assert c.get("/", base_url=base).status_code == 200  # the cookie is the session
+
+
+def test_security_headers_on_every_answer(site):
+    app, _ = site
+    tc = TC(app)
+    tc.sign_in("technician", PASSWORD["technician"])
+    for path in ("/", "/login", "/no-such-page", "/static/nokbox.css", "/api/status"):
+        r = tc.get(path)
+        h = r.headers
+        r.close()
+        csp = h["Content-Security-Policy"]
+        for d in ("default-src 'self'", "frame-ancestors 'none'", "object-src 'none'", "base-uri 'none'"):
+            assert d in csp, (path, csp)
+        assert "unsafe-inline" not in csp
+        assert h["Referrer-Policy"] == "no-referrer" and h["X-Content-Type-Options"] == "nosniff"
+        assert h["X-Frame-Options"] == "DENY"
