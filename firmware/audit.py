@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+import bech32
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import hmac as crypto_hmac
@@ -54,7 +55,10 @@ GENESIS = "0" * 64
 SEAL = "audit.seal"
 RETENTION = "audit.retention"
 CHECKPOINT = "audit.checkpoint"
-KEY_PREFIX = "nokbox-audit-v1"
+KEY_PREFIX = "nokbox-audit-v2"  # the verification key's text, with a bech32 checksum (docs/audit.md)
+KEY_PREFIX_V1 = "nokbox-audit-v1"  # keys shown before the checksum (no typo detection); still accepted
+_KEY_CHARS = 61  # 55 data characters (K0 and N, 34 bytes) and 6 check characters
+_KEY_GROUP = 5
 DEFAULT_EVERY = 100
 MAX_EVERY = 10_000
 SEGMENT_MAX_BYTES = 8 * 1024 * 1024
@@ -66,6 +70,25 @@ _PHONE = re.compile(r"(?<![0-9A-Za-z])(0[1-9][0-9]{0,2})[-. )]{0,2}([0-9]{3,4})[
 
 class AuditError(NokboxError, ValueError):
     """The audit log is damaged or an entry is malformed; the message names the entry."""
+
+    outcome = "forged"  # what the auditor is told: the log (not the key) is wrong
+
+
+class AuditKeyError(AuditError):
+    """The verification key given cannot check this log (the log itself is not blamed)."""
+
+
+class AuditKeyMistyped(AuditKeyError):
+    """The text is not a verification key: wrong prefix, a character never used, one missing, or a
+    checksum that does not match (a typo)."""
+
+    outcome = "mistyped"
+
+
+class AuditWrongKey(AuditKeyError):
+    """A well-formed verification key that is not this log's (another box's, or an old one)."""
+
+    outcome = "wrong_key"
 
 
 # -- primitives (from the cryptography package; nothing hand-made) -------------------------
@@ -103,26 +126,64 @@ def epoch_key(key0: bytes, epoch: int) -> bytes:
     return k
 
 
+def key_id(key0: bytes) -> str:
+    """The key's identifier: a hash of the epoch-0 key (never the key), kept in the sealing state and
+    in every seal so that verify can say "not this log's key" before any MAC is checked."""
+    return hashlib.sha256(b"nokbox audit key id\0" + key0).hexdigest()[:16]
+
+
 def format_verification_key(key0: bytes, every: int) -> str:
-    b32 = base64.b32encode(key0).decode().rstrip("=")
-    return f"{KEY_PREFIX}-{every}-" + "-".join(b32[i:i + 4] for i in range(0, len(b32), 4))
+    """``nokbox-audit-v2-`` and K0 ‖ N (2 bytes) in bech32 characters with its 6-character checksum,
+    in groups of five to read aloud: a typo of up to four characters is always caught."""
+    data = bech32.convertbits(key0 + int(every).to_bytes(2, "big"), 8, 5, True)
+    text = "".join(bech32.CHARSET[d] for d in data + bech32.bech32_create_checksum(KEY_PREFIX, data))
+    groups = [text[i:i + _KEY_GROUP] for i in range(0, len(text) - 6, _KEY_GROUP)] + [text[-6:]]
+    return f"{KEY_PREFIX}-" + "-".join(groups)
+
+
+def _mistyped(why: str) -> AuditKeyMistyped:
+    return AuditKeyMistyped(f"검증 키 오타 · the verification key is mistyped: {why}")
 
 
 def parse_verification_key(text: str) -> tuple[bytes, int]:
-    """(epoch-0 key, seal interval) from the string shown at set-up."""
-    t = text.strip()
+    """(epoch-0 key, seal interval) from the text shown at set-up (v2; v1 as shown before the checksum).
+
+    Raises AuditKeyMistyped naming what is wrong; spaces, dashes and letter case do not matter."""
+    t = "".join(str(text).split()).lower()
+    if t.startswith(KEY_PREFIX_V1 + "-"):
+        return _parse_v1(t)
     if not t.startswith(KEY_PREFIX + "-"):
-        raise AuditError(f"not a nokbox audit verification key (it starts with {KEY_PREFIX}-)")
-    rest = t[len(KEY_PREFIX) + 1:]
-    every_s, _, b32 = rest.partition("-")
+        raise _mistyped(f"it does not start with {KEY_PREFIX}-")
+    body = t[len(KEY_PREFIX) + 1:].replace("-", "")
+    for n, c in enumerate(body):
+        if c not in bech32.CHARSET:
+            raise _mistyped(f"group {n // _KEY_GROUP + 1}, character {n % _KEY_GROUP + 1}: {c!r} is never used "
+                            "in a key (b, i, o and 1 are left out; 0 and l are used)")
+    if len(body) != _KEY_CHARS:
+        raise _mistyped(f"{len(body)} characters after {KEY_PREFIX}- where {_KEY_CHARS} belong "
+                        "(one left out or typed twice)")
+    data = [bech32.CHARSET.find(c) for c in body]
+    if not bech32.bech32_verify_checksum(KEY_PREFIX, data):
+        raise _mistyped("its check characters do not match (a character was typed wrong or two swapped); "
+                        "compare it group by group with the printed sheet")
+    raw = bytes(bech32.convertbits(data[:-6], 5, 8, False) or b"")
+    every = int.from_bytes(raw[32:34], "big")
+    if len(raw) != 34 or not 1 <= every <= MAX_EVERY:
+        raise _mistyped("it holds no valid seal interval")
+    return raw[:32], every
+
+
+def _parse_v1(t: str) -> tuple[bytes, int]:
+    """The first format (no checksum): only its length and alphabet can catch a typo."""
+    every_s, _, b32 = t[len(KEY_PREFIX_V1) + 1:].partition("-")
     try:
         every = int(every_s)
         raw = b32.replace("-", "").upper()
         key0 = base64.b32decode(raw + "=" * (-len(raw) % 8))
     except (ValueError, base64.binascii.Error):
-        raise AuditError("the audit verification key is mistyped") from None
+        raise _mistyped("not base32 after the seal interval") from None
     if len(key0) != 32 or not 1 <= every <= MAX_EVERY:
-        raise AuditError("the audit verification key is mistyped")
+        raise _mistyped("wrong length or seal interval")
     return key0, every
 
 
@@ -239,12 +300,14 @@ class VerifyReport:
     open_tail: int = 0
     macs_checked: bool = False
     checkpoints_checked: int = 0
+    key_id: str | None = None  # of the verification key given, else the one the log names
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"audit log intact: entries {self.first_seq}..{self.last_seq} ({self.entries})",
                  f"{self.epochs_sealed} sealed epoch(s) up to entry {self.sealed_upto}"]
-        parts.append("seals verified with the verification key" if self.macs_checked
+        parts.append((f"seals verified with the verification key (key id {self.key_id})" if self.key_id
+                      else "seals verified with the verification key") if self.macs_checked
                      else "seal MACs NOT checked (give --key to prove no entry was forged)")
         if self.open_tail:
             parts.append(f"open tail: entries {self.sealed_upto + 1}..{self.last_seq} not yet sealed "
@@ -278,7 +341,7 @@ class AuditLog:
         """This process's thread lock, then the cross-process flock on audit/.lock."""
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o750)
+            os.chmod(self.dir, 0o700)
             fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -297,14 +360,17 @@ class AuditLog:
 
     def _create_state(self) -> dict:
         key0 = secrets.token_bytes(32)
-        st = {"format": 1, "epoch": 0, "key": key0.hex(), "every": self.every, "sealed_seq": 0}
+        # format 2: the key's identifier (a hash of K0, not K0) tells a wrong verification key apart from
+        # a forged log; a format-1 state (a box set up before) has none and is checked without it
+        st = {"format": 2, "epoch": 0, "key": key0.hex(), "every": self.every, "sealed_seq": 0,
+              "key_id": key_id(key0)}
         # the verification key waits here until the first-run set-up shows it once and erases it
         _write_atomic(self.once_path, (format_verification_key(key0, self.every) + "\n").encode())
         sk = Ed25519PrivateKey.generate()
         _write_atomic(self.sign_path, sk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
         _write_atomic(self.pub_path, sk.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
         self._save_state(st)
         log.info("audit sealing initialised: seal every %d entries", self.every)
         return st
@@ -462,7 +528,7 @@ class AuditLog:
         entry["hash"] = _entry_hash(entry)
         entry["mac"] = _mac(bytes.fromhex(st["key"]), entry["hash"])
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             os.write(fd, line.encode("utf-8"))
             os.fsync(fd)
@@ -476,7 +542,7 @@ class AuditLog:
             "action": SEAL, "actor": "system", "role": "system", "object": f"epoch {st['epoch']}",
             "outcome": "ok", "reason": reason, "source": "local",
             "detail": {"epoch": st["epoch"], "first": st["sealed_seq"] + 1, "last": last["seq"],
-                       "head": last["hash"]}})
+                       "head": last["hash"], **({"key_id": st["key_id"]} if st.get("key_id") else {})}})
         self._evolve(st, seal["seq"])
         return seal
 
@@ -585,7 +651,7 @@ class AuditLog:
                            "segments": [p.name for p, _ in doomed],
                            "cutoff_utc": _utc(cutoff)}})
             sealed = self._seal(st, entry, "retention")
-            _write_atomic(self.anchor_path, json.dumps(new_anchor).encode(), 0o640)
+            _write_atomic(self.anchor_path, json.dumps(new_anchor).encode())
             for seg, _ in doomed:
                 seg.unlink()
             _fsync_dir(self.dir)
@@ -594,20 +660,65 @@ class AuditLog:
         return removed
 
     # -- verification ---------------------------------------------------------------------
+    def _log_key_id(self, st: dict | None) -> str | None:
+        """The identifier of the key this log was made with: from the sealing state, else from its
+        first seal (an offline copy without the state), else None (a log from before key ids)."""
+        if st is not None:
+            return st.get("key_id") or None
+        for e in self.entries():
+            if e.get("action") == SEAL:
+                d = e.get("detail")
+                return (d.get("key_id") if isinstance(d, dict) else None) or None
+        return None
+
+    def _check_key_belongs(self, key0: bytes, st: dict | None, anchor: dict, log_kid: str | None) -> None:
+        """Raise AuditWrongKey unless ``key0`` is this log's key; AuditError when the log's key
+        identifier names another key than the one its MACs and sealing state derive from."""
+        kid = key_id(key0)
+        if log_kid == kid:
+            return
+        # no identifier (a format-1 log), or another one: do the box's current key or the first
+        # entry's MAC derive from this key? Either one says the key is right and the log was changed.
+        derives = st is not None and epoch_key(key0, int(st["epoch"])).hex() == st.get("key")
+        first = next(self.entries(), None)
+        first_ok = (first is not None and isinstance(first.get("hash"), str)
+                    and _mac_ok(epoch_key(key0, int(anchor["epoch"])), first["hash"], str(first.get("mac", ""))))
+        if derives or first_ok:
+            if log_kid is not None:
+                raise AuditError(f"the log names key id {log_kid}, but its MACs are this key's ({kid}): "
+                                 "the sealing state was edited")
+            return
+        if first is None and st is None:
+            return  # an empty log: nothing to check a key against
+        raise AuditWrongKey(
+            "검증 키가 이 기록의 키가 아닙니다 · wrong key: this verification key "
+            f"(key id {kid}) is not the key of this audit log"
+            + (f" (key id {log_kid})" if log_kid else "")
+            + ". Check that it is this box's key (another box's or an older key?); if it surely is, "
+              "the log and its sealing state were replaced")
+
     def verify(self) -> tuple[int, None]:
         """Check the chain and the seal structure; (entries checked, None) or AuditError naming the entry."""
         rep = self.verify_report()
         return rep.entries, None
 
     def verify_report(self, key: str | None = None, checkpoints: Iterable[str | Checkpoint] = ()) -> VerifyReport:
-        """Prove the whole log intact (with the auditor's key: unforged too) or name the first bad entry."""
+        """Prove the whole log intact (with the auditor's key: unforged too) or name the first bad entry.
+
+        With a key, three failures are told apart: AuditKeyMistyped (the text is no key: a typo),
+        AuditWrongKey (a key, but not this log's: known from the key identifier before any MAC is
+        checked) and AuditError (the right key, and the log was forged, edited or cut)."""
         key0, every = parse_verification_key(key) if key else (None, None)
         st = self._load_state()
         if every is None:
             every = int(st["every"]) if st else MAX_EVERY
         anchor = self._anchor()
+        log_kid = self._log_key_id(st)
+        if key0 is not None:
+            self._check_key_belongs(key0, st, anchor, log_kid)
+        expect_kid = key_id(key0) if key0 is not None else log_kid
         rep = VerifyReport(first_seq=anchor["first_seq"], last_seq=anchor["first_seq"] - 1, head=anchor["prev"],
-                           macs_checked=key0 is not None)
+                           macs_checked=key0 is not None, key_id=expect_kid)
         expect, prev, epoch = anchor["first_seq"], anchor["prev"], anchor["epoch"]
         k = epoch_key(key0, epoch) if key0 is not None else None
         first_open, in_epoch, last_seal = expect, 0, expect - 1
@@ -637,6 +748,9 @@ class AuditLog:
                 if in_epoch == 0 or d.get("first") != first_open or d.get("last") != n - 1 or d.get("head") != prev:
                     raise AuditError(f"entry {n}: seal covers entries {d.get('first')}..{d.get('last')} but the "
                                      f"open range is {first_open}..{n - 1}")
+                if expect_kid is not None and log_kid is not None and d.get("key_id") != expect_kid:
+                    raise AuditError(f"entry {n}: seal names key id {d.get('key_id')} where {expect_kid} belongs "
+                                     "(a seal forged, or entries of another log spliced in)")
                 epoch += 1
                 if k is not None:
                     k = evolve_key(k)
@@ -669,8 +783,8 @@ class AuditLog:
             raise AuditError(f"entry {rep.last_seq}: the sealing state of the box is missing (audit/seal-state.json)")
         if st is not None:
             if key0 is not None and epoch_key(key0, int(st["epoch"])).hex() != st["key"]:
-                raise AuditError("the sealing key on the box does not derive from this verification key "
-                                 "(wrong key, or the box's key was replaced)")
+                raise AuditError("the sealing key on the box does not derive from this verification key, "
+                                 "which is this log's (the box's sealing key was replaced)")
             if int(st["epoch"]) > epoch or int(st["sealed_seq"]) > last_seal:
                 raise AuditError(f"entry {rep.last_seq + 1}: missing — the "
                                  f"log ends after epoch {epoch - 1} (entry {rep.last_seq}) but the box has sealed "

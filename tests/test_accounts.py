@@ -155,7 +155,7 @@ def test_first_setup_only_once_and_key_shown_once(tmp_path):
     with pytest.raises(PasswordPolicyError):
         acc.setup_first("boss", PASSWORD["admin"], ["auditor"])
     user, key = acc.setup_first("boss", PASSWORD["admin"], ["admin", "auditor"])
-    assert key.startswith("nokbox-audit-v1-") and user.roles == ("admin", "auditor")
+    assert key.startswith("nokbox-audit-v2-") and user.roles == ("admin", "auditor")
     with pytest.raises(AuthError):
         acc.setup_first("mallory", PASSWORD["admin"], ["admin"])
     assert AuditLog(tmp_path).take_verification_key() is None

@@ -8,10 +8,11 @@ import json
 import multiprocessing
 import threading
 
+import bech32
 import pytest
 
-from firmware.audit import (SEAL, AuditError, AuditLog, Checkpoint, _entry_hash, _mac, epoch_key, mask_number,
-                            parse_verification_key)
+from firmware.audit import (SEAL, AuditError, AuditKeyError, AuditKeyMistyped, AuditLog, AuditWrongKey, Checkpoint,
+                            _entry_hash, _mac, epoch_key, key_id, mask_number, parse_verification_key)
 from firmware.hal.clock import FakeClock
 
 EVERY = 5
@@ -68,7 +69,7 @@ def test_verification_key_is_shown_once(tmp_path):
     log = AuditLog(tmp_path, every=EVERY)
     log.append("x")
     key = log.take_verification_key()
-    assert key.startswith("nokbox-audit-v1-5-")
+    assert key.startswith("nokbox-audit-v2-")
     key0, every = parse_verification_key(key)
     assert every == EVERY
     assert log.take_verification_key() is None
@@ -265,11 +266,116 @@ def test_replaced_sealing_state_is_caught(sealed):
     _fails(log, key, "sealing state of the box is missing")
 
 
-def test_wrong_key_is_refused(sealed):
-    log, _ = sealed
+def test_wrong_key_is_told_apart_from_a_forged_log(sealed):
+    log, key = sealed
     other = AuditLog(log.dir.parent / "other")
     other.append("x")
-    _fails(log, other.take_verification_key(), r"^entry 1: MAC")
+    with pytest.raises(AuditWrongKey, match="wrong key: this verification key .* is not the key of this audit log"):
+        log.verify_report(key=other.take_verification_key())
+    # the right key on a forged log is "forged", never "wrong key"
+    es = _lines(log)
+    es[0]["actor"] = "someone else"
+    _write(log, _rechain(es, 0))
+    with pytest.raises(AuditError, match=r"^entry 1: MAC") as exc:
+        log.verify_report(key=key)
+    assert not isinstance(exc.value, AuditKeyError) and exc.value.outcome == "forged"
+
+
+def test_a_mistyped_key_is_a_typo_not_a_wrong_key(sealed):
+    log, key = sealed
+    body = key[len("nokbox-audit-v2-"):]
+    # every single-character substitution and every swap of two neighbours is caught by the checksum
+    for i, c in enumerate(body):
+        if c == "-":
+            continue
+        for sub in set(bech32.CHARSET) - {c}:
+            with pytest.raises(AuditKeyMistyped):
+                log.verify_report(key=key[:16 + i] + sub + key[16 + i + 1:])
+        j = i + 1 if i + 1 < len(body) and body[i + 1] != "-" else None
+        if j is not None and body[j] != c:
+            swapped = body[:i] + body[j] + c + body[j + 1:]
+            with pytest.raises(AuditKeyMistyped, match="check characters do not match"):
+                log.verify_report(key="nokbox-audit-v2-" + swapped)
+    for bad, why in ((key[:-1], "60 characters"), (key + "q", "62 characters"), ("nokbox-audit-v3-" + body, "start"),
+                     (key[:17] + "o" + key[18:], "'o' is never used"), ("", "start")):
+        with pytest.raises(AuditKeyMistyped, match=why) as exc:
+            parse_verification_key(bad)
+        assert exc.value.outcome == "mistyped" and "검증 키 오타" in str(exc.value)
+    # what a person does when reading it aloud does not matter: case, spaces for dashes
+    assert log.verify_report(key=key.upper().replace("-", " ").replace("NOKBOX AUDIT V2 ", "nokbox-audit-v2-"))
+    assert log.verify_report(key=key).key_id == key_id(parse_verification_key(key)[0])
+
+
+def test_the_key_id_is_in_the_state_and_every_seal_and_is_no_key(sealed):
+    log, key = sealed
+    key0, _ = parse_verification_key(key)
+    st = json.loads(log.state_path.read_text())
+    assert st["key_id"] == key_id(key0) and key0.hex() not in st["key_id"]
+    seals = [e for e in log.entries() if e["action"] == SEAL]
+    assert seals and all(e["detail"]["key_id"] == key_id(key0) for e in seals)
+    # a seal naming another key (entries of another box spliced in) is named even without the key
+    es = _lines(log)
+    es[5]["detail"]["key_id"] = "0" * 16
+    _write(log, _rechain(es, 5))
+    _fails(log, None, r"^entry 6: seal names key id 0{16}")
+    # the state edited to name another key, while the MACs are this key's: the key is right, the log is not
+    es = _lines(log)
+    es[5]["detail"]["key_id"] = key_id(key0)
+    _write(log, _rechain(es, 5, key=key0))
+    st["key_id"] = "f" * 16
+    log.state_path.write_text(json.dumps(st))
+    with pytest.raises(AuditError, match="sealing state was edited") as exc:
+        log.verify_report(key=key)
+    assert not isinstance(exc.value, AuditKeyError)
+
+
+def _to_format_1(log, key0):
+    """A log as a box set up before key ids wrote it: state format 1, seals without key_id."""
+    st = json.loads(log.state_path.read_text())
+    del st["key_id"]
+    st["format"] = 1
+    log.state_path.write_text(json.dumps(st))
+    es = _lines(log)
+    epoch = 0
+    for e in es:
+        if e["action"] == SEAL:
+            e["detail"].pop("key_id")
+    # re-hash and re-MAC every entry with its own epoch's key, as the old code wrote them
+    for i, e in enumerate(es):
+        e["prev"] = es[i - 1]["hash"] if i else "0" * 64
+        if e["action"] == SEAL:
+            e["detail"]["head"] = es[i - 1]["hash"]
+        e["hash"] = _entry_hash(e)
+        e["mac"] = _mac(epoch_key(key0, epoch), e["hash"])
+        if e["action"] == SEAL:
+            epoch += 1
+    _write(log, es)
+
+
+def test_old_v1_keys_and_logs_without_a_key_id_still_verify_and_tell_the_three_apart(sealed):
+    import base64
+
+    log, key = sealed
+    key0, every = parse_verification_key(key)
+    _to_format_1(log, key0)
+    b32 = base64.b32encode(key0).decode().rstrip("=")
+    v1 = f"nokbox-audit-v1-{every}-" + "-".join(b32[i:i + 4] for i in range(0, len(b32), 4))
+    assert parse_verification_key(v1) == (key0, every)
+    for k in (v1, key):  # the same K0 in either text
+        rep = log.verify_report(key=k)
+        assert rep.macs_checked and rep.entries == 20
+    other = AuditLog(log.dir.parent / "other", every=EVERY)
+    other.append("x")
+    with pytest.raises(AuditWrongKey):
+        log.verify_report(key=other.take_verification_key())
+    with pytest.raises(AuditKeyMistyped):
+        parse_verification_key(v1[:-3])
+    es = _lines(log)
+    es[7]["object"] = "hidden lookup"
+    _write(log, _rechain(es, 7))
+    with pytest.raises(AuditError, match=r"^entry 8: MAC") as exc:
+        log.verify_report(key=v1)
+    assert exc.value.outcome == "forged"
 
 
 # -- rotation and retention -----------------------------------------------------------------

@@ -32,7 +32,7 @@ def _setup(box, tmp_path):
     cfg.write_text(FAST_TOML)
     pw = tmp_path / "pw"
     r = scripted_setup(data, cfg, pw, "lee", "auditor", PASSWORD["admin"])
-    key = re.search(r"^(nokbox-audit-v1-\S+)$", r.stdout, re.M).group(1)
+    key = re.search(r"^(nokbox-audit-v2-\S+)$", r.stdout, re.M).group(1)
     return data, cfg, pw, key
 
 
@@ -90,6 +90,56 @@ def test_export_csv_with_manifest_and_checkpoint(box, tmp_path):
     cp_line = next(ln for ln in manifest.splitlines() if ln.startswith("NOKBOX-CHECKPOINT"))
     assert AuditLog(data).verify_report(key=key, checkpoints=[cp_line]).checkpoints_checked == 1
     assert any(e["action"] == "audit.export" and e["actor"] == "lee" for e in log.entries())
+
+
+def test_verify_tells_a_typo_a_wrong_key_and_a_forged_log_apart(box, tmp_path):
+    """`nokbox audit verify --key`: 0 intact, 2 a mistyped key, 6 another log's key, 5 forged."""
+    data, cfg, pw, key = _setup(box, tmp_path)
+    assert re.fullmatch(r"nokbox-audit-v2(-[02-9ac-hj-np-z]{5}){11}-[02-9ac-hj-np-z]{6}", key), key
+    log = AuditLog(data)
+    for i in range(6):
+        log.append("request.search", actor="kim", role="officer", obj=f"request {i}")
+    signin = ["--data", str(data), "--config", str(cfg), "--as", "lee", "--as-password-file", str(pw)]
+    r = run_cli("audit", "verify", "--key", key, *signin)
+    assert r.returncode == 0 and "audit log intact" in r.stdout, r.stdout + r.stderr
+    # a typo: two neighbours swapped in the fourth group, read from a file as the auditor keeps it
+    g = key.split("-")
+    g[6] = g[6][1] + g[6][0] + g[6][2:] if g[6][0] != g[6][1] else g[6][:4] + ("q" if g[6][4] != "q" else "p")
+    typo = tmp_path / "key.txt"
+    typo.write_text("-".join(g) + "\n")
+    r = run_cli("audit", "verify", "--key-file", str(typo), *signin)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "검증 키 오타" in r.stderr and "mistyped" in r.stderr and "NOT INTACT" not in r.stdout + r.stderr
+    # another box's key: well-formed, but not this log's
+    other = AuditLog(tmp_path / "other")
+    other.append("x")
+    r = run_cli("audit", "verify", "--key", other.take_verification_key(), *signin)
+    assert r.returncode == 6, r.stdout + r.stderr
+    assert "WRONG KEY" in r.stdout and "이 기록의 키가 아닙니다" in r.stdout and "NOT INTACT" not in r.stdout
+    # the right key on a forged log (an insider re-hashed the chain after editing a search)
+    from .test_audit import _lines, _rechain, _write
+
+    es = _lines(log)
+    i = next(n for n, e in enumerate(es) if e["action"] == "request.search")
+    es[i]["object"] = "nothing to see"
+    _write(log, _rechain(es, i))
+    r = run_cli("audit", "verify", "--key", key, *signin)
+    assert r.returncode == 5 and "감사 기록 위조·손상 · AUDIT LOG NOT INTACT: entry" in r.stdout
+    assert "MAC does not verify" in r.stdout
+    # the same three answers offline, on a copy of DATA/audit without sign-in
+    copy = tmp_path / "copy"
+    (copy / "audit").mkdir(parents=True)
+    for p in (data / "audit").iterdir():
+        if p.is_file():
+            (copy / "audit" / p.name).write_bytes(p.read_bytes())
+    assert run_cli("audit", "verify", "--data", str(copy), "--key-file", str(typo)).returncode == 2
+    assert run_cli("audit", "verify", "--data", str(copy), "--key", key).returncode == 5
+    # each check was logged by what came of it, never with the key's text
+    outcomes = [e["outcome"] for e in AuditLog(data).entries() if e["action"] == "audit.verify"]
+    assert outcomes[:4] == ["ok", "mistyped", "wrong_key", "failed"]
+    text = "".join(p.read_text(errors="replace") for p in data.rglob("*") if p.is_file())
+    body = key[len("nokbox-audit-v2-"):]
+    assert key not in text and body.replace("-", "") not in text and "-".join(g) not in text
 
 
 def _self_signed(tmp_path):

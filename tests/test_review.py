@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import pytest
 
-from firmware.audit import AuditLog
+from firmware.audit import AuditLog, parse_verification_key
 from firmware.recording.recorder import Recorder
 from firmware.hal.clock import FakeClock
 from firmware.people.review import KST, overdue_days, review_day
@@ -123,3 +123,99 @@ def test_auditor_reviews_and_signs_off_a_day_in_chromium(browser, day_of_lookups
     assert s["detail"]["checkpoint"].startswith("NOKBOX-CHECKPOINT v1")
     assert any(e["action"] == "access.denied" and e["actor"] == "auditor" for e in log.entries())
     assert log.verify_report().entries > 30
+
+
+# -- the log-integrity box: the verification key typed in, never kept ---------------------------
+@pytest.fixture
+def auditor_page(box):
+    """The page signed in as the auditor, and the verification key shown at set-up."""
+    from firmware.people.accounts import Accounts
+    from web import create_app
+
+    from .test_roles import TC
+
+    data, _ = box
+    cfg = fast_cfg(CFG)
+    acc = Accounts(data, cfg.auth, AuditLog(data, every=cfg.audit.seal_every))
+    admin, key = acc.setup_first("admin", PASSWORD["admin"], ["admin"])
+    acc.create("auditor", PASSWORD["auditor"], ["auditor"], by=admin)
+    log = AuditLog(data)
+    for i in range(7):
+        log.append("request.search", actor="officer", role="officer", obj=f"line 1, {i} calls",
+                   detail={"request": "R-2026-003"})
+    tc = TC(create_app(Recorder(cfg, data)))
+    assert tc.sign_in("auditor", PASSWORD["auditor"]).status_code == 302
+    day = (dt.datetime.now(KST).date() - dt.timedelta(days=1)).isoformat()
+    return tc, data, key, f"/review/{day}"
+
+
+def _verify(tc, url, key):
+    r = tc.get(url)
+    assert r.status_code == 200 and b'id="verify-form"' in r.data
+    return tc.post(url + "/verify", {"key": key})
+
+
+def _result(r) -> tuple[str, str]:
+    import re
+
+    m = re.search(r'id="verify-result"\s+data-outcome="([a-z_]+)"[^>]*>(.*?)</div>', r.data.decode(), re.S)
+    assert m, r.data.decode()
+    return m.group(1), m.group(2)
+
+
+def test_the_verify_box_says_intact_typo_wrong_key_or_forged(auditor_page, tmp_path):
+    from .test_audit import _lines, _rechain, _write
+
+    tc, data, key, url = auditor_page
+    r = _verify(tc, url, key)
+    outcome, text = _result(r)
+    assert r.status_code == 200 and outcome == "ok" and "키로 검증됨" in text and "audit log intact" in text
+    # a typo: one character changed; the checksum catches it and nothing is checked
+    i = len("nokbox-audit-v2-") + 7
+    typo = key[:i] + ("q" if key[i] != "q" else "p") + key[i + 1:]
+    r = _verify(tc, url, typo)
+    outcome, text = _result(r)
+    assert r.status_code == 400 and outcome == "mistyped"
+    assert "검증 키 오타" in text and "mistyped" in text and "위조" not in text
+    assert typo.encode() not in r.data and key.encode() not in r.data  # a secret is never shown back
+    assert b'class="field invalid"' in r.data
+    r = tc.post(url + "/verify", {"key": "   "})
+    assert r.status_code == 400 and "검증 키를 입력하세요" in _result(r)[1]
+    # another box's key
+    other = AuditLog(tmp_path / "other")
+    other.append("x")
+    r = _verify(tc, url, other.take_verification_key())
+    outcome, text = _result(r)
+    assert r.status_code == 200 and outcome == "wrong_key"
+    assert "다른 키" in text and "wrong key" in text and "위조" not in text.split("·")[0]
+    # an insider edits a search and re-hashes the chain: the right key says forged, naming the entry
+    log = AuditLog(data)
+    es = _lines(log)
+    n = next(j for j, e in enumerate(es) if e["action"] == "request.search")
+    es[n]["object"] = "nothing to see"
+    _write(log, _rechain(es, n))
+    r = _verify(tc, url, key)
+    outcome, text = _result(r)
+    assert r.status_code == 200 and outcome == "forged"
+    assert "기록 위조 또는 손상" in text and f"entry {es[n]['seq']}: MAC does not verify" in text
+    # every check is in the log by its outcome; the key is stored nowhere
+    got = [(e["outcome"], e["actor"]) for e in AuditLog(data).entries() if e["action"] == "audit.verify"]
+    assert got == [("ok", "auditor"), ("mistyped", "auditor"), ("wrong_key", "auditor"), ("failed", "auditor")]
+    key0, _ = parse_verification_key(key)
+    for p in data.rglob("*"):
+        if p.is_file():
+            blob = p.read_bytes()
+            assert key.encode() not in blob and key0.hex().encode() not in blob and key0 not in blob, p
+
+
+def test_only_the_auditor_may_verify_with_a_key(auditor_page):
+    from firmware.people.accounts import PERMISSIONS
+
+    assert PERMISSIONS["audit.verify"] == frozenset({"auditor"})
+    tc, data, key, url = auditor_page
+    from web.review import verify
+
+    assert verify._nokbox_perm == "audit.verify"
+    r = tc.post(url + "/verify", {"key": key}, csrf=False)  # no CSRF token: refused before anything is checked
+    assert r.status_code in (400, 403)
+    assert not any(e["action"] == "audit.verify" for e in AuditLog(data).entries())

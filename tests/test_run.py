@@ -62,7 +62,7 @@ def running_box(box, tmp_path):
     cfg.write_text(FAST)
     # a scripted install: the first administrator (also technician) from a password file
     r = scripted_setup(data, cfg, tmp_path / "pw", "tech", "technician", PASSWORD["technician"])
-    assert "nokbox-audit-v1-" in r.stdout
+    assert "nokbox-audit-v2-" in r.stdout
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "firmware.cli", "run", "--data", str(data),

@@ -86,7 +86,8 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
 
     @app.after_request
     def _headers(resp):
-        resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; style-src 'self'")
+        resp.headers.setdefault("Content-Security-Policy", "default-src 'self'; style-src 'self'; script-src 'self'; "
+                                "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
         resp.headers.setdefault("X-Frame-Options", "DENY")
         resp.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -25,7 +25,17 @@ from firmware.syslog import SyslogForwarder
 
 log = logging.getLogger(__name__)
 bp = Blueprint("auth", __name__)
-COOKIE = "nokbox_session"
+COOKIE = "nokbox_session"  # over plain HTTP (the box's own loopback)
+SECURE_COOKIE = "__Host-nokbox_session"  # over HTTPS: Secure, Path=/, no Domain, as the prefix demands
+
+
+def cookie_name() -> str:
+    """The session cookie of this request: ``__Host-`` prefixed whenever the page is served over HTTPS."""
+    return SECURE_COOKIE if request.is_secure else COOKIE
+
+
+def session_token() -> str:
+    return request.cookies.get(cookie_name(), "")
 PRE_CSRF = "nokbox_csrf"
 
 
@@ -122,7 +132,7 @@ def _load():
     request.max_form_memory_size = min(limit, FORM_LIMIT)
     if request.content_length is not None and request.content_length > limit:
         return _too_large(limit)
-    token = request.cookies.get(COOKIE, "")
+    token = session_token()
     view = current_app.view_functions.get(request.endpoint)
     poll = request.headers.get("X-Nokbox-Poll") or getattr(view, "_nokbox_poll", False)
     found = x.accounts.session(token, source=source(), touch=not poll)
@@ -206,10 +216,10 @@ def _signed_in(user, target: str):
     """A new session for ``user``; the session the browser came with (anyone's) ends first, so a
     cookie from before a sign-in is never good after it (session fixation, a shared browser)."""
     if g.get("user") is not None:
-        ext().accounts.end_session(request.cookies.get(COOKIE, ""), user=g.user, source=source())
+        ext().accounts.end_session(session_token(), user=g.user, source=source())
     token, _ = ext().accounts.start_session(user, source())
     resp = redirect(target)
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+    resp.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
     return resp
 
 
@@ -248,7 +258,7 @@ def setup():
                 token, _ = x.accounts.start_session(user, source())
                 resp = current_app.make_response(render_template(
                     "setup_done.html", key=key, signer=x.audit.signer_id(), user=user))
-                resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
+                resp.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
                 return resp
     return render_template("setup.html", error=error, roles=ROLES, min_length=x.cfg.auth.password_min_length)
 
@@ -273,9 +283,9 @@ def login():
 @public
 def logout():
     if g.user is not None:
-        ext().accounts.end_session(request.cookies.get(COOKIE, ""), user=g.user, source=source())
+        ext().accounts.end_session(session_token(), user=g.user, source=source())
     resp = redirect(url_for("auth.login"))
-    resp.delete_cookie(COOKIE)
+    resp.delete_cookie(cookie_name(), path="/", secure=request.is_secure, httponly=True, samesite="Strict")
     return resp
 
 
@@ -325,7 +335,7 @@ def account_password():
     except (PasswordPolicyError, AuthError) as exc:
         return _account(400, error=str(exc))
     resp = redirect(url_for("auth.login"))
-    resp.delete_cookie(COOKIE)
+    resp.delete_cookie(cookie_name(), path="/", secure=request.is_secure, httponly=True, samesite="Strict")
     return resp
 
 

@@ -34,7 +34,11 @@ def index():
 @bp.get("/review/<day>")
 @requires("audit.review")
 def day(day):
-    d = day_arg(day)
+    return _page(day_arg(day))
+
+
+def _page(d: dt.date, *, key: str | None = None, verify: dict | None = None, status: int = 200):
+    """The review page of day ``d``; with ``key``, the log checked with it too (``verify``: the answer)."""
     x = ext()
     today = _today()
     # viewing the trail is itself logged; the checkpoint seals the log and goes on the printed page
@@ -44,10 +48,56 @@ def day(day):
         chain_ok = True
     except AuditError as exc:
         chain, chain_ok = str(exc), False
+    if key is not None:
+        verify = _verify_with_key(x.audit, key, cp)
+        status = 400 if verify["outcome"] == "mistyped" else 200
     return render_template("review.html", rv=review_day(x.audit, d, x.cfg.review), overdue=overdue_days(x.audit, today),
                            today=today, prev=d - dt.timedelta(days=1), next=d + dt.timedelta(days=1),
                            checkpoint=cp.line(), chain=chain, chain_ok=chain_ok, can_sign=d < today,
-                           review_cfg=x.cfg.review)
+                           review_cfg=x.cfg.review, verify=verify), status
+
+
+# what the auditor is told, by outcome; the detail (which entry, which character) follows it
+VERIFY_HEADLINES = {
+    "ok": "키로 검증됨: 위조 없음 · verified with the key: no entry forged",
+    "mistyped": "검증 키 오타 · the key is mistyped",
+    "wrong_key": "다른 키 · wrong key: not this log's key (nothing was checked with it)",
+    "forged": "기록 위조 또는 손상 · LOG FORGED OR DAMAGED",
+}
+
+
+def _verify_with_key(audit, key: str, cp) -> dict:
+    """Check every MAC with the key typed into the form; the key is used here and forgotten."""
+    logged = {"with_key": True}
+    try:
+        rep = audit.verify_report(key=key, checkpoints=[cp])
+        outcome, detail = "ok", rep.summary()
+        logged["entries"] = rep.entries
+    except AuditError as exc:
+        outcome, detail = exc.outcome, str(exc)
+        if outcome == "mistyped":  # the headline says it already
+            detail = detail.partition("mistyped: ")[2] or detail
+        if outcome == "forged":
+            logged["problem"] = detail[:300]
+    # the key's text never goes into the log (not even a mistyped one): only what came of it
+    audit.append("audit.verify", actor=g.user.name, role="auditor", source=source(),
+                 outcome={"ok": "ok", "forged": "failed"}.get(outcome, outcome),
+                 reason=VERIFY_HEADLINES[outcome].split(" · ", 1)[1], detail=logged)
+    return {"outcome": outcome, "headline": VERIFY_HEADLINES[outcome], "detail": detail}
+
+
+@bp.post("/review/<day>/verify")
+@requires("audit.verify")
+def verify(day):
+    """The log-integrity box: the verification key is a form field, never stored or shown back."""
+    d = day_arg(day)
+    text = request.form.get("key", "")
+    problem = ("검증 키를 입력하세요 · type the verification key" if not text.strip() else
+               "검증 키보다 훨씬 깁니다 · far longer than a verification key" if len(text) > 300 else None)
+    if problem:
+        return _page(d, verify={"outcome": "mistyped", "headline": VERIFY_HEADLINES["mistyped"], "detail": problem},
+                     status=400)
+    return _page(d, key=text)
 
 
 @bp.post("/review/<day>/signoff")

@@ -24,6 +24,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_NOT_RUNNING = 3
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a process ended by SIGPIPE
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -117,7 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# files and folders this command creates are the owner's alone (SQLite's -wal/-shm files take the
+# database's mode); the sockets are chmod-ed to their documented 0660 by firmware/ipc.py
+UMASK = 0o077
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The console-script entry: owner-only files, and quiet when the reader of a pipe goes away."""
+    old = os.umask(UMASK)  # before anything is opened; restored for a caller in the same process (tests)
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # inside the try: a pipe closed early fails here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
+    finally:
+        os.umask(old)
+
+
+def _broken_pipe() -> int:
+    """The reader closed the pipe (``nokbox calls --json | head -1``): stop without a traceback.
+
+    As the Python documentation's "Note on SIGPIPE" says: point standard output at /dev/null so
+    that the flush at exit finds nothing to write, and exit as a process ended by SIGPIPE (141)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a stdout without a descriptor (in-process callers)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "verbose", False))
     handler = {
@@ -378,6 +411,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_decrypt(args) -> int:
+    """One recording in clear, to a new 0600 file outside DATA or to standard output (audited)."""
     import getpass
 
     from ..vault.age import X25519Identity, decrypt
@@ -385,6 +419,14 @@ def cmd_decrypt(args) -> int:
     from ..index import CallIndex
 
     _require_data(args.data)
+    inside = _clear_audio_inside(args.out, args.data)
+    if inside:  # before the identity is read or anything is opened for writing
+        print(f"nokbox decrypt: 평문 음성은 데이터 폴더 안에 쓰지 않습니다 · refusing to write clear audio "
+              f"inside the data directory ({inside}); give --out a file outside {args.data}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.out is not None and (args.out.exists() or args.out.is_symlink()):
+        print(f"nokbox decrypt: {args.out}: 이미 있는 파일입니다 · exists; refusing to overwrite it", file=sys.stderr)
+        return EXIT_ERROR
     idx = CallIndex(args.data / "index.sqlite")
     try:
         row = idx.con.execute("SELECT file, state FROM calls WHERE id = ?", (args.id,)).fetchone()
@@ -397,12 +439,20 @@ def cmd_decrypt(args) -> int:
     idents = [X25519Identity(ln) for ln in lines if ln.startswith("AGE-SECRET-KEY-1")]
     audit = AuditLog(args.data)
     who = getpass.getuser()
-    out = open(args.out, "xb") if args.out else sys.stdout.buffer
+    try:  # O_EXCL: never an existing file, never through a symlink; 0600 whatever the caller's umask
+        out = os.fdopen(os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") if args.out \
+            else sys.stdout.buffer
+    except OSError as exc:
+        print(f"nokbox decrypt: {args.out}: 만들 수 없습니다 · cannot create it: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         with open(args.data / row["file"], "rb") as f:
             for chunk in decrypt(f, idents):
                 out.write(chunk)
     except NokboxError as exc:
+        if args.out:
+            out.close()
+            args.out.unlink(missing_ok=True)  # no half-decrypted audio left behind
         audit.append("recording.decrypt", actor=who, role="cli", obj=f"call:{args.id}", outcome="refused",
                      reason=str(exc))
         raise
@@ -412,6 +462,21 @@ def cmd_decrypt(args) -> int:
     audit.append("recording.decrypt", actor=who, role="cli", obj=f"call:{args.id}", outcome="ok",
                  reason="offline decryption with the records identity")
     return EXIT_OK
+
+
+def _clear_audio_inside(out: Path | None, data: Path) -> str | None:
+    """Where clear audio would land inside DATA (symlinks and '..' resolved), else None.
+
+    Without --out, standard output redirected to a file inside DATA (``> DATA/x``) counts too."""
+    if out is not None:
+        return str(Path(out).resolve()) if vault_cli._inside(out, data) else None
+    try:
+        target = os.readlink("/proc/self/fd/1")
+        if Path(target).is_file() and vault_cli._inside(Path(target), data):
+            return target
+    except (OSError, ValueError):  # no /proc, or standard output is not a file (a pipe, a terminal)
+        pass
+    return None
 
 
 def cmd_notice(args) -> int:
@@ -459,6 +524,9 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(st | {"running": alive, "processes": (sup or {}).get("children")}, ensure_ascii=False))
         return EXIT_OK if alive else EXIT_NOT_RUNNING
+    if st.get("waiting"):  # first run: the recorder waits for the records key (firmware/cli/processes.py)
+        print(f"nokbox: running, NOT recording — {st['message']}")
+        return EXIT_OK
     dev = st["device"]
     print(f"nokbox: {'running' if alive else 'NOT running (the last status is shown)'}")
     if sup:

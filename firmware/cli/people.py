@@ -23,6 +23,9 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_REFUSED = 4
 EXIT_BAD_LOG = 5
+EXIT_KEY_MISTYPED = 2  # audit verify: the key's text has a typo (its checksum fails); nothing was checked
+EXIT_WRONG_KEY = 6  # audit verify: a well-formed key, not this log's (the log is not blamed)
+VERIFY_KEY_REASON = {"mistyped": "verification key mistyped (checksum)", "wrong_key": "not this log's verification key"}
 
 # What every command needs. "service": root on the box, no personal data (the recorder's own
 # commands); None: no sign-in possible yet (first run); otherwise the permission checked after sign-in.
@@ -241,10 +244,18 @@ def _verify(args, audit: AuditLog, by: User | None) -> int:
     try:
         rep = audit.verify_report(key=vkey, checkpoints=cps)
     except AuditError as exc:
-        if by is not None:
-            audit.append("audit.verify", actor=by.name, role="auditor", outcome="failed", reason=str(exc)[:300],
-                         source="cli")
-        print(f"AUDIT LOG NOT INTACT: {exc}")
+        # three answers: a typo in the key (nothing was checked), a key that is not this log's, a forged log
+        kind = exc.outcome
+        if by is not None:  # the key's own text never goes into the log, not even a mistyped one
+            audit.append("audit.verify", actor=by.name, role="auditor", outcome="failed" if kind == "forged" else kind,
+                         reason=str(exc)[:300] if kind == "forged" else VERIFY_KEY_REASON[kind], source="cli")
+        if kind == "mistyped":
+            print(f"nokbox audit verify: {exc}", file=sys.stderr)
+            return EXIT_KEY_MISTYPED
+        if kind == "wrong_key":
+            print(f"WRONG KEY: {exc}")
+            return EXIT_WRONG_KEY
+        print(f"감사 기록 위조·손상 · AUDIT LOG NOT INTACT: {exc}")
         return EXIT_BAD_LOG
     if by is not None:
         audit.append("audit.verify", actor=by.name, role="auditor", source="cli",

@@ -97,8 +97,8 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         raise VaultError("a TPM box needs the recovery passphrase (it seals the TPM's lockout authorisation)")
     for sub in ("keys", "calls", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(data, 0o750)
-    os.chmod(data / "keys", 0o750)
+    os.chmod(data, 0o700)  # owner-only, as every file and folder under it (the CLI's umask 077)
+    os.chmod(data / "keys", 0o700)
     identity, recipient = generate_identity()
     (data / "keys" / "recipient.txt").write_text(recipient + "\n")
     device.provision()
