@@ -12,4 +12,10 @@ if [[ ! -f "$DATA/nokbox.json" ]]; then
   .venv/bin/nokbox init --data "$DATA" --identity-out "$(dirname "$DATA")/records-identity.txt" \
     --passphrase-file "$(dirname "$DATA")/recovery-passphrase.txt" </dev/null
 fi
-exec .venv/bin/nokbox run --data "$DATA" "$@"
+# the settings page needs a file to write: an almost empty one (built-in defaults) on first run
+CONFIG=${NOKBOX_CONFIG:-$PWD/var/nokbox.toml}
+if [[ ! -f "$CONFIG" ]]; then
+  mkdir -p "$(dirname "$CONFIG")"
+  (umask 027 && printf '# nokbox configuration (development box): built-in defaults; the settings page writes here\n' >"$CONFIG")
+fi
+exec .venv/bin/nokbox run --data "$DATA" --config "$CONFIG" "$@"

@@ -300,6 +300,29 @@ class NoticeConfig(_Strict):
     test_line: int = Field(0, ge=0, le=31, description="Channel the button's test notice plays on.")
 
 
+class TimeConfig(_Strict):
+    """The clock: NTP servers and the time zone (applied by the image's systemd-timesyncd)."""
+
+    ntp_servers: list[Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")]] = Field(
+        default_factory=list, max_length=8,
+        description="NTP servers (host names or addresses); empty = the image's default servers.",
+    )
+    timezone: str = Field(
+        "Asia/Seoul", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+/-]+$",
+        description="Time zone of the box (IANA name); the pages always show KST.",
+    )
+
+    @model_validator(mode="after")
+    def _zone(self) -> "TimeConfig":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time.timezone: {self.timezone!r} is not a known time zone (e.g. Asia/Seoul)") from None
+        return self
+
+
 class WebConfig(_Strict):
     """The local admin page."""
 
@@ -365,6 +388,9 @@ class LineConfig(_Strict):
     )
     notice: Literal["on", "off", "beep"] = Field(
         "on", description="Recording notice on this line: the announcement, nothing, or a beep only."
+    )
+    enabled: bool = Field(
+        True, description="Record this line; a disabled line opens no call (flagged in the daily review)."
     )
     relay_pin: int | None = Field(None, ge=2, le=27, description="GPIO driving this line's notice relay.")
     feedback_pin: int | None = Field(
@@ -472,6 +498,7 @@ class NokboxConfig(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    time: TimeConfig = Field(default_factory=TimeConfig)
     line: list[LineConfig] = Field(
         default_factory=list,
         description="Declared lines; when empty, one line per channel named 회선 N.",

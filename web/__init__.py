@@ -15,7 +15,7 @@ from flask import Flask
 log = logging.getLogger(__name__)
 
 
-def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Flask:
+def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, config_path=None) -> Flask:
     """The admin app over the recorder (``status()``, ``notice_test()``) and the key keeper
     (``masked()``, ``approve()``, ``open_call()``, …; by default the keeper process's socket);
     every page needs sign-in."""
@@ -33,6 +33,8 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
         keeper = KeeperClient(data_dir, cfg)
     app.config["RECORDER"] = recorder
     app.config["KEEPER"] = keeper
+    # the file the settings page writes (None: the page shows the settings but cannot change them)
+    app.config["CONFIG_PATH"] = config_path or getattr(recorder, "config_path", None)
     app.json.ensure_ascii = False
     from . import auth, calls, lines, notice, release, review, users
     from .status import bp as status_bp
@@ -45,6 +47,9 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None) -> Fl
     app.register_blueprint(calls.bp)
     app.register_blueprint(lines.bp)
     app.register_blueprint(release.bp)
+    from . import settings
+
+    app.register_blueprint(settings.bp)
 
     from .labels import LABELS, label
 

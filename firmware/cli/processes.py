@@ -153,11 +153,16 @@ def cmd_web(args) -> int:
     from ..vault.keeper import KeeperClient
 
     _follow_parent()
-    cfg, _ = load_config(args.config)
+    cfg, path = load_config(args.config)
     host = args.host or cfg.web.host
     port = args.port or cfg.web.port
+    # the settings page writes the file the box runs on (none yet: the one given, or /etc/nokbox/nokbox.toml)
+    from ..config import DEFAULT_CONFIG_PATH
+
+    config_path = Path(path or args.config or DEFAULT_CONFIG_PATH)
     server = serve(RecorderClient(args.data, cfg, actor="page"), host, port, data_dir=args.data, cfg=cfg,
-                   keeper=KeeperClient(args.data, cfg))
+                   keeper=KeeperClient(args.data, cfg), config_path=config_path)
+    log.info("the settings page writes %s", config_path)
     log.info("admin page on http://%s:%s/", host, server.port)
     stop = threading.Event()
     threading.Thread(target=_request_upkeep, args=(args.data, cfg, stop), name="request-upkeep", daemon=True).start()

@@ -34,6 +34,7 @@ FLAG_LABELS = {
     "no_request": "신청 없는 검색 · search without a request",
     "pin_failure": "PIN 실패 · PIN failure",
     "notice_disabled": "고지 안내 꺼짐 · notice disabled",
+    "line_disabled": "회선 녹음 꺼짐 · line recording disabled",
     "lockout": "계정 잠김 · account locked",
     "denied": "권한 없는 접근 시도 · refused access",
     "user_change": "계정·권한 변경 · account or role change",
@@ -90,6 +91,24 @@ def _notice_off(e: dict) -> bool:
     return False
 
 
+def _line_off(e: dict) -> bool:
+    """A line's recording switched off (``line[].enabled`` new false): by the settings page (keys by
+    channel, ``line[channel=2].enabled``) or a reload of a hand-edited file (the whole ``line`` list)."""
+    if not (e["action"].startswith("config.") and isinstance(e["detail"], dict)):
+        return False
+    for key, change in (e["detail"].get("changes") or {}).items():
+        if not isinstance(change, dict):
+            continue
+        if key.startswith("line[") and key.endswith(".enabled") and change.get("new") is False:
+            return True
+        if key == "line" and isinstance(change.get("new"), list):
+            was = {ln.get("channel"): ln.get("enabled", True) for ln in change.get("old") or [] if isinstance(ln, dict)}
+            if any(isinstance(ln, dict) and ln.get("enabled", True) is False and was.get(ln.get("channel"), True)
+                   for ln in change["new"]):
+                return True
+    return False
+
+
 def review_day(log: AuditLog, day: dt.date, cfg: ReviewConfig) -> DayReview:
     """Everything the auditor needs for one day."""
     rv = DayReview(day=day)
@@ -136,6 +155,8 @@ def review_day(log: AuditLog, day: dt.date, cfg: ReviewConfig) -> DayReview:
             flag("user_change", f"{e['action']} {e['object']} {e['reason']}".strip())
         if _notice_off(e):
             flag("notice_disabled", e["reason"] or e["action"])
+        if _line_off(e):
+            flag("line_disabled", e["reason"] or e["action"])
     for actor, counts in people.items():
         if counts["request.search"] > cfg.many_searches:
             rv.flags.append(Flag("many_searches", actor, 0, "", f"{counts['request.search']} > {cfg.many_searches}"))

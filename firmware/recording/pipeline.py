@@ -93,6 +93,7 @@ class LineState:
     lost_frames: int = 0  # samples overwritten in the ring before they were analysed
     held_lost: int = 0  # analysed samples held for a call (pre-roll, hang-over) then overwritten
     calls_started: int = 0
+    paused: bool = False  # the line is disabled (line[].enabled = false): its audio is passed over
 
     @property
     def level_dbfs(self) -> float:
@@ -180,6 +181,17 @@ class SegmenterWorker(Worker):
     # -- per line ----------------------------------------------------------------------
     def _advance(self, ls: LineState, upto: int) -> None:
         rings = self.rings
+        if not getattr(ls.cfg, "enabled", True) and ls.call_key is None and not ls.seg.in_call:
+            # a disabled line opens no call: its audio is released unread (a call in progress when
+            # it was disabled ends first); enabled again, its segmenter starts afresh from here
+            if upto > ls.pos:
+                rings.release(ls.idx, upto)
+                ls.pos = upto
+            ls.paused = True
+            return
+        if ls.paused:
+            ls.seg.restart(ls.pos)
+            ls.paused = False
         while ls.pos < upto:
             b = min(upto, ls.pos + self.block)
             x, got = rings.read(ls.idx, ls.pos, b)
