@@ -127,7 +127,7 @@ def test_grants_end_at_expiry_when_idle_and_at_close(vault):
         k.numbers("officer", g["grant"], cid)
     k.unlock_for("approver", PIN, grantee="officer", purpose="p", calls=[cid], ttl_s=600)
     k.close()
-    assert k.status() == {"grants": 0, "calls_open": 0, "idle_minutes": cfg.keeper.idle_minutes}
+    assert k.status() == {"grants": 0, "calls_open": 0, "idle_minutes": cfg.keeper.idle_minutes, "initialised": True}
     reasons = [e["reason"] for e in AuditLog(data).entries() if e["action"] == "keeper.forget"]
     assert reasons == ["expired", f"idle for {cfg.keeper.idle_minutes:g} min", "keeper stopped"]
 

@@ -148,9 +148,13 @@ def test_forms_need_the_csrf_token(site):
 
 
 def test_first_run_setup_is_forced_and_local(box):
+    """The first-run wizard's first step (tests/test_wizard.py has the rest): forced, local, once."""
+    from firmware.people.accounts import role_check
+    from firmware.vault.keeper import Keeper
+
     data, _ = box
     cfg = fast_cfg({"audio": {"channels": 1}})
-    app = create_app(Recorder(cfg, data))
+    app = create_app(Recorder(cfg, data), keeper=Keeper(data, cfg, authorize=role_check(data)))
     tc = TC(app, addr="127.0.0.1")
     assert tc.get("/").headers["Location"].endswith("/setup")
     assert tc.get("/login").headers["Location"].endswith("/setup")
@@ -160,11 +164,16 @@ def test_first_run_setup_is_forced_and_local(box):
     tc.get("/setup")
     r = tc.post("/setup", {"name": "boss", "password": PASSWORD["admin"], "password2": PASSWORD["admin"],
                            "roles": ["auditor"]})
-    assert r.status_code == 200
+    # signed in straight away; this box has its key already (and no recovery seal, so no PIN step):
+    # on to the audit verification key, shown once
+    assert r.status_code == 302 and r.headers["Location"].endswith("/setup/audit-key")
+    assert tc.get("/").headers["Location"].endswith("/setup/audit-key")
+    tc.get("/setup/audit-key")
+    r = tc.post("/setup/audit-key", {})
     key = re.search(rb'id="verification-key">([^<]+)<', r.data).group(1).decode()
-    assert key.startswith("nokbox-audit-v1-")
+    assert key.startswith("nokbox-audit-v")
     assert AuditLog(data).verify_report(key=key).macs_checked
-    assert tc.get("/").status_code == 200  # signed in straight away
+    assert tc.get("/").status_code == 200
     assert TC(app, addr="127.0.0.1").get("/setup").headers["Location"].endswith("/login")  # once only
     assert app.extensions["nokbox"].accounts.get("boss").roles == ("admin", "auditor")
 

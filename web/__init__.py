@@ -47,6 +47,9 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, confi
     app.register_blueprint(calls.bp)
     app.register_blueprint(lines.bp)
     app.register_blueprint(release.bp)
+    from . import wizard
+
+    app.register_blueprint(wizard.bp)
     from . import settings
 
     app.register_blueprint(settings.bp)

@@ -149,11 +149,9 @@ def _load():
                            outcome="refused", reason="missing or wrong CSRF token", source=source())
             return render_template("error.html", code=400, message="요청이 만료되었습니다. 다시 시도하십시오 · "
                                    "the form expired or did not come from this page; try again"), 400
-    if request.endpoint != "auth.setup" and x.accounts.count() == 0:
-        if request.path.startswith("/api/"):
-            return jsonify(error="first-run set-up required"), 503
-        return redirect(url_for("auth.setup"))
-    return None
+    from .wizard import gate
+
+    return gate()  # first run: every page but the wizard's current step redirects to it (web/wizard.py)
 
 
 def _sign_in_first():
@@ -233,34 +231,37 @@ def _is_loopback(addr: str) -> bool:
 @bp.route("/setup", methods=["GET", "POST"])
 @public
 def setup():
+    """The wizard's first step: the first administrator (signed in straight away). The audit
+    verification key is left waiting for the wizard's last step (web/wizard.py)."""
+    from .wizard import current_step, lan_refusal, step_url
+
     x = ext()
     if x.accounts.count():
-        return redirect(url_for("auth.login"))
+        step = current_step()
+        return redirect(step_url(step) if step else url_for("auth.login"))
     if not _is_loopback(source()):
-        x.audit.append("user.setup", actor="-", role="-", outcome="refused", reason="not from the box itself",
-                       source=source())
-        return render_template("error.html", code=403, message="첫 설정은 장치 자체(127.0.0.1)에서 하거나 "
-                               "'nokbox user setup'으로 하십시오 · first-run set-up only from the box itself or "
-                               "with 'nokbox user setup'"), 403
+        return lan_refusal("auth.setup")
     error = ""
+    f = request.form
     if request.method == "POST":
-        f = request.form
         roles = ["admin"] + [r for r in f.getlist("roles") if r != "admin"]
         if f.get("password", "") != f.get("password2", ""):
             error = "비밀번호가 서로 다릅니다 · the passwords differ"
         else:
             try:
-                user, key = x.accounts.setup_first(f.get("name", "").strip(), f.get("password", ""), roles,
-                                                   source=source(), display=f.get("display", "").strip())
+                user, _ = x.accounts.setup_first(f.get("name", "").strip(), f.get("password", ""), roles,
+                                                 source=source(), display=f.get("display", "").strip(),
+                                                 take_key=False)
             except (PasswordPolicyError, AuthError) as exc:
                 error = str(exc)
             else:
-                token, _ = x.accounts.start_session(user, source())
-                resp = current_app.make_response(render_template(
-                    "setup_done.html", key=key, signer=x.audit.signer_id(), user=user))
-                resp.set_cookie(cookie_name(), token, httponly=True, samesite="Strict", secure=request.is_secure, path="/")
-                return resp
-    return render_template("setup.html", error=error, roles=ROLES, min_length=x.cfg.auth.password_min_length)
+                return _signed_in(user, step_url(current_step()))
+    from .wizard import STEP_LABEL, STEPS
+
+    return render_template("setup.html", error=error, roles=ROLES, min_length=x.cfg.auth.password_min_length,
+                           steps=STEPS, step_label=STEP_LABEL, form={"name": f.get("name", ""),
+                                                                     "display": f.get("display", "")}), \
+        (400 if error else 200)
 
 
 @bp.route("/login", methods=["GET", "POST"])

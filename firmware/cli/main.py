@@ -178,35 +178,20 @@ def _admin(name: str):
 
 # -- commands ---------------------------------------------------------------------------
 def cmd_init(args) -> int:
-    from ..hal.devicekey import device_secret
-    from ..vault.keys import init_data_dir
+    from ..vault.keys import MARKER, init_records_key
 
     cfg, _ = load_config(args.config)
     v = cfg.vault
-    device = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
-    if args.config is None and v.device_secret == "file" and not os.access(Path(v.device_key_file).parent, os.W_OK):
-        device = None  # no /etc/nokbox to write to: a development box keeps the key beside the data
-    if v.device_secret == "tpm" and not os.access(Path(v.tpm_blob).parent, os.W_OK):
-        from ..hal.devicekey import TpmDeviceSecret
-
-        device = TpmDeviceSecret(args.data.parent / (args.data.name + "-device.tpm"), v.tpm_tcti)
     if v.device_secret != "tpm" and Path("/dev/tpmrm0").exists():
         print("this box has a TPM 2.0 (/dev/tpmrm0): set [vault] device_secret = \"tpm\" before init so that it "
               "counts wrong PINs (no offline PIN search even with the whole box); see docs/threat-model.md",
               file=sys.stderr)
-    from ..vault.keys import MARKER
-
     if (args.data / MARKER).exists():  # before any secret is generated or asked for
         raise NokboxError(f"{args.data} is already initialised; refusing to replace its records key")
     tpm = v.device_secret == "tpm"
     passphrase, pin, how = vault_cli.init_secrets(args, cfg, tpm=tpm)
-    from ..vault.epochs import key_class_for
-
-    channels = [ln.channel for ln in cfg.line] or range(cfg.audio.channels)
-    _, recipient = init_data_dir(args.data, args.identity_out, device, passphrase=passphrase, pin=pin,
-                                 approver=args.approver, pin_log_n=cfg.vault.pin_scrypt_log_n,
-                                 key_classes=[key_class_for(cfg, c) for c in channels],
-                                 tpm_policy=(v.tpm_max_tries, v.tpm_recovery_s, v.tpm_lockout_recovery_s))
+    recipient = init_records_key(args.data, cfg, passphrase, config_given=args.config is not None,
+                                 identity_out=args.identity_out, pin=pin, approver=args.approver)
     if pin:
         vault_cli.audit_short_pin(args.data, cfg, pin, args.approver, tpm=tpm)
     print(f"initialised {args.data}")

@@ -107,9 +107,12 @@ def cmd_recorder(args) -> int:
 
     _follow_parent()
     cfg, path = load_config(args.config)
-    rec = Recorder(cfg, args.data, config_path=path)
     stop = threading.Event()
-    _stop_on_signals(stop, on_hup=rec.reload)
+    _stop_on_signals(stop, on_hup=lambda: None)  # a reload while waiting has nothing to reload
+    if not _wait_for_records_key(args.data, cfg, stop):
+        return EXIT_OK
+    rec = Recorder(cfg, args.data, config_path=path)
+    signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=rec.reload, name="reload").start())
     rec.start()
     svc = None
     try:
@@ -130,18 +133,54 @@ def cmd_recorder(args) -> int:
     return EXIT_OK if all(not getattr(t, "error", "") for t in (rec.segmenter, rec.writer)) else EXIT_ERROR
 
 
+def _wait_for_records_key(data: Path, cfg, stop: threading.Event) -> bool:
+    """A box without its records key (first run) cannot record: nothing could be encrypted. Until the
+    first-run wizard (or ``nokbox init``) creates the key the recorder opens no capture device and
+    answers ``status`` with ``waiting: records-key`` (so the supervisor and ``nokbox status`` say why),
+    and it says so in the log every minute. True once the key exists, False when stopped first."""
+    from ..ipc import Server, allowed_uids, run_dir
+    from ..recording.service import SOCKET
+    from ..vault.keys import MARKER
+
+    if (Path(data) / MARKER).exists():
+        return True
+    log.warning("%s has no records key yet: NOT RECORDING until the first-run wizard (or nokbox init) creates "
+                "it", data)
+    since = time.time()
+    srv = Server(run_dir(data, cfg) / SOCKET, {"status": lambda r: {
+        "waiting": "records-key", "recording": False, "since": since, "lines": [],
+        "message": "기록 키가 아직 없어 녹음하지 않습니다 (첫 설정) · not recording: no records key yet (first-run set-up)"}},
+        name="recorder", allow_uids=allowed_uids(cfg.ipc.recorder_allow)).start()
+    notify_systemd("READY=1")
+    try:
+        n = 0
+        while not stop.wait(1.0):
+            notify_systemd("WATCHDOG=1")
+            if (Path(data) / MARKER).exists():
+                log.info("records key created: the recorder starts")
+                return True
+            n += 1
+            if n % 60 == 0:
+                log.warning("still no records key: not recording (first-run wizard at http://127.0.0.1:%d/)",
+                            cfg.web.port)
+        return False
+    finally:
+        srv.close()
+
+
 def cmd_keeper(args) -> int:
     from ..people.accounts import role_check
     from ..vault.keeper import Keeper, KeeperService
-    from ..vault.keys import require_initialised
 
     _follow_parent()
     cfg, _ = load_config(args.config)
-    require_initialised(args.data)
     from ..release.requests import KeeperView
 
-    svc = KeeperService(Keeper(args.data, cfg, authorize=role_check(args.data),
-                               requests=KeeperView(args.data, cfg, role_check(args.data)))).start()
+    keeper = Keeper(args.data, cfg, authorize=role_check(args.data), config_given=args.config is not None,
+                    requests=KeeperView(args.data, cfg, role_check(args.data)))
+    if not keeper.initialised:  # first run: only status and the wizard's init verbs answer until then
+        log.warning("%s has no records key yet: the keeper waits for the first-run wizard (or nokbox init)", args.data)
+    svc = KeeperService(keeper).start()
     log.info("key keeper serving %s", svc.path)
     return _serve_until_signalled(svc.close)  # closing forgets every identity
 
@@ -163,7 +202,11 @@ def cmd_web(args) -> int:
     server = serve(RecorderClient(args.data, cfg, actor="page"), host, port, data_dir=args.data, cfg=cfg,
                    keeper=KeeperClient(args.data, cfg), config_path=config_path)
     log.info("the settings page writes %s", config_path)
-    log.info("admin page on http://%s:%s/", host, server.port)
+    if getattr(server, "fingerprint", None):  # HTTPS on the LAN: the certificate a browser should show
+        log.info("admin page on https://%s:%s/ (http://%s:%s/ redirects)", host, server.https_port, host, server.port)
+        print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {server.fingerprint}", flush=True)
+    else:
+        log.info("admin page on http://%s:%s/", host, server.port)
     stop = threading.Event()
     threading.Thread(target=_request_upkeep, args=(args.data, cfg, stop), name="request-upkeep", daemon=True).start()
 
@@ -263,10 +306,13 @@ def write_supervisor_state(run: Path, children: list[Child]) -> None:
 
 def cmd_run(args) -> int:
     from ..ipc import run_dir
-    from ..vault.keys import require_initialised
+    from ..vault.keys import MARKER
 
     cfg, _ = load_config(args.config)  # a bad config is refused here, before anything starts (exit 2)
-    require_initialised(args.data)
+    if not (args.data / MARKER).exists():  # first run: the page's wizard creates the records key
+        log.warning("%s has no records key yet: open http://127.0.0.1:%s/ on the box for the first-run set-up "
+                    "(or run nokbox init)", args.data, args.port or cfg.web.port)
+    args.data.mkdir(mode=0o750, parents=True, exist_ok=True)
     run = run_dir(args.data, cfg)
     run.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "firmware.cli"]

@@ -276,8 +276,9 @@ class Accounts:
             raise PasswordPolicyError("비밀번호 거부 · password refused: " + "; ".join(problems))
 
     def setup_first(self, name: str, password: str, roles=("admin",), *, source: str = "local",
-                    display: str = "") -> tuple[User, str | None]:
-        """First run: create the first administrator; returns it and the audit verification key (once)."""
+                    display: str = "", take_key: bool = True) -> tuple[User, str | None]:
+        """First run: create the first administrator; returns it and the audit verification key (once;
+        ``take_key=False`` leaves it waiting for the first-run wizard's last step)."""
         roles = self._check_roles(roles)
         if "admin" not in roles:
             raise PasswordPolicyError("the first account must hold the admin role")
@@ -292,7 +293,7 @@ class Accounts:
             con.execute("COMMIT")
         self.audit.append("user.setup", actor=name, role="admin", obj=name, source=source,
                           detail={"roles": list(roles)}, reason="first administrator")
-        return user, self.audit.take_verification_key()
+        return user, (self.audit.take_verification_key() if take_key else None)
 
     def _insert(self, con, name: str, password: str, roles: tuple[str, ...], display: str) -> User:
         self._check_name(name)

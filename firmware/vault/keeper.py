@@ -13,7 +13,11 @@ network. What it does needs the approver's secret or the device secret:
 - ``numbers``: the grantee reads a call's dialled number and caller ID in clear;
 - ``masked``: the masked numbers of listed calls (sealed under the device secret), for a
   person whose role may see them;
-- ``end_grant``, ``status``.
+- ``end_grant``, ``status``;
+- first run (``init_status``, ``init_begin``, ``init_commit``): on a data directory without a
+  records key the keeper serves only these and ``status``. ``init_begin`` generates the recovery
+  passphrase and returns it once, keeping it in memory only; ``init_commit`` takes it typed back
+  and only when it matches writes the key files as ``nokbox init`` does (``init_records_key``).
 
 The keeper never trusts the page for what it can check itself: the PIN (PinGuard), the
 grant's expiry (its own clock), that a call belongs to the grant, that the grantee is the one
@@ -27,6 +31,7 @@ Every outcome, refusals included, is an audit entry.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -51,6 +56,7 @@ from .sealing import (DeviceMismatch, NoPinSlot, PinGuard, PinLockedOut, PinRate
 log = logging.getLogger(__name__)
 
 SOCKET = "keeper.sock"
+PENDING_S = 3600.0  # a recovery passphrase shown and not typed back is forgotten after this long
 WAV_CHUNK = 64 * 1024
 MAX_MASKED = 1000
 
@@ -86,6 +92,24 @@ class Grant:
     def ref(self) -> str:
         """A name for the grant in logs and the audit trail (not the token)."""
         return "grant:" + self.token_hash[:12]
+
+
+def passphrase_key(text: str) -> str:
+    """A recovery passphrase as compared when typed back: spaces and dashes dropped, upper case,
+    and the letters Crockford base32 reads as digits (O→0, I/L→1)."""
+    t = "".join(str(text).split()).replace("-", "").replace("\u2010", "").replace("\u2011", "").upper()
+    return t.translate(str.maketrans("OIL", "011"))
+
+
+def canonical_passphrase(text: str) -> str:
+    """A generated passphrase as it is sealed (``XXXXX-XXXXX-XXXXX-XXXXX``) from however it was typed;
+    any other text (a passphrase chosen with ``nokbox init --passphrase-file``) as typed, trimmed."""
+    from .sealing import _PASS_ALPHABET, _PASS_GROUP_LEN, _PASS_GROUPS
+
+    key = passphrase_key(text)
+    if len(key) == _PASS_GROUP_LEN * _PASS_GROUPS and all(c in _PASS_ALPHABET for c in key):
+        return "-".join(key[i:i + _PASS_GROUP_LEN] for i in range(0, len(key), _PASS_GROUP_LEN))
+    return str(text).strip()
 
 
 def _hash(token: str) -> str:
@@ -148,7 +172,8 @@ class _Decoder:
 class Keeper:
     """Grants and the identities behind them, for one data directory."""
 
-    def __init__(self, data: Path, cfg, *, authorize: Authorize, clock=None, requests=None) -> None:
+    def __init__(self, data: Path, cfg, *, authorize: Authorize, clock=None, requests=None,
+                 config_given: bool = False) -> None:
         from ..hal.clock import Clock
 
         self.data = Path(data)
@@ -164,6 +189,11 @@ class Keeper:
         self._sealer: BoxSealer | None = None
         self._grants: dict[str, Grant] = {}
         self._lock = threading.Lock()  # guards _grants
+        # first run: whether a config file was named (nokbox init's choice of device secret), and the
+        # recovery passphrase shown by init_begin and not yet typed back: (passphrase, actor, monotonic)
+        self.config_given = config_given
+        self._pending: tuple[str, str, float] | None = None
+        self._init_lock = threading.Lock()  # guards _pending and the writing of the key files
 
     # -- grants --------------------------------------------------------------------------------
     def _allow(self, actor: str, perm: str, obj: str, purpose: str) -> None:
@@ -680,7 +710,79 @@ class Keeper:
         with self._lock:
             grants = list(self._grants.values())
         return {"grants": len(grants), "calls_open": sum(len(g.calls) for g in grants),
-                "idle_minutes": self.cfg.keeper.idle_minutes}
+                "idle_minutes": self.cfg.keeper.idle_minutes, "initialised": self.initialised}
+
+    # -- first run ---------------------------------------------------------------------------
+    @property
+    def initialised(self) -> bool:
+        from .keys import MARKER
+
+        return (self.data / MARKER).exists() and (self.data / "keys" / "recipient.txt").exists()
+
+    def init_status(self, actor: str) -> dict:
+        """What the first-run wizard needs to know (nothing secret): is there a records key, is it
+        sealed under a recovery passphrase, how many approvers have a PIN, is a passphrase pending."""
+        from .sealing import RECOVERY_FILE, pin_slots
+
+        with self._init_lock:
+            pending = self._pending is not None and self._pending[1] == actor and not self._expired()
+        if not self.initialised:
+            return {"initialised": False, "recovery_sealed": False, "approver_pins": 0, "pending": pending}
+        approvers = [n for n in pin_slots(self.data) if not self.authorize(n, "approver.pin")]
+        return {"initialised": True, "recovery_sealed": (self.data / "keys" / RECOVERY_FILE).exists(),
+                "approver_pins": len(approvers), "pending": False}
+
+    def _expired(self) -> bool:
+        return self._pending is not None and self.clock.monotonic() - self._pending[2] > PENDING_S
+
+    def init_begin(self, actor: str, restart: bool = False) -> dict:
+        """A new recovery passphrase for this uninitialised box, returned this once and kept only in
+        memory until ``init_commit``; nothing is written. A pending one is never returned again:
+        ``restart`` replaces it with a new one (the technician lost it before typing it back)."""
+        from .sealing import generate_passphrase
+
+        self._allow(actor, "users.manage", "records-key", "first-run key creation")
+        with self._init_lock:
+            if self.initialised:
+                raise Refused("기록 키가 이미 있습니다 · this box already has its records key", "initialised")
+            if self._pending is not None and not self._expired() and not restart:
+                raise Refused("복구 암호가 이미 표시되었습니다. 입력하여 확인하거나 새 암호로 다시 시작하십시오 · the "
+                              "recovery passphrase was already shown: type it back, or start again with a new one",
+                              "pending")
+            passphrase = generate_passphrase()
+            self._pending = (passphrase, actor, self.clock.monotonic())
+        self.audit.append("keys.init.begin", actor=actor, role="admin", obj="records-key",
+                          reason="new recovery passphrase shown" + (" (restarted)" if restart else ""))
+        return {"passphrase": passphrase}
+
+    def init_commit(self, actor: str, typed: str) -> dict:
+        """Write the records key, sealed under the pending passphrase, if ``typed`` is that passphrase
+        (spaces, dashes and case ignored; Crockford's O/I/L read as 0/1/1). A mismatch writes nothing."""
+        from .keys import init_records_key
+
+        self._allow(actor, "users.manage", "records-key", "first-run key creation")
+        with self._init_lock:
+            if self.initialised:
+                raise Refused("기록 키가 이미 있습니다 · this box already has its records key", "initialised")
+            if self._pending is None or self._pending[1] != actor or self._expired():
+                if self._expired():
+                    self._pending = None
+                raise Refused("표시된 복구 암호가 없습니다. 새 암호로 다시 시작하십시오 · no recovery passphrase is "
+                              "waiting to be confirmed (the keeper restarted, or it expired): start again", "no_pending")
+            passphrase = self._pending[0]
+            if not hmac.compare_digest(passphrase_key(typed).encode(), passphrase_key(passphrase).encode()):
+                self.audit.append("keys.init", actor=actor, role="admin", obj="records-key", outcome="refused",
+                                  reason="the recovery passphrase typed back does not match")
+                raise Refused("입력한 복구 암호가 표시된 것과 다릅니다. 아무것도 저장되지 않았습니다 · the passphrase "
+                              "typed back differs from the one shown; nothing was written", "mismatch")
+            recipient = init_records_key(self.data, self.cfg, passphrase, config_given=self.config_given)
+            self._pending = None
+            del passphrase
+            self.device = box_device(self.data, self.cfg)
+        self.audit.append("keys.init", actor=actor, role="admin", obj="records-key",
+                          reason="records key created by the first-run wizard", detail={"recipient": recipient})
+        log.info("records key created (first-run wizard, by %s)", actor)
+        return {"recipient": recipient}
 
 
 class KeeperService:
@@ -709,8 +811,26 @@ class KeeperService:
             "masked": lambda r: keeper.masked(r.actor, r.args.get("calls"), r.purpose, r.args.get("request")),
             "end_grant": lambda r: keeper.end_grant(r.actor, _str(r, "grant")),
         }, name="keeper", allow_uids=allowed_uids(cfg.ipc.keeper_allow))
+        # a box without its records key yet: only these verbs answer until the wizard creates it
+        for verb, handler in list(self.server.handlers.items()):
+            if verb != "status":
+                self.server.handlers[verb] = self._after_init(handler)
+        self.server.handlers.update({
+            "init_status": lambda r: keeper.init_status(r.actor),
+            "init_begin": lambda r: keeper.init_begin(r.actor, restart=bool(r.args.get("restart"))),
+            "init_commit": lambda r: keeper.init_commit(r.actor, _str(r, "passphrase")),
+        })
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep, name="keeper-sweep", daemon=True)
+
+    def _after_init(self, handler):
+        def gated(r: Request):
+            if not self.keeper.initialised:
+                raise Refused("기록 키가 아직 없습니다: 첫 설정을 마치십시오 · this box has no records key yet: "
+                              "finish the first-run set-up", "not_initialised")
+            return handler(r)
+
+        return gated
 
     def _open_call(self, r: Request) -> Stream:
         length = r.args.get("length")
@@ -776,6 +896,15 @@ class KeeperClient:
 
     def status(self, actor: str = "system") -> dict:
         return self.client.call("status", actor=actor, purpose="status")
+
+    def init_status(self, actor: str) -> dict:
+        return self.client.call("init_status", actor=actor, purpose="first-run status")
+
+    def init_begin(self, actor: str, restart: bool = False) -> dict:
+        return self.client.call("init_begin", actor=actor, purpose="first-run key creation", restart=restart)
+
+    def init_commit(self, actor: str, typed: str) -> dict:
+        return self.client.call("init_commit", actor=actor, purpose="first-run key creation", passphrase=typed)
 
     def pin_check(self, actor: str, pin: str) -> dict:
         return self.client.call("pin_check", actor=actor, purpose="PIN check", pin=pin)

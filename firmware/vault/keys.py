@@ -136,6 +136,38 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
     return identity, recipient
 
 
+def init_device(data: Path, cfg, *, config_given: bool) -> DeviceSecret | None:
+    """The device secret a new box is initialised with: the configured one; on a development box
+    (no config given, /etc/nokbox not writable) a key file or TPM blob beside the data directory
+    (None: ``init_data_dir``'s default key file)."""
+    from ..hal.devicekey import device_secret
+
+    v = cfg.vault
+    data = Path(data)
+    device = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
+    if not config_given and v.device_secret == "file" and not os.access(Path(v.device_key_file).parent, os.W_OK):
+        device = None
+    if v.device_secret == "tpm" and not os.access(Path(v.tpm_blob).parent, os.W_OK):
+        device = TpmDeviceSecret(data.parent / (data.name + "-device.tpm"), v.tpm_tcti)
+    return device
+
+
+def init_records_key(data: Path, cfg, passphrase: str, *, config_given: bool, identity_out: Path | None = None,
+                     pin: str | None = None, approver: str = DEFAULT_APPROVER) -> str:
+    """A new box's records key as ``nokbox init`` and the first-run wizard (the keeper) create it:
+    the device secret, the identity sealed under ``passphrase``, the first key epoch of every key
+    class the configured lines use. Returns the public recipient."""
+    from .epochs import key_class_for
+
+    v = cfg.vault
+    channels = [ln.channel for ln in cfg.line] or range(cfg.audio.channels)
+    _, recipient = init_data_dir(data, identity_out, init_device(data, cfg, config_given=config_given),
+                                 passphrase=passphrase, pin=pin, approver=approver, pin_log_n=v.pin_scrypt_log_n,
+                                 key_classes=[key_class_for(cfg, c) for c in channels],
+                                 tpm_policy=(v.tpm_max_tries, v.tpm_recovery_s, v.tpm_lockout_recovery_s))
+    return recipient
+
+
 def write_marker(data: Path, device: DeviceSecret, created: float | None = None) -> None:
     """``nokbox.json``: which device secret this data directory was initialised with (never the secret)."""
     where = {"backend": device.name}
