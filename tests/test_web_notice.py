@@ -52,7 +52,7 @@ def test_technician_sets_mode_uploads_and_tests(browser, box, tmp_path):  # noqa
         row.locator("input[name=reason]").fill("회선 공사")
         row.locator("form[action$='/notice/mode'] button").click()
         page.wait_for_load_state()
-        assert "off" in page.locator("#notice-lines tr[data-channel='1'] .mode").inner_text()
+        assert "끔 · Off" in page.locator("#notice-lines tr[data-channel='1'] .mode").inner_text()
         wav = tmp_path / "mine.wav"
         sf.write(wav, (0.2 * np.sin(np.arange(8000) / 3)).astype(np.float32), 8000)
         page.set_input_files("#upload input[type=file]", str(wav))
