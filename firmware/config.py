@@ -327,7 +327,39 @@ class WebConfig(_Strict):
     """The local admin page."""
 
     host: str = Field("127.0.0.1", description="Address the admin page binds to (LAN only).")
-    port: int = Field(8080, ge=1, le=65535, description="TCP port of the admin page.")
+    port: int = Field(8080, ge=1, le=65535, description="TCP port of the admin page (over HTTPS: the port that "
+                                                         "redirects to https_port).")
+    tls: Literal["auto", "on", "off"] = Field(
+        "auto", description="HTTPS with the box's own certificate (made at first start, its fingerprint shown on "
+                            "the console and the page): auto = whenever host is not a loopback address; off only "
+                            "on loopback.")
+    https_port: int = Field(8443, ge=1, le=65535, description="TCP port of the admin page over HTTPS.")
+
+    @model_validator(mode="after")
+    def _tls(self) -> "WebConfig":
+        import ipaddress
+
+        try:
+            loopback = ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            loopback = self.host == "localhost"
+        if self.tls == "off" and not loopback:
+            raise ValueError("web.tls: 'off' is allowed only when web.host is a loopback address (the LAN gets HTTPS)")
+        if self.https_port == self.port:
+            raise ValueError("web.https_port: must differ from web.port")
+        return self
+
+    @property
+    def https(self) -> bool:
+        """Whether the page is served over HTTPS."""
+        import ipaddress
+
+        if self.tls != "auto":
+            return self.tls == "on"
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host != "localhost"
 
 
 class IpcConfig(_Strict):

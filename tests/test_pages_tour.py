@@ -20,7 +20,7 @@ from .test_web import browser  # noqa: F401 - the fixture
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots" / "pages"
 # pages that are downloads or streams, not pages a person looks at
-NOT_PAGES = re.compile(r"(\.pdf|/attachment|\.csv|/audio|/download|/backup|/metrics|/api/|/events|/sheet)")
+NOT_PAGES = re.compile(r"(\.pdf|/attachment|/export/status|\.csv|/audio|/download|/backup|/metrics|/api/|/events|/sheet)")
 # raw codes a person must never read as they are (roles, account, process, device, line states), as a
 # cell's, a badge's or an option's whole text (prose may use the words: "the officer", "running")
 RAW = {"admin", "technician", "officer", "approver", "auditor", "active", "restricted", "disabled", "simulated",

@@ -162,6 +162,24 @@ class _Server:
         srv.task_dispatcher.shutdown()
 
 
-def serve(recorder, host: str = "127.0.0.1", port: int = 8080, **app_kw) -> _Server:
-    """Start serving the admin page in the background; ``close()`` stops it."""
-    return _Server(create_app(recorder, **app_kw), host, port)
+def wants_tls(tls: str, host: str) -> bool:
+    """HTTPS unless the page is only on loopback and not told to: the LAN always gets HTTPS."""
+    import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    return tls == "on" or not loopback
+
+
+def serve(recorder, host: str = "127.0.0.1", port: int = 8080, https_port: int | None = None, **app_kw):
+    """Start serving the admin page in the background; ``close()`` stops it. On the LAN (or with
+    ``web.tls = "on"``) it is HTTPS on ``https_port`` with ``port`` redirecting to it (web/tls.py)."""
+    app = create_app(recorder, **app_kw)
+    x = app.extensions["nokbox"]
+    if wants_tls(x.cfg.web.tls, host):
+        from .tls import TlsServer
+
+        return TlsServer(app, host, port, x.cfg.web.https_port if https_port is None else https_port, x.data_dir)
+    return _Server(app, host, port)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, render_template, request
 
 from firmware.ipc import IpcError, run_dir, supervisor_view
 
@@ -36,7 +36,10 @@ def processes() -> list[dict]:
 @bp.get("/")
 @requires("status.view")
 def page():
-    return render_template("status.html", status=current_app.config["RECORDER"].status(), processes=processes())
+    from .tls import current_fingerprint
+
+    return render_template("status.html", status=current_app.config["RECORDER"].status(), processes=processes(),
+                           tls_fingerprint=current_fingerprint(ext().data_dir) if request.is_secure else None)
 
 
 @bp.get("/api/status")
