@@ -513,6 +513,29 @@ class ReleaseConfig(_Strict):
                                                       "and the development box, never on a box in service).")
 
 
+class AlarmsConfig(_Strict):
+    """When the health page raises an alarm (shown on every page until acknowledged). The disk's
+    thresholds are retention.disk_warn_free_percent and retention.disk_full_free_mb."""
+
+    stuck_call_min: int = Field(
+        120, ge=5, le=1440, description="A line in one call longer than this many minutes (a cut wire, a "
+        "handset left off-hook) raises an alarm.",
+    )
+    no_call_days: int = Field(
+        7, ge=0, le=365, description="A line with no call for this many days (an unplugged tap) raises an "
+        "alarm; 0 = never.",
+    )
+    review_overdue_days: int = Field(
+        7, ge=0, le=366, description="A past day of the audit log nobody signed off for more than this many "
+        "days raises an alarm; 0 = never.",
+    )
+    clock: Literal["auto", "required", "off"] = Field(
+        "auto", description="Clock synchronisation: 'auto' alarms when timedatectl says the clock is not "
+        "synchronised (unknown on a box without systemd is no alarm); 'required' also alarms when it cannot "
+        "be told or the kernel (adjtimex) says unsynchronised; 'off' never.",
+    )
+
+
 class NokboxConfig(_Strict):
     """The whole configuration of one box."""
 
@@ -528,6 +551,7 @@ class NokboxConfig(_Strict):
     notice: NoticeConfig = Field(default_factory=NoticeConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     time: TimeConfig = Field(default_factory=TimeConfig)

@@ -44,6 +44,10 @@ _ALL = frozenset(ROLES)
 PERMISSIONS: dict[str, frozenset[str]] = {
     "status.view": _ALL,            # live status: no personal data
     "account.self": _ALL,           # change one's own password
+    "health.view": _ALL,            # the health page and the alarm banner: no personal data
+    "alarms.ack": frozenset({"technician", "admin"}),  # acknowledge an alarm (audited)
+    # /metrics with a session, and a new scrape token for central monitoring (audited)
+    "metrics.view": frozenset({"technician", "admin"}),
     "users.manage": frozenset({"admin"}),
     "config.view": frozenset({"technician"}),
     "config.edit": frozenset({"technician"}),
