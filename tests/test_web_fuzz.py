@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from firmware.people.accounts import ROLES, can
 
-from .authutil import PASSWORD, fast_cfg, make_people
+from .authutil import PASSWORD
 from .test_roles import PUBLIC, TC, _url
+from .test_web_matrix import site  # noqa: F401 - the page over an in-process recorder and key keeper
 
 WEB = Path(__file__).resolve().parent.parent / "web"
 NAMES = sorted(set(re.findall(r"""args(?:\.get\(|\[)\s*["']([A-Za-z_][A-Za-z0-9_]*)["']""",
@@ -30,22 +31,6 @@ VALUES = st.one_of(
     st.text(max_size=40),
 )
 QUERY = st.dictionaries(st.sampled_from(NAMES), VALUES, max_size=4)
-
-
-@pytest.fixture
-def site(box):
-    """The page over an in-process recorder and key keeper (so no page is a 503 for a missing process)."""
-    from firmware.people.accounts import role_check
-    from firmware.recording.recorder import Recorder
-    from firmware.release.requests import KeeperView
-    from firmware.vault.keeper import Keeper
-    from web import create_app
-
-    data, _ = box
-    cfg = fast_cfg({"audio": {"channels": 2}})
-    make_people(data, cfg)
-    keeper = Keeper(data, cfg, authorize=role_check(data), requests=KeeperView(data, cfg, role_check(data)))
-    return create_app(Recorder(cfg, data), keeper=keeper), data
 
 
 def _get_routes(app):
