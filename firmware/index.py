@@ -9,7 +9,9 @@ for the lists of roles allowed to see that much (``firmware/release/calllist.py`
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
+from dataclasses import dataclass, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -96,7 +98,23 @@ def connect(db_path: Path) -> sqlite3.Connection:
         _migrate(con)
         con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         _migrate_calls(con)
+        con.executescript(_LIST_INDEXES)
     return con
+
+
+# -- the calls list (``firmware/release/calllist.py``): newest first, keyset pages ------------------
+# A call's notice result as the list filters it. One SQL text shared by the query and the indexes built
+# on it: SQLite uses an index on an expression only for a WHERE term of the very same text.
+NOTICE_RESULT = ("(CASE WHEN notice_mode IS NULL THEN 'none' WHEN notice_mode = 'off' THEN 'off'"
+                 " WHEN notice_played = 0 THEN 'failed' WHEN notice_mode = 'beep' THEN 'beep' ELSE 'played' END)")
+NOTICE_RESULTS = ("played", "beep", "off", "failed", "none")
+# every filter (day range, line, notice result, each alone or together) walks one of these in
+# (start_utc, id) order (an index ends with the rowid, which is id), so a page reads its rows and no
+# more; the day-only and unfiltered lists use calls_start
+_LIST_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS calls_notice_start ON calls ({NOTICE_RESULT}, start_utc);
+CREATE INDEX IF NOT EXISTS calls_line_notice_start ON calls (line, {NOTICE_RESULT}, start_utc);
+"""
 
 
 # Columns added to ``calls`` after the first schema: (name, SQL type). Existing databases get
@@ -201,6 +219,108 @@ class CallIndex:
         rows = self.con.execute("SELECT line, COUNT(*) AS n FROM calls INDEXED BY calls_start WHERE start_utc >= ?"
                                 " GROUP BY line", (since,))
         return {r["line"]: r["n"] for r in rows}
+
+
+@dataclass(frozen=True)
+class ListFilter:
+    """What the calls list is narrowed to: a UTC range [lo, hi), a channel, a notice result."""
+
+    lo: str | None = None
+    hi: str | None = None
+    line: int | None = None
+    notice: str | None = None
+
+    def where(self) -> tuple[str, list]:
+        terms, args = [], []
+        if self.lo is not None:
+            terms.append("start_utc >= ?")
+            args.append(self.lo)
+        if self.hi is not None:
+            terms.append("start_utc < ?")
+            args.append(self.hi)
+        if self.line is not None:
+            terms.append("line = ?")
+            args.append(self.line)
+        if self.notice is not None:
+            terms.append(f"{NOTICE_RESULT} = ?")
+            args.append(self.notice)
+        return " AND ".join(terms) or "1", args
+
+
+@dataclass
+class CallPage:
+    """One page of the list, newest first, and whether there are newer / older calls beyond it."""
+
+    rows: list[sqlite3.Row]
+    newer: bool
+    older: bool
+
+
+def list_sql(flt: ListFilter, *, after: tuple[str, int] | None = None, before: tuple[str, int] | None = None,
+             limit: int = 100) -> tuple[str, list]:
+    """The keyset query of one page: after a cursor (older calls), before one (newer, read upwards and
+    turned round by the caller) or from the newest. Never an OFFSET: page 5,000 costs what page 1 does."""
+    # a cursor inside the day range bounds the scan on its side itself (SQLite takes one bound per side)
+    if before is not None:
+        if flt.lo is not None and before[0] >= flt.lo:
+            flt = replace(flt, lo=None)
+        where, args = flt.where()
+        return (f"SELECT * FROM calls WHERE {where} AND (start_utc, id) > (?, ?) ORDER BY start_utc, id LIMIT ?",
+                [*args, *before, limit])
+    if after is not None and flt.hi is not None and after[0] < flt.hi:
+        flt = replace(flt, hi=None)
+    where, args = flt.where()
+    if after is not None:
+        where += " AND (start_utc, id) < (?, ?)"
+        args = [*args, *after]
+    return f"SELECT * FROM calls WHERE {where} ORDER BY start_utc DESC, id DESC LIMIT ?", [*args, limit]
+
+
+def _exists(con: sqlite3.Connection, flt: ListFilter, op: str, key: tuple[str, int]) -> bool:
+    where, args = flt.where()
+    return con.execute(f"SELECT 1 FROM calls WHERE {where} AND (start_utc, id) {op} (?, ?) LIMIT 1",
+                       (*args, *key)).fetchone() is not None
+
+
+def call_page(con: sqlite3.Connection, flt: ListFilter, *, after: tuple[str, int] | None = None,
+              before: tuple[str, int] | None = None, limit: int = 100) -> CallPage:
+    """``limit`` calls newest first, after or before a (start_utc, id) cursor. A page before a cursor
+    that would be short (calls came or went) is the first page instead."""
+    if before is not None:
+        rows = list(con.execute(*list_sql(flt, before=before, limit=limit + 1)))
+        if len(rows) > limit:
+            rows = rows[:limit]
+            rows.reverse()
+            return CallPage(rows, True, _exists(con, flt, "<", (rows[-1]["start_utc"], rows[-1]["id"])))
+        after = None
+    rows = list(con.execute(*list_sql(flt, after=after, limit=limit + 1)))
+    older = len(rows) > limit
+    rows = rows[:limit]
+    newer = after is not None and rows != [] and _exists(con, flt, ">", (rows[0]["start_utc"], rows[0]["id"]))
+    if after is not None and not rows:  # past the oldest call: the way back is to the cursor's side
+        newer = _exists(con, flt, ">=", after)
+    return CallPage(rows, newer, older)
+
+
+# a cursor in a URL: the (start_utc, id) of the row a page ends or starts at, "2026-12-03T01:02:03.456Z_42"
+_CURSOR = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z)_([1-9][0-9]{0,18})")
+
+
+def cursor_text(row: sqlite3.Row) -> str:
+    return f"{row['start_utc']}_{row['id']}"
+
+
+def parse_cursor(text: str) -> tuple[str, int] | None:
+    """A cursor from ``cursor_text``, or None when it is not one (any other text, an impossible time, an
+    id beyond SQLite's integers)."""
+    m = _CURSOR.fullmatch(text)
+    if m is None or int(m.group(2)) > 2**63 - 1:
+        return None
+    try:
+        parse_utc(m.group(1))
+    except ValueError:
+        return None
+    return m.group(1), int(m.group(2))
 
 
 def call_json(row: sqlite3.Row, data_dir: Path) -> dict:

@@ -16,22 +16,24 @@ from pathlib import Path
 
 from ..people.accounts import AuthError, User, can
 from ..audit import AuditLog
-from ..index import KST, CallIndex, call_json, iso_utc
+from ..index import KST, CallIndex, ListFilter, call_json, call_page, cursor_text, iso_utc
 from ..ipc import IpcError
 
 LIST_PERM = "calls.list"
 MASKED_PERM = "numbers.masked"
-MAX_ROWS = 500
+PAGE_ROWS = 100  # calls on one page; the keeper opens at most MAX_MASKED (1000) at once
 
 
 @dataclass
 class CallList:
-    day: dt.date
-    line: int | None
+    day: dt.date | None  # None: every day
+    line: int | None  # channel (0-based); a person reads line + 1
     calls: list[dict]
     masked_shown: bool
-    truncated: bool
+    newer: str | None = None  # the cursor of the page of newer calls (``before=``), None on the first page
+    older: str | None = None  # the cursor of the page of older calls (``after=``), None on the last
     note: str = ""  # why masked numbers could not be shown, when allowed
+    notice: str | None = None  # the notice result filtered on (index.NOTICE_RESULTS)
 
 
 def day_bounds(day: dt.date) -> tuple[str, str]:
@@ -40,9 +42,12 @@ def day_bounds(day: dt.date) -> tuple[str, str]:
     return iso_utc(start.timestamp()), iso_utc((start + dt.timedelta(days=1)).timestamp())
 
 
-def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, keeper, line: int | None = None,
-               source: str = "local", holds: dict | None = None) -> CallList:
-    """The day's calls (KST) for ``user``; raises AuthError (and logs it) when they may not list.
+def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date | None, *, keeper, line: int | None = None,
+               notice: str | None = None, after: tuple[str, int] | None = None,
+               before: tuple[str, int] | None = None, limit: int = PAGE_ROWS, source: str = "local",
+               holds: dict | None = None) -> CallList:
+    """One page of calls, newest first, of a KST day (or every day), a line and a notice result, after or
+    before a cursor (``index.parse_cursor``); raises AuthError (and logs it) when ``user`` may not list.
 
     ``keeper`` opens the masked numbers (``Keeper`` or ``KeeperClient``: ``masked(actor, ids, purpose)``);
     when it refuses or is down, the list is shown without them and ``note`` says why."""
@@ -50,25 +55,21 @@ def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, keeper,
         audit.append("access.denied", actor=user.name, role=",".join(user.roles) or "-", obj="calls",
                      outcome="refused", reason="no permission calls.list", source=source)
         raise AuthError("이 역할은 통화 목록을 볼 수 없습니다 · this role may not list calls", "forbidden")
-    lo, hi = day_bounds(day)
-    sql = "SELECT * FROM calls WHERE start_utc >= ? AND start_utc < ?"
-    args: list = [lo, hi]
-    if line is not None:
-        sql += " AND line = ?"
-        args.append(line)
+    lo, hi = day_bounds(day) if day is not None else (None, None)
     idx = CallIndex(Path(data) / "index.sqlite")
     try:
-        rows = list(idx.con.execute(sql + " ORDER BY start_utc, id LIMIT ?", (*args, MAX_ROWS + 1)))
+        page = call_page(idx.con, ListFilter(lo, hi, line, notice), after=after, before=before, limit=limit)
     finally:
         idx.close()
-    truncated = len(rows) > MAX_ROWS
-    rows = rows[:MAX_ROWS]
+    rows = page.rows
+    what = (f"calls {day.isoformat() if day else 'all'}" + (f" line:{line + 1}" if line is not None else "")
+            + (f" notice:{notice}" if notice else ""))
     show = can(user, MASKED_PERM)
     opened, note = None, ""
     with_numbers = [r["id"] for r in rows if r["numbers_masked"] is not None]
     if show and with_numbers:
         try:
-            opened = keeper.masked(user.name, with_numbers, f"calls list {day.isoformat()}")
+            opened = keeper.masked(user.name, with_numbers, f"calls list: {what}")
         except IpcError as exc:
             note = f"번호를 열 수 없음 · masked numbers unavailable: {exc.message}"
     calls, shown = [], 0
@@ -84,7 +85,13 @@ def list_calls(data: Path, user: User, audit: AuditLog, day: dt.date, *, keeper,
                 shown += "error" not in got
         calls.append(c)
     perm = MASKED_PERM if show else LIST_PERM
-    audit.append("call.view", actor=user.name, role=user.acting_role(perm), obj=f"calls {day.isoformat()}"
-                 + (f" line:{line}" if line is not None else ""), source=source,
+    audit.append("call.view", actor=user.name, role=user.acting_role(perm), obj=what, source=source,
                  detail={"calls": len(calls), "ids": [c["id"] for c in calls][:100], "masked_numbers": shown})
-    return CallList(day, line, calls, show, truncated, note)
+    if not page.newer:
+        newer = None
+    elif rows:
+        newer = cursor_text(rows[0])
+    else:  # past the oldest call: the way back starts at the cursor given
+        newer = f"{after[0]}_{after[1]}"
+    return CallList(day, line, calls, show, newer, cursor_text(rows[-1]) if page.older and rows else None, note,
+                    notice)
