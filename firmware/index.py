@@ -102,7 +102,8 @@ def connect(db_path: Path) -> sqlite3.Connection:
     return con
 
 
-# -- the calls list (``firmware/release/calllist.py``): newest first, keyset pages ------------------
+# -- the calls list (``firmware/release/calllist.py``): newest first, keyset pages; the calls being
+# recorded (the health page's stuck-call alarm) ------------------------------------------------------
 # A call's notice result as the list filters it. One SQL text shared by the query and the indexes built
 # on it: SQLite uses an index on an expression only for a WHERE term of the very same text.
 NOTICE_RESULT = ("(CASE WHEN notice_mode IS NULL THEN 'none' WHEN notice_mode = 'off' THEN 'off'"
@@ -114,6 +115,7 @@ NOTICE_RESULTS = ("played", "beep", "off", "failed", "none")
 _LIST_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS calls_notice_start ON calls ({NOTICE_RESULT}, start_utc);
 CREATE INDEX IF NOT EXISTS calls_line_notice_start ON calls (line, {NOTICE_RESULT}, start_utc);
+CREATE INDEX IF NOT EXISTS calls_recording ON calls (line, start_utc) WHERE state = 'recording';
 """
 
 

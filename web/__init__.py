@@ -53,6 +53,9 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, confi
     from . import settings
 
     app.register_blueprint(settings.bp)
+    from . import health
+
+    health.init_app(app)
 
     from .labels import LABELS, label
 
@@ -149,6 +152,8 @@ class _Server:
         from waitress import wasyncore
 
         srv = self._srv
+        if getattr(self, "watch_stop", None) is not None:
+            self.watch_stop.set()
 
         def shut() -> None:
             wasyncore.close_all(srv._map, ignore_all=True)  # listener, channels, trigger: the loop ends
@@ -181,5 +186,10 @@ def serve(recorder, host: str = "127.0.0.1", port: int = 8080, https_port: int |
     if wants_tls(x.cfg.web.tls, host):
         from .tls import TlsServer
 
-        return TlsServer(app, host, port, x.cfg.web.https_port if https_port is None else https_port, x.data_dir)
-    return _Server(app, host, port)
+        srv = TlsServer(app, host, port, x.cfg.web.https_port if https_port is None else https_port, x.data_dir)
+    else:
+        srv = _Server(app, host, port)
+    from .health import start_watch
+
+    srv.watch_stop = start_watch(app)  # alarms are judged while nobody looks too; close() stops it
+    return srv

@@ -150,6 +150,8 @@ class TlsServer:
             t.start()
 
     def close(self) -> None:
+        if getattr(self, "watch_stop", None) is not None:
+            self.watch_stop.set()
         self._https.stop()
         from waitress import wasyncore
 

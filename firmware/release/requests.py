@@ -1032,6 +1032,8 @@ def kst_day_bounds(day_from: str, day_to: str) -> tuple[float, float]:
         raise FormError("period", "날짜 형식 YYYY-MM-DD · dates are YYYY-MM-DD") from None
     if b < a:
         raise FormError("period", "끝 날짜가 시작 날짜보다 앞섭니다 · the end is before the start")
+    if a.year < 2000 or b.year > 9998:  # an instant UTC and the index can hold (year 1 KST is year 0 UTC)
+        raise FormError("period", "날짜는 2000-01-01부터 9998-12-31까지 · dates from 2000-01-01 to 9998-12-31")
     start = dt.datetime.combine(a, dt.time(), KST).timestamp()
     end = dt.datetime.combine(b + dt.timedelta(days=1), dt.time(), KST).timestamp()
     return start, end
