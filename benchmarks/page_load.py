@@ -62,11 +62,11 @@ def config_text(lines: int) -> str:
 
 
 # -- set-up (a child process) -------------------------------------------------------------------
-def setup(data: Path, conf: Path, day: dt.date, rows: int) -> dict:
-    """A data directory with a technician and ``rows`` synthetic finished calls, 600 of them on ``day``."""
+def make_box(data: Path, conf: Path) -> None:
+    """A data directory with its records key, an administrator ``admin`` and a technician ``tech``
+    (both with ``PASSWORD``). Shared with ``benchmarks/web.py``."""
     sys.path.insert(0, str(ROOT))
     from firmware.config import load_config
-    from firmware.index import KST, iso_utc
     from firmware.people.accounts import Accounts
     from firmware.vault.keys import init_data_dir
 
@@ -75,6 +75,13 @@ def setup(data: Path, conf: Path, day: dt.date, rows: int) -> dict:
     acc = Accounts(data, cfg.auth)
     admin, _ = acc.setup_first("admin", PASSWORD, ["admin"])
     acc.create("tech", PASSWORD, ["technician"], by=admin)
+
+
+def setup(data: Path, conf: Path, day: dt.date, rows: int) -> dict:
+    """A data directory with a technician and ``rows`` synthetic finished calls, 600 of them on ``day``."""
+    make_box(data, conf)
+    from firmware.index import KST, iso_utc
+
     con = sqlite3.connect(data / "index.sqlite")
     start = dt.datetime.combine(day, dt.time(9), KST).timestamp()
     t0 = time.perf_counter()
