@@ -397,6 +397,16 @@ def test_the_charts_scale_and_escape():
                              steady=140, horizon_days=7, full_in_days=5.0)
     el = ET.fromstring(str(disk_chart(o)))
     assert el.find(".//*[@id='disk-chart-full']") is not None
+    assert el.find(".//*[@id='disk-chart-space']").tag.endswith("line")  # near: the full line is drawn
+    # a disk far from full is scaled to its use (the line does not lie flat); the full line is named
+    far = forecast.DiskOutlook(now=T0, stored=10, free=10**9, total=2 * 10**9, reserve=0, space=10**9, history=[
+        (T0 - 86400, 5), (T0, 10)], forecast=[(T0 + d * 86400, 10 + d) for d in range(8)], bytes_per_day=1, steady=7,
+        horizon_days=7, full_in_days=None)
+    el = ET.fromstring(str(disk_chart(far)))
+    space = el.find(".//*[@id='disk-chart-space']")
+    assert space.tag.endswith("text") and "1.0 GB" in space.text
+    ys = [float(p.split(",")[1]) for p in el.find(".//*[@id='disk-chart-forecast']").get("points").split()]
+    assert min(ys) < 18 + (250 - 18 - 26) * 0.3  # the forecast's top is in the upper part of the chart
 
 
 # -- in the browser -----------------------------------------------------------------------------------

@@ -87,8 +87,11 @@ def disk_chart(o, *, ident: str = "disk-chart", width: int = 720, height: int = 
     fc = [p for p in o.forecast if p[0] <= o.now + days_ahead * 86400.0]
     t0 = o.history[0][0] if o.history else o.now
     t1 = o.now + days_ahead * 86400.0
-    peak = max([b for _, b in o.history] + [b for _, b in fc] + [o.space, 1])
-    ymax = nice_top(peak * 1.05)
+    peak = max([b for _, b in o.history] + [b for _, b in fc] + [1])
+    # a disk far from full: scaled to the use, or its line would lie flat on the axis; the full line is
+    # then named at the top instead of drawn
+    off_scale = o.space > 4 * peak
+    ymax = nice_top((peak if off_scale else max(peak, o.space)) * 1.05)
 
     def x(t: float) -> float:
         return left + (t - t0) / max(t1 - t0, 1.0) * w
@@ -117,9 +120,14 @@ def disk_chart(o, *, ident: str = "disk-chart", width: int = 720, height: int = 
         if x(at) + 46 <= width:  # a label that would run off the right edge is left out (its tick stays)
             out.append(f'<text class="axis" x="{_f(x(at) + 2)}" y="{height - 8}">{d:%Y-%m}</text>')
     ys = y(o.space)
-    out.append(f'<line class="limit" id="{escape(ident)}-space" x1="{left}" x2="{left + w}" y1="{_f(ys)}" '
-               f'y2="{_f(ys)}"/><text class="limit" x="{left + 4}" y="{_f(ys - 4)}">가득 참 · full at '
-               f'{escape(size_text(o.space))}</text>')
+    if off_scale:
+        out.append(f'<text class="limit" id="{escape(ident)}-space" x="{left + 4}" y="{top + 10}">↑ 가득 참 '
+                   f'{escape(size_text(o.space))}: 그래프 위쪽 밖 · full at {escape(size_text(o.space))}, far above '
+                   f'this scale</text>')
+    else:
+        out.append(f'<line class="limit" id="{escape(ident)}-space" x1="{left}" x2="{left + w}" y1="{_f(ys)}" '
+                   f'y2="{_f(ys)}"/><text class="limit" x="{left + 4}" y="{_f(ys - 4)}">가득 참 · full at '
+                   f'{escape(size_text(o.space))}</text>')
     if o.history:
         pts = " ".join(f"{_f(x(t))},{_f(y(b))}" for t, b in o.history)
         out.append(f'<polyline class="used" id="{escape(ident)}-used" points="{pts}"/>')
