@@ -269,11 +269,15 @@ def cmd_replay(args) -> int:
 ANALYZE_RATES = (8000, 16000, 44100, 48000)
 
 
+ANALYZE_BLOCK_S = 10  # seconds of audio read, resampled and segmented at a time
+
+
 def cmd_analyze(args) -> int:
-    """Offline analysis for a technician: prints numbers, logs nothing about them."""
+    """Offline analysis for a technician: prints numbers, logs nothing about them. The file is read,
+    resampled and segmented in blocks of ``ANALYZE_BLOCK_S`` seconds (every line's segmenter in turn),
+    so memory does not grow with the file's length."""
     import numpy as np
     import soundfile as sf
-    from scipy.signal import resample_poly
 
     from dsp.segment import CallEnd, CallStart, LineSegmenter
 
@@ -296,28 +300,44 @@ def cmd_analyze(args) -> int:
         print(f"nokbox analyze: {path}: unsupported sample rate {info.samplerate} Hz "
               f"(8000, 16000, 44100 or 48000)", file=sys.stderr)
         return EXIT_ERROR
+    rate, channels = info.samplerate, info.channels
+    target = 8000 if rate != 16000 else 16000
+    params = segment_params(cfg, target)
+    segs = [LineSegmenter(params) for _ in range(channels)]
+    events: list[list] = [[] for _ in range(channels)]
+    block = target * ANALYZE_BLOCK_S
+    # a streaming resampler (libsoxr, its delay compensated): a block's edges are filtered as if the
+    # file were one piece, which scipy's resample_poly on separate blocks would not do
+    stream = None
+    if rate != target:
+        import soxr
+
+        stream = soxr.ResampleStream(rate, target, channels, dtype="float64", quality="HQ")
+    held = np.empty((0, channels), np.float64)
+    fed = 0
+
+    def feed(x, final: bool) -> None:
+        nonlocal held, fed
+        held = np.concatenate([held, x]) if len(held) else x
+        while len(held) >= block or (final and len(held)):
+            part, held = held[:block], held[block:]
+            pcm = np.clip(np.round(part * 32768.0), -32768, 32767).astype(np.int16)
+            for ch in range(channels):
+                events[ch] += segs[ch].process(np.ascontiguousarray(pcm[:, ch]), fed)
+            fed += len(pcm)
+
     try:
-        x, rate = sf.read(str(path), dtype="float64", always_2d=True)
-    except Exception as exc:  # noqa: BLE001
+        with sf.SoundFile(str(path)) as f:
+            for x in f.blocks(blocksize=rate * ANALYZE_BLOCK_S, dtype="float64", always_2d=True):
+                feed(stream.resample_chunk(x, last=False) if stream else x, False)
+            feed(stream.resample_chunk(np.empty((0, channels)), last=True) if stream else held[:0], True)
+    except Exception as exc:  # noqa: BLE001 - libsndfile: a truncated or damaged file
         print(f"nokbox analyze: {path}: cannot read: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    target = 8000 if rate != 16000 else 16000
-    if rate != target:
-        g = np.gcd(rate, target)
-        x = resample_poly(x, target // g, rate // g, axis=0)
-    pcm = np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
-    params = segment_params(cfg, target)
     found = []
-    block = target * 10
-    for ch in range(pcm.shape[1]):
-        seg = LineSegmenter(params)
-        col = np.ascontiguousarray(pcm[:, ch])
-        events = []
-        for i in range(0, len(col), block):
-            events += seg.process(col[i:i + block], i)
-        events += seg.finish("eof")
+    for ch in range(channels):
         start = None
-        for ev in events:
+        for ev in events[ch] + segs[ch].finish("eof"):
             if isinstance(ev, CallStart):
                 start = ev.sample
             elif isinstance(ev, CallEnd) and start is not None:
