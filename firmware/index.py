@@ -112,6 +112,16 @@ NOTICE_RESULTS = ("played", "beep", "off", "failed", "none")
 # every filter (day range, line, notice result, each alone or together) walks one of these in
 # (start_utc, id) order (an index ends with the rowid, which is id), so a page reads its rows and no
 # more; the day-only and unfiltered lists use calls_start
+def last_call_per_line(con: sqlite3.Connection, channels) -> dict[int, str]:
+    """{channel: start_utc of its newest call} for the ``channels`` that have one (an index seek each)."""
+    out = {}
+    for ch in channels:
+        t = con.execute("SELECT MAX(start_utc) FROM calls WHERE line = ?", (ch,)).fetchone()[0]
+        if t:
+            out[ch] = t
+    return out
+
+
 _LIST_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS calls_notice_start ON calls ({NOTICE_RESULT}, start_utc);
 CREATE INDEX IF NOT EXISTS calls_line_notice_start ON calls (line, {NOTICE_RESULT}, start_utc);

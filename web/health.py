@@ -31,7 +31,7 @@ from flask import Blueprint, Response, abort, current_app, g, redirect, render_t
 
 from firmware import health as box
 from firmware.alarms import KINDS, AlarmStore, evaluate
-from firmware.index import KST, CallIndex, iso_utc, parse_utc
+from firmware.index import KST, CallIndex, iso_utc, last_call_per_line, parse_utc
 from firmware.ipc import IpcError
 from firmware.people.accounts import can
 from firmware.people.review import overdue_days
@@ -88,12 +88,8 @@ class AlarmWatch:
             con = idx.con
             facts["open_calls"] = {int(ln): parse_utc(t).timestamp() for ln, t in con.execute(
                 "SELECT line, MIN(start_utc) FROM calls WHERE state = 'recording' GROUP BY line")}
-            last = {}
-            for ln in x.cfg.lines:
-                t = con.execute("SELECT MAX(start_utc) FROM calls WHERE line = ?", (ln.channel,)).fetchone()[0]
-                if t:
-                    last[ln.channel] = parse_utc(t).timestamp()
-            facts["last_call"] = last
+            facts["last_call"] = {ch: parse_utc(t).timestamp()
+                                  for ch, t in last_call_per_line(con, [ln.channel for ln in x.cfg.lines]).items()}
             first = con.execute("SELECT MIN(start_utc) FROM calls").fetchone()[0]
             # a line that never had a call is judged from when the box began recording (its first call),
             # or from the audit log's first entry when it recorded nothing yet
@@ -183,8 +179,7 @@ def _line_counters(cfg, status: dict | None, now: float) -> list[dict]:
             " AND notice_played = 0 GROUP BY line", (iso_utc(day0),)).fetchall())
         today = dict(con.execute("SELECT line, COUNT(*) FROM calls WHERE start_utc >= ? GROUP BY line",
                                  (iso_utc(day0),)).fetchall())
-        last = {ln.channel: con.execute("SELECT MAX(start_utc) FROM calls WHERE line = ?", (ln.channel,)).fetchone()[0]
-                for ln in cfg.lines}
+        last = last_call_per_line(con, [ln.channel for ln in cfg.lines])
     finally:
         idx.close()
     live = {ln["channel"]: ln for ln in (status or {}).get("lines") or []}

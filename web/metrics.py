@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from firmware import health as box
 from firmware.alarms import KINDS
-from firmware.index import CallIndex, parse_utc
+from firmware.index import CallIndex, last_call_per_line, parse_utc
 
 LINE_STATES = ("idle", "in_call", "notice_playing", "fault", "disabled")
 
@@ -99,10 +99,8 @@ class BoxCollector:
                                  labels=["line"])
         idx = CallIndex(Path(x.data_dir) / "index.sqlite")
         try:
-            for ln in x.cfg.lines:
-                t = idx.con.execute("SELECT MAX(start_utc) FROM calls WHERE line = ?", (ln.channel,)).fetchone()[0]
-                if t:
-                    last.add_metric([str(ln.channel + 1)], parse_utc(t).timestamp())
+            for ch, t in last_call_per_line(idx.con, [ln.channel for ln in x.cfg.lines]).items():
+                last.add_metric([str(ch + 1)], parse_utc(t).timestamp())
             kept = idx.con.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
         finally:
             idx.close()
