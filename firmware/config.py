@@ -334,6 +334,9 @@ class WebConfig(_Strict):
                             "the console and the page): auto = whenever host is not a loopback address; off only "
                             "on loopback.")
     https_port: int = Field(8443, ge=1, le=65535, description="TCP port of the admin page over HTTPS.")
+    behind_proxy: bool = Field(
+        False, description="The page sits behind the appliance's nginx on the same box (host must be a loopback "
+                           "address): the client's address and https come from its X-Forwarded-For/-Proto.")
 
     @model_validator(mode="after")
     def _tls(self) -> "WebConfig":
@@ -345,6 +348,8 @@ class WebConfig(_Strict):
             loopback = self.host == "localhost"
         if self.tls == "off" and not loopback:
             raise ValueError("web.tls: 'off' is allowed only when web.host is a loopback address (the LAN gets HTTPS)")
+        if self.behind_proxy and not loopback:
+            raise ValueError("web.behind_proxy: only with a loopback web.host (only the local proxy may reach the page)")
         if self.https_port == self.port:
             raise ValueError("web.https_port: must differ from web.port")
         return self

@@ -27,6 +27,10 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, confi
     app = Flask(__name__)
     data_dir = data_dir or recorder.data_dir
     cfg = cfg or recorder.cfg
+    if cfg.web.behind_proxy:  # the appliance's nginx: one hop, the client's address and https from it
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)
     if keeper is None:
         from firmware.vault.keeper import KeeperClient
 

@@ -42,7 +42,8 @@ def current_fingerprint(data_dir) -> str | None:
 
 
 def _names(host: str) -> tuple[list[str], list[str]]:
-    dns = sorted({socket.gethostname(), "localhost"})
+    name = socket.gethostname()
+    dns = sorted({name, f"{name.split('.')[0]}.local", "nokbox.local", "localhost"})
     ips = {"127.0.0.1"}
     try:
         ipaddress.ip_address(host)
@@ -63,14 +64,18 @@ def _names(host: str) -> tuple[list[str], list[str]]:
     return dns, sorted(ips)
 
 
-def ensure_certificate(data_dir, host: str) -> tuple[Path, Path, str]:
-    """(certificate, key, fingerprint): made once, then reused at every start."""
+def ensure_certificate(data_dir, host: str, directory=None) -> tuple[Path, Path, str]:
+    """(certificate, key, fingerprint): made once, then reused at every start. In ``directory``
+    (default DATA/tls; the appliance's first boot: /etc/nokbox/tls for nginx). The names are the
+    host name, ``<host>.local``, ``nokbox.local``, localhost and the box's addresses (every
+    interface's when ``host`` is a wildcard); valid from a day back, because a Raspberry Pi has no
+    real-time clock and may boot with a clock behind until chrony corrects it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    d = tls_dir(data_dir)
+    d = Path(directory) if directory is not None else tls_dir(data_dir)
     cert_p, key_p = d / "cert.pem", d / "key.pem"
     if cert_p.exists() and key_p.exists():
         return cert_p, key_p, fingerprint(cert_p.read_bytes())
@@ -82,7 +87,7 @@ def ensure_certificate(data_dir, host: str) -> tuple[Path, Path, str]:
     now = dt.datetime.now(dt.timezone.utc)
     san = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="admin page address (default from config, 127.0.0.1)")
     p.add_argument("--no-web", action="store_true", help="record without the admin page")
 
+    p = sub.add_parser("firstboot", help="the appliance's first boot (root, once): the device key and the page's "
+                       "HTTPS certificate for nginx; prints the certificate's fingerprint")
+    _common(p)
+    p.add_argument("--tls-dir", type=Path, default=Path("/etc/nokbox/tls"),
+                   help="where nginx's certificate and key go (default /etc/nokbox/tls)")
+
     p = sub.add_parser("replay", help="run the recording pipeline over a multi-channel WAV")
     _common(p)
     p.add_argument("file", type=Path, help="WAV file, one channel per line")
@@ -155,7 +161,7 @@ def _main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "verbose", False))
     handler = {
         "init": cmd_init, "run": processes.cmd_run, "recorder": processes.cmd_recorder,
-        "keeper": processes.cmd_keeper, "web": processes.cmd_web, "replay": cmd_replay, "calls": cmd_calls, "analyze": cmd_analyze,
+        "keeper": processes.cmd_keeper, "web": processes.cmd_web, "firstboot": processes.cmd_firstboot, "replay": cmd_replay, "calls": cmd_calls, "analyze": cmd_analyze,
         "check-config": cmd_check_config, "status": cmd_status, "recover": cmd_recover,
         "verify": cmd_verify, "decrypt": cmd_decrypt, "notice": cmd_notice,
         "user": _admin("cmd_user"), "audit": _admin("cmd_audit"),

@@ -237,6 +237,27 @@ def _request_upkeep(data, cfg, stop: "threading.Event", every_s: float = 6 * 360
             return
 
 
+def cmd_firstboot(args) -> int:
+    """The appliance's first boot (nokbox-firstboot.service, root): the device secret where the
+    config keeps it (a 0600 root file the recorder and keeper receive as a systemd credential, or
+    sealed in the TPM) and the HTTPS certificate nginx serves (ECDSA P-256; the host name,
+    nokbox.local and the box's addresses). Each is made once; the fingerprint is printed at every
+    run, for the console and the journal."""
+    from web.tls import ensure_certificate
+
+    from ..hal.devicekey import device_secret
+
+    cfg, _ = load_config(args.config)
+    v = cfg.vault
+    if v.device_secret != "otp":
+        dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
+        dev.provision()  # reads the one there, or makes it (0600)
+        print(f"장치 비밀 · device secret ({v.device_secret}): {dev.fingerprint()}", flush=True)
+    _, _, fp = ensure_certificate(args.data, "0.0.0.0", directory=args.tls_dir)
+    print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {fp}", flush=True)
+    return EXIT_OK
+
+
 # -- the supervisor ----------------------------------------------------------------------------
 class Child:
     """One supervised process: its command, its state, its restarts."""

@@ -154,6 +154,11 @@ def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | 
     if backend == "otp":
         return OtpDeviceSecret()
     if backend == "file":
+        # under systemd the key file is root's (0600) and reaches the service as a credential
+        # (LoadCredential=device.key:...): a copy only that service's user can read
+        cred = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred and (Path(cred) / "device.key").is_file():
+            return FileDeviceSecret(Path(cred) / "device.key")
         return FileDeviceSecret(key_file)
     if backend == "tpm":
         return TpmDeviceSecret(tpm_blob, tpm_tcti)

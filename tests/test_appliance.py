@@ -1,0 +1,198 @@
+"""The appliance's parts that need no booted system: the three units as systemd itself reads them
+(``systemd-analyze verify`` with nothing on stderr, ``security --offline`` under each target),
+``nokbox firstboot`` (device key, nginx's certificate), the device key as a systemd credential, and
+the page behind the local proxy (client address and https from nginx's headers, no proxy for a LAN
+address)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware.config import parse_config
+from firmware.errors import ConfigError
+from firmware.hal.devicekey import FileDeviceSecret, device_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
+# systemd-analyze security exposure targets (0-10; --threshold takes tenths)
+TARGETS = {"nokbox-recorder.service": 3.0, "nokbox-keeper.service": 2.0, "nokbox-web.service": 2.0}
+ANALYZE = shutil.which("systemd-analyze")
+needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed (scripts/setup.sh --test)")
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory):
+    """A root for ``systemd-analyze --root``: the host's own unit files (real copies: --root resolves
+    absolute links inside the root), ours where the package puts them, and an executable at every
+    ExecStart path the units name (the package's venv does not exist on a build machine)."""
+    r = tmp_path_factory.mktemp("unitroot")
+    shutil.copytree("/lib/systemd/system", r / "lib/systemd/system", symlinks=True)
+    for u in UNITS:
+        shutil.copy(u, r / "lib/systemd/system" / u.name)
+    for exe in ("/opt/nokbox/venv/bin/nokbox", "/bin/kill"):
+        p = r / exe.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shutil.which(Path(exe).name) or sys.executable, p)
+        p.chmod(0o755)
+    return r
+
+
+def test_there_are_the_three_services_and_the_first_boot():
+    assert {u.name for u in UNITS} == {"nokbox-recorder.service", "nokbox-keeper.service", "nokbox-web.service",
+                                       "nokbox-firstboot.service"}
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", [u.name for u in UNITS])
+def test_systemd_reads_every_unit_without_a_word_on_stderr(unit_root, unit):
+    # verify exits 0 on unknown keys or a bad Type=; only an empty stderr means systemd took every line
+    r = subprocess.run([ANALYZE, "verify", f"--root={unit_root}", unit], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@needs_analyze
+def test_verify_would_catch_a_misspelt_key(unit_root):
+    bad = unit_root / "lib/systemd/system/nokbox-bad.service"
+    bad.write_text((ROOT / "systemd/nokbox-keeper.service").read_text().replace("PrivateNetwork=", "PrivateNetwrok="))
+    try:
+        r = subprocess.run([ANALYZE, "verify", f"--root={unit_root}", bad.name], capture_output=True, text=True)
+    finally:
+        bad.unlink()
+    assert "PrivateNetwrok" in r.stderr
+
+
+@needs_analyze
+@pytest.mark.parametrize("unit", sorted(TARGETS))
+def test_each_service_is_under_its_exposure_target(unit_root, unit):
+    limit = TARGETS[unit]
+    r = subprocess.run([ANALYZE, "security", "--offline=yes", f"--root={unit_root}", f"--threshold={int(limit * 10)}",
+                        "--no-pager", unit], capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", r.stdout)
+    print(f"\n{unit}: exposure {m.group(1) if m else '?'} (target <= {limit})")
+    print("\n".join(line for line in r.stdout.splitlines() if line.startswith("✗")))
+    assert m, r.stdout + r.stderr
+    assert r.returncode == 0 and float(m.group(1)) <= limit
+
+
+def _unit(name: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            k, v = line.split("=", 1)
+            out.setdefault(k, []).append(v)
+    return out
+
+
+def test_the_page_has_no_way_to_the_recordings_the_keys_or_the_device_key():
+    web = _unit("nokbox-web.service")
+    groups = " ".join(web["SupplementaryGroups"]).split()
+    assert "nokbox-vault" not in groups and web["User"] == ["nokbox-web"]
+    assert "LoadCredential" not in web
+    hidden = " ".join(web["InaccessiblePaths"])
+    for p in ("/var/lib/nokbox/keys", "/var/lib/nokbox/calls", "/etc/nokbox/device.key"):
+        assert p in hidden
+    tmpfiles = (ROOT / "systemd/tmpfiles.d/nokbox.conf").read_text()
+    for d in ("calls", "keys"):  # file permissions too: only group nokbox-vault, no entry for nokbox
+        line = next(x for x in tmpfiles.splitlines() if x.startswith(f"a /var/lib/nokbox/{d} "))
+        assert "group:nokbox-vault:rwx" in line and "group:nokbox:" not in line
+    sysusers = (ROOT / "systemd/sysusers.d/nokbox.conf").read_text()
+    assert not re.search(r"^m nokbox-web\s+nokbox-vault", sysusers, re.M)
+
+
+def test_the_keeper_has_no_network_and_the_recorder_pings_the_watchdog():
+    keeper = _unit("nokbox-keeper.service")
+    assert keeper["PrivateNetwork"] == ["yes"] and keeper["RestrictAddressFamilies"] == ["AF_UNIX"]
+    rec = _unit("nokbox-recorder.service")
+    assert rec["Type"] == ["notify"] and rec["Restart"] == ["always"] and rec["WatchdogSec"]
+    assert any("check-config" in x for x in rec["ExecStartPre"])
+    for name in ("nokbox-recorder.service", "nokbox-keeper.service", "nokbox-web.service"):
+        u = _unit(name)
+        assert u["UMask"] == ["0077"] and u["ProtectSystem"] == ["strict"] and u["CapabilityBoundingSet"] == [""]
+        assert u["User"] != ["root"] and u["NoNewPrivileges"] == ["yes"]
+
+
+# -- nokbox firstboot ------------------------------------------------------------------------
+def test_firstboot_makes_the_device_key_and_nginxs_certificate_once(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = tmp_path / "etc/device.key"
+    cfgf = tmp_path / "nokbox.toml"
+    cfgf.write_text(f'[vault]\ndevice_key_file = "{key}"\n')
+    tls = tmp_path / "etc/tls"
+    cmd = [sys.executable, "-m", "firmware.cli", "firstboot", "--data", str(tmp_path / "data"), "--config", str(cfgf),
+           "--tls-dir", str(tls)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    fp = re.search(r"fingerprint: ([0-9A-F:]{95})", r.stdout).group(1)
+    for p in (key, tls / "key.pem", tls / "cert.pem"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+    cert = x509.load_pem_x509_certificate((tls / "cert.pem").read_bytes())
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey) and cert.public_key().curve.name == "secp256r1"
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "nokbox.local" in san.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    # a Pi without an RTC may boot a day behind: the certificate must already be valid then
+    assert cert.not_valid_before_utc <= dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=23)
+    # a second boot keeps both and prints the same fingerprint
+    secret = key.read_bytes()
+    r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r2.returncode == 0 and fp in r2.stdout and key.read_bytes() == secret
+
+
+def test_the_device_key_comes_from_the_systemd_credential_when_there_is_one(tmp_path, monkeypatch):
+    cred = tmp_path / "credentials"
+    cred.mkdir()
+    (cred / "device.key").write_bytes(b"\x07" * 32)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(cred))
+    dev = device_secret("file", tmp_path / "not-readable/device.key")
+    assert isinstance(dev, FileDeviceSecret) and dev.read() == b"\x07" * 32
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "empty"))
+    assert device_secret("file", tmp_path / "k").path == tmp_path / "k"
+
+
+# -- the page behind nginx -------------------------------------------------------------------
+def test_behind_the_proxy_the_client_address_and_https_come_from_nginx(box):
+    from firmware.recording.recorder import Recorder
+    from web import create_app
+
+    from .authutil import FAST_AUTH, make_people
+
+    data, _ = box
+    cfg = parse_config({"auth": FAST_AUTH, "audio": {"channels": 1}, "web": {"behind_proxy": True}})
+    make_people(data, cfg)
+    app = create_app(Recorder(cfg, data), data_dir=data, cfg=cfg)
+    c = app.test_client()
+    lan = {"REMOTE_ADDR": "127.0.0.1"}
+    hdr = {"X-Forwarded-For": "192.168.10.23", "X-Forwarded-Proto": "https"}
+    r = c.get("/login", environ_base=lan, headers=hdr)
+    assert r.status_code == 200
+    # the session's CSRF cookie is Secure: the browser spoke https to nginx
+    assert any("Secure" in v for v in r.headers.getlist("Set-Cookie"))
+    # the first-run set-up is for the box itself: a LAN client through nginx is not loopback
+    fresh = box[0].parent / "fresh"
+    from .conftest import init_data_dir
+
+    init_data_dir(fresh, box[0].parent / "fresh-ident.txt")
+    app2 = create_app(Recorder(cfg, fresh), data_dir=fresh, cfg=cfg)
+    r = app2.test_client().get("/setup", environ_base=lan, headers=hdr)
+    assert r.status_code == 403
+    r = app2.test_client().get("/setup", environ_base=lan)
+    assert r.status_code == 200
+
+
+def test_behind_proxy_only_on_a_loopback_address():
+    with pytest.raises(ConfigError, match="web.behind_proxy"):
+        parse_config({"web": {"host": "192.168.0.10", "behind_proxy": True}})
+    assert parse_config({"web": {"behind_proxy": True}}).web.behind_proxy
