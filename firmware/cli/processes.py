@@ -119,8 +119,15 @@ def cmd_recorder(args) -> int:
         svc = RecorderService(rec).start()
         log.info("recorder serving %s", svc.path)
         notify_systemd("READY=1")
+        stalled: set[str] = set()
         while not stop.wait(1.0):
-            notify_systemd("WATCHDOG=1")
+            stuck = _stalled((rec.reader, rec.segmenter, rec.writer))
+            if not stuck:
+                notify_systemd("WATCHDOG=1")
+            for name in stuck - stalled:
+                log.error("%s has made no progress for %.0f s: no more watchdog pings, systemd restarts the recorder",
+                          name, STALL_S)
+            stalled = stuck
             for t in (rec.reader, rec.segmenter, rec.writer):
                 if not t.is_alive():
                     log.error("%s stopped unexpectedly; exiting so the recorder is restarted", t.name)
@@ -131,6 +138,17 @@ def cmd_recorder(args) -> int:
             svc.close()
         rec.stop()
     return EXIT_OK if all(not getattr(t, "error", "") for t in (rec.segmenter, rec.writer)) else EXIT_ERROR
+
+
+STALL_S = 8.0  # a capture read, segmenter or writer turn that takes longer is stuck (nokbox-recorder.service)
+
+
+def _stalled(threads) -> set[str]:
+    """The threads whose loop has not turned for STALL_S: a capture read that never returns, a writer in
+    a dead disk's fsync. An idle line still reads a period every 20-100 ms, and the segmenter and writer
+    loops turn at least every 0.2 s with nothing to do, so quiet is not stuck."""
+    now = time.monotonic()
+    return {t.name for t in threads if t.is_alive() and now - getattr(t, "beat", now) > STALL_S}
 
 
 def _wait_for_records_key(data: Path, cfg, stop: threading.Event) -> bool:

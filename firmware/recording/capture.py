@@ -9,8 +9,10 @@ SimpleQueue that the StatusMaintainer drains and logs.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
+import time
 
 from ..errors import CaptureOverrun, DeviceError, DeviceLost, EndOfStream
 from ..hal.audio import AudioSource
@@ -49,6 +51,8 @@ class CaptureReader(threading.Thread):
         # would have been an overrun; counted here so a source without a buffer shows them too
         self.late_limit_s = float("inf")
         self.late_reads = 0
+        # monotonic time of the last block read (or reopen attempt): the watchdog's sign of life
+        self.beat = time.monotonic()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -57,8 +61,10 @@ class CaptureReader(threading.Thread):
         backoff = 0.25
         lost_since: float | None = None
         stop = self.stop_event
+        self._raise_priority()
         try:
             while not stop.is_set():
+                self.beat = time.monotonic()
                 try:
                     self.source.open()
                 except DeviceError as exc:
@@ -68,6 +74,7 @@ class CaptureReader(threading.Thread):
                     if lost_since is None:
                         lost_since = self.clock.monotonic()
                     self.events.put(("open_failed", self.clock.wall(), str(exc)))
+                    self.beat = time.monotonic() + backoff  # waiting to reopen is not being stuck
                     if self.clock.sleep(backoff, stop):
                         break
                     backoff = min(backoff * 2.0, self.reopen_max_s)
@@ -108,6 +115,20 @@ class CaptureReader(threading.Thread):
             self.rings.end_reason = {"eof": "eof", "failed": "device_failed"}.get(self.state, "shutdown")
             self.rings.eof = True  # set last: consumers read end_reason after seeing it
 
+    def _raise_priority(self) -> None:
+        """SCHED_FIFO for this thread alone when the service asks for it (NOKBOX_CAPTURE_PRIORITY,
+        set by nokbox-recorder.service with LimitRTPRIO=): a period must be read within the device's
+        buffer however busy the other threads are. Only for live sources: a file read as fast as it
+        goes at real-time priority would starve the box."""
+        want = os.environ.get("NOKBOX_CAPTURE_PRIORITY", "")
+        if not want or not self.source.realtime:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(want)))  # 0: the calling thread
+            log.info("%s: capture thread at SCHED_FIFO %s", self.name, want)
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("%s: capture thread stays at normal priority (SCHED_FIFO %s refused: %s)", self.name, want, exc)
+
     def _loop(self) -> None:
         src = self.source
         rings = self.rings
@@ -123,6 +144,7 @@ class CaptureReader(threading.Thread):
         while not stop.is_set():
             try:
                 block = src.read()
+                self.beat = time.monotonic()
             except CaptureOverrun:
                 self.xruns += 1
                 next_anchor = 0  # re-anchor right after the lost samples

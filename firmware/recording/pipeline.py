@@ -40,11 +40,15 @@ class Worker(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.stop_event = threading.Event()
         self.error: str = ""
+        # monotonic time of the loop's last turn: the recorder feeds systemd's watchdog only while it
+        # moves (a stage stuck in a dead disk's write stops the pings)
+        self.beat = time.monotonic()
 
     def run(self) -> None:
         try:
             self.setup()
             while not self.stop_event.is_set():
+                self.beat = time.monotonic()
                 if self.step():
                     continue
                 if self.finished():
