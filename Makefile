@@ -1,12 +1,9 @@
-# make deb    the Debian package for this machine's architecture (build/deb/)
-# make image  the flashable Raspberry Pi 4 image (build/image/; image/README.md)
-.PHONY: deb image setup
+# make deb    the Debian package for this machine's architecture (build/deb/; docs/install.md)
+# (make image, the flashable Raspberry Pi 4 image, is not written yet: issue 15)
+.PHONY: deb setup
 
 setup:
 	scripts/setup.sh --test
 
 deb: setup
 	scripts/build-deb.sh build/deb
-
-image: deb
-	image/build.sh build/image
