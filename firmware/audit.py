@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from .config import shared_mode
 from .errors import NokboxError
 from .hal.clock import Clock
 
@@ -234,10 +236,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _share_new(fd: int) -> None:
+    """A file this process just created (empty, its own) gets ``shared_mode`` whatever the umask."""
+    st = os.fstat(fd)
+    if st.st_size == 0 and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != shared_mode(0o600):
+        os.fchmod(fd, shared_mode(0o600))
+
+
 def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
+        os.fchmod(fd, shared_mode(mode))  # whatever the umask
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -334,6 +344,19 @@ class AuditLog:
         self.every = max(1, min(int(every), MAX_EVERY))  # used only when the sealing state is created
         self.on_seal = on_seal
         self._lock = threading.Lock()  # guards appends and seals from threads of this process
+        self._modes_checked = False
+
+    def _share_own_files(self) -> None:
+        """Once per log: the folder and the files this user owns get ``shared_mode`` (the appliance's
+        three services append to one trail; a file one of them made before stays theirs to widen)."""
+        me = os.geteuid()
+        for p in [self.dir, *self.dir.iterdir()]:
+            try:
+                if p.stat().st_uid == me:
+                    os.chmod(p, shared_mode(0o700 if p.is_dir() else 0o600))
+            except (FileNotFoundError, PermissionError):
+                pass
+        self._modes_checked = True
 
     # -- locking and state ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -341,8 +364,10 @@ class AuditLog:
         """This process's thread lock, then the cross-process flock on audit/.lock."""
         with self._lock:
             self.dir.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.dir, 0o700)
-            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            if not self._modes_checked:
+                self._share_own_files()
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, shared_mode(0o600))
+            _share_new(fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -528,8 +553,9 @@ class AuditLog:
         entry["hash"] = _entry_hash(entry)
         entry["mac"] = _mac(bytes.fromhex(st["key"]), entry["hash"])
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, shared_mode(0o600))
         try:
+            _share_new(fd)
             os.write(fd, line.encode("utf-8"))
             os.fsync(fd)
         finally:

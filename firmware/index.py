@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from .config import share_sqlite
+
 KST = ZoneInfo("Asia/Seoul")
 SCHEMA_VERSION = 1
 
@@ -91,6 +93,7 @@ def connect(db_path: Path) -> sqlite3.Connection:
     con = sqlite3.connect(str(db_path), timeout=10.0)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA journal_mode=WAL")
+    share_sqlite(db_path)  # the recorder writes it; the page and the keeper read it
     con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA foreign_keys=ON")
     with con:

@@ -196,3 +196,28 @@ def test_behind_proxy_only_on_a_loopback_address():
     with pytest.raises(ConfigError, match="web.behind_proxy"):
         parse_config({"web": {"host": "192.168.0.10", "behind_proxy": True}})
     assert parse_config({"web": {"behind_proxy": True}}).web.behind_proxy
+
+
+# -- the data the three services share -------------------------------------------------------
+def test_shared_files_get_group_access_only_under_the_units(tmp_path, monkeypatch):
+    from firmware.audit import AuditLog
+    from firmware.index import CallIndex
+
+    def modes(data: Path) -> dict[str, int]:
+        files = [data / "audit", *sorted((data / "audit").iterdir()), data / "index.sqlite"]
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in files}
+
+    # one user (nokbox run, tests): owner-only, as before
+    AuditLog(tmp_path / "a").append("test.event", actor="t", role="-", obj="-", outcome="ok")
+    CallIndex(tmp_path / "a" / "index.sqlite").close()
+    alone = modes(tmp_path / "a")
+    assert all(v & 0o077 == 0 for k, v in alone.items() if k != "index.sqlite"), alone
+    # the appliance (NOKBOX_SHARED_DATA=1): the group may read and write what all three append to,
+    # including files this user made earlier as owner-only
+    monkeypatch.setenv("NOKBOX_SHARED_DATA", "1")
+    for data in (tmp_path / "a", tmp_path / "b"):
+        AuditLog(data).append("test.event", actor="t", role="-", obj="-", outcome="ok")
+        CallIndex(data / "index.sqlite").close()
+        m = modes(data)
+        assert m["audit"] == 0o770 and m["index.sqlite"] == 0o660, m
+        assert all(v & 0o060 == 0o060 and v & 0o007 == 0 for v in m.values()), m

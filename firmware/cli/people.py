@@ -31,6 +31,7 @@ VERIFY_KEY_REASON = {"mistyped": "verification key mistyped (checksum)", "wrong_
 # commands); None: no sign-in possible yet (first run); otherwise the permission checked after sign-in.
 CLI_PERMISSIONS: dict[str, str | None] = {
     "init": "service", "run": "service", "recorder": "service", "keeper": "service", "web": "service",
+    "firstboot": "service",
     "replay": "service", "calls": "service", "check-config": "service",
     "status": "service", "recover": "service", "verify": "service", "analyze": "service",
     # decrypting needs the records identity file itself (the approver's secret); it is audited

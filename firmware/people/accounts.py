@@ -22,6 +22,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ..audit import AuditLog
+from ..config import share_sqlite
 from ..config import AuthConfig
 from ..errors import NokboxError
 from ..hal.clock import Clock
@@ -229,6 +230,7 @@ class Accounts:
         con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA journal_mode=WAL")
+        share_sqlite(self.path)  # the page writes it; the keeper reads the roles
         con.execute("PRAGMA synchronous=FULL")
         return _Closing(con)
 

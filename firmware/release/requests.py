@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..audit import AuditLog
+from ..config import share_sqlite
 from ..errors import NokboxError
 from ..index import KST, CallIndex, iso_utc, parse_utc
 from ..vault.age import AgeWriter, parse_recipient
@@ -342,6 +343,7 @@ def connect(data: Path) -> sqlite3.Connection:
     con = sqlite3.connect(str(Path(data) / "requests.sqlite"), timeout=10.0)
     con.row_factory = sqlite3.Row
     con.execute("PRAGMA journal_mode=WAL")
+    share_sqlite(Path(data) / "requests.sqlite")  # the page writes it; the keeper reads it
     con.execute("PRAGMA synchronous=FULL")
     con.execute("PRAGMA foreign_keys=ON")
     con.execute("PRAGMA secure_delete=ON")
