@@ -22,8 +22,7 @@ from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ..audit import AuditLog
-from ..config import share_sqlite
-from ..config import AuthConfig
+from ..config import AuthConfig, share_sqlite
 from ..errors import NokboxError
 from ..hal.clock import Clock
 
