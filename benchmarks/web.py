@@ -71,6 +71,7 @@ sys.path.insert(0, str(ROOT))  # the project's ``web`` package, never this file,
 from page_load import PASSWORD, Browser, _free_port, _wait, config_text, make_box  # noqa: E402
 
 from firmware.index import KST, iso_utc  # noqa: E402
+from tests.alsafifo import FifoLine, pcm_conf  # noqa: E402
 
 DAYS = 90
 PAGE_ROWS = 100
@@ -167,65 +168,33 @@ STEP_ON_S, STEP_EVERY_S = 1.0, 2.0  # line 1's tone: on for 1 s every 2 s
 LOUD_DBFS = -40.0  # a reading above this on line 1 shows the tone (noise is near -60, the tone -17)
 
 
-class Source:
-    """The box's audio input: a FIFO read by ALSA's ``file`` plugin, written here in real time, with the
-    wall-clock moment of each step up of line 1's tone in ``steps``."""
-
-    CHUNK = 160  # frames: 20 ms at 8 kHz
+class Source(FifoLine):
+    """The box's audio input: a FIFO read by ALSA's ``file`` plugin, written in real time
+    (tests/alsafifo.py), with the wall-clock moment of each step up of line 1's tone in ``steps``."""
 
     def __init__(self, tmp: Path, lines: int, rate: int = 8000) -> None:
         import numpy as np
 
-        self.fifo, self.conf, self.lines, self.rate = tmp / "line-in.fifo", tmp / "asound.conf", lines, rate
-        os.mkfifo(self.fifo)
-        self.conf.write_text(f'pcm.nbbench {{\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
-                             f'  infile "{self.fifo}"\n  format "raw"\n}}\n')
-        rng = np.random.default_rng(14)
-        self.noise = (rng.normal(0, 30, (50, self.CHUNK, lines))).astype(np.int16)  # about -60 dBFS
+        super().__init__(tmp / "line-in.fifo", lines, rate, noise_rms=30.0, seed=14)  # about -60 dBFS
+        self.conf = tmp / "asound.conf"
+        self.conf.write_text(pcm_conf("nbbench", self.path))
         t = np.arange(self.CHUNK) / rate
         self.tone = (8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)  # 1 kHz, about -17 dBFS RMS
         self.steps: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="source", daemon=True)
+        self._loud = False
 
     def env(self) -> dict:
         return {"ALSA_CONFIG_PATH": f"/usr/share/alsa/alsa.conf:{self.conf}"}
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                fd = os.open(self.fifo, os.O_WRONLY)  # waits for the recorder to open its device
-            except OSError:
-                return
-            try:
-                t0, n, loud = time.time(), 0, False
-                while not self.stop.is_set():
-                    x = self.noise[(n // self.CHUNK) % len(self.noise)].copy()
-                    on = (n / self.rate) % STEP_EVERY_S < STEP_ON_S
-                    if on:
-                        x[:, 0] = self.tone
-                    if on and not loud:
-                        self.steps.append(time.time())
-                    loud = on
-                    os.write(fd, x.tobytes())
-                    n += self.CHUNK
-                    time.sleep(max(0.0, t0 + n / self.rate - time.time()))
-            except BrokenPipeError:  # the recorder closed its device (reopening it, or stopping)
-                pass
-            finally:
-                os.close(fd)
-
-    def __enter__(self) -> "Source":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        try:  # a writer still waiting in open() for a reader
-            os.close(os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK))
-        except OSError:
-            pass
-        self.thread.join(5.0)
+    def next_chunk(self, n: int):
+        x = super().next_chunk(n).copy()
+        on = (n / self.rate) % STEP_EVERY_S < STEP_ON_S
+        if on:
+            x[:, 0] = self.tone
+        if on and not self._loud:
+            self.steps.append(time.time())
+        self._loud = on
+        return x
 
 
 class Meter:

@@ -2,21 +2,27 @@
 # Installs everything nokbox needs on Debian / Raspberry Pi OS: apt packages and the Python venv.
 #   scripts/setup.sh          runtime only
 #   scripts/setup.sh --test   runtime + test tools (age, ALSA utils, Chromium, Playwright)
+#   scripts/setup.sh --image  runtime + what make deb-arm64 and make image need (mmdebstrap, genimage,
+#                             qemu-user and binfmt_misc for arm64, qemu-system-aarch64 for the boot check)
 # Idempotent: runs apt-get only for missing packages and pip only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_test=0
+want_test=0 want_image=0
 [[ "${1:-}" == "--test" ]] && want_test=1
+[[ "${1:-}" == "--image" ]] && want_image=1
 
 runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libasound2 alsa-utils libsndfile1 libopus0 libogg0
               libtss2-dev ca-certificates fonts-nanum mtools dosfstools udisks2 exfatprogs)
 test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
            swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client poppler-utils
-           exfat-fuse dbus-daemon udev systemd)
+           exfat-fuse dbus-daemon udev systemd systemd-container mmdebstrap genimage)
+image_pkgs=(mmdebstrap arch-test genimage mtools dosfstools e2fsprogs qemu-user-static binfmt-support qemu-system-arm
+            systemd-container git)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")
+((want_image)) && pkgs+=("${image_pkgs[@]}")
 
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"

@@ -162,34 +162,110 @@ def test_the_device_key_comes_from_the_systemd_credential_when_there_is_one(tmp_
     assert device_secret("file", tmp_path / "k").path == tmp_path / "k"
 
 
+def test_a_box_made_under_a_credential_names_the_key_file_not_the_copy(tmp_path, monkeypatch):
+    """``nokbox init`` run as the keeper (a credential of its own run, /run/credentials/<unit>/) records
+    the key file's own path in nokbox.json; every later service reads its own credential."""
+    import json
+
+    from firmware.vault.keys import device_for, init_data_dir
+
+    key = tmp_path / "etc/device.key"
+    key.parent.mkdir()
+    key.write_bytes(b"\x09" * 32)
+    key.chmod(0o600)
+    run1, run2 = tmp_path / "cred-init", tmp_path / "cred-recorder"
+    for d in (run1, run2):
+        d.mkdir()
+        (d / "device.key").write_bytes(key.read_bytes())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(run1))
+    data = tmp_path / "data"
+    init_data_dir(data, device=device_secret("file", key))
+    marker = json.loads((data / "nokbox.json").read_text())["device"]
+    assert marker == {"backend": "file", "path": str(key.resolve())}
+    (run1 / "device.key").unlink()  # that run is over: its credential is gone
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(run2))
+    dev = device_for(data)
+    assert dev.path == run2 / "device.key" and dev.read() == b"\x09" * 32
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    assert device_for(data).path == key.resolve()  # root's CLI reads the file itself
+
+
+def test_init_on_the_appliance_leaves_the_tmpfiles_modes_alone(tmp_path, monkeypatch):
+    """On the appliance DATA is root's with default ACLs (tmpfiles.d): ``nokbox init`` as the keeper
+    must not chmod it (it cannot) nor DATA/keys (0700 would empty its ACL mask), and the folders it
+    makes are group-wide so the ACL's group entry applies (the recorder reads keys/epochs)."""
+    from firmware.vault.keys import init_data_dir
+
+    data = tmp_path / "data"
+    (data / "keys").mkdir(parents=True)
+    data.chmod(0o770)
+    (data / "keys").chmod(0o770)
+    # DATA/keys as tmpfiles.d makes it: a default ACL for the vault group (here the test's own group)
+    acl = f"group:{os.getgid()}:rwx,default:user::rwx,default:group::---,default:group:{os.getgid()}:rwx," \
+          "default:mask::rwx,default:other::---"
+    subprocess.run(["setfacl", "-m", acl, str(data / "keys")], check=True)
+    monkeypatch.setenv("NOKBOX_SHARED_DATA", "1")
+    old = os.umask(0o077)  # the units' UMask=0077
+    try:
+        init_data_dir(data, device=device_secret("file", tmp_path / "device.key"))
+    finally:
+        os.umask(old)
+    assert data.stat().st_mode & 0o777 == 0o770 and (data / "keys").stat().st_mode & 0o777 == 0o770
+    facl = subprocess.run(["getfacl", "-ncp", str(data / "keys/epochs")], capture_output=True, text=True).stdout
+    assert "mask::rwx" in facl and f"group:{os.getgid()}:rwx" in facl, facl  # the group's entry is effective
+    facl = subprocess.run(["getfacl", "-ncp", str(data / "keys")], capture_output=True, text=True).stdout
+    assert "mask::rwx" in facl, facl  # DATA/keys' ACL mask untouched
+    monkeypatch.delenv("NOKBOX_SHARED_DATA")
+    other = tmp_path / "dev"
+    init_data_dir(other, device=device_secret("file", tmp_path / "device2.key"))
+    assert other.stat().st_mode & 0o777 == 0o700 and (other / "keys/epochs").stat().st_mode & 0o077 == 0
+
+
 # -- the page behind nginx -------------------------------------------------------------------
 def test_behind_the_proxy_the_client_address_and_https_come_from_nginx(box):
+    """Through real waitress, as nginx speaks to it: the LAN client's address and https come from
+    X-Forwarded-For/-Proto, so the first-run wizard refuses it; without web.behind_proxy the same
+    headers are ignored (anyone could send them)."""
+    import http.client
+
     from firmware.recording.recorder import Recorder
-    from web import create_app
+    from web import serve
 
     from .authutil import FAST_AUTH, make_people
-
-    data, _ = box
-    cfg = parse_config({"auth": FAST_AUTH, "audio": {"channels": 1}, "web": {"behind_proxy": True}})
-    make_people(data, cfg)
-    app = create_app(Recorder(cfg, data), data_dir=data, cfg=cfg)
-    c = app.test_client()
-    lan = {"REMOTE_ADDR": "127.0.0.1"}
-    hdr = {"X-Forwarded-For": "192.168.10.23", "X-Forwarded-Proto": "https"}
-    r = c.get("/login", environ_base=lan, headers=hdr)
-    assert r.status_code == 200
-    # the session's CSRF cookie is Secure: the browser spoke https to nginx
-    assert any("Secure" in v for v in r.headers.getlist("Set-Cookie"))
-    # the first-run set-up is for the box itself: a LAN client through nginx is not loopback
-    fresh = box[0].parent / "fresh"
     from .conftest import init_data_dir
 
-    init_data_dir(fresh, box[0].parent / "fresh-ident.txt")
-    app2 = create_app(Recorder(cfg, fresh), data_dir=fresh, cfg=cfg)
-    r = app2.test_client().get("/setup", environ_base=lan, headers=hdr)
-    assert r.status_code == 403
-    r = app2.test_client().get("/setup", environ_base=lan)
-    assert r.status_code == 200
+    data, _ = box
+    hdr = {"X-Forwarded-For": "192.168.10.23", "X-Forwarded-Proto": "https"}
+
+    def get(port, path, headers):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", path, headers=headers)
+        r = c.getresponse()
+        r.read()
+        c.close()
+        return r
+
+    for behind in (True, False):
+        cfg = parse_config({"auth": FAST_AUTH, "audio": {"channels": 1}, "web": {"behind_proxy": behind}})
+        fresh = data.parent / f"fresh-{behind}"
+        init_data_dir(fresh, data.parent / f"fresh-ident-{behind}.txt")
+        srv = serve(Recorder(cfg, fresh), "127.0.0.1", 0, data_dir=fresh, cfg=cfg)
+        try:
+            lan, own = get(srv.port, "/setup", hdr).status, get(srv.port, "/setup", {}).status
+        finally:
+            srv.close()
+        # behind nginx a LAN client is the LAN; the box itself (no headers) is still the box
+        assert (lan, own) == ((403, 200) if behind else (200, 200)), (behind, lan, own)
+    cfg = parse_config({"auth": FAST_AUTH, "audio": {"channels": 1}, "web": {"behind_proxy": True}})
+    make_people(data, cfg)
+    srv = serve(Recorder(cfg, data), "127.0.0.1", 0, data_dir=data, cfg=cfg)
+    try:
+        r = get(srv.port, "/login", hdr)
+    finally:
+        srv.close()
+    assert r.status == 200
+    # the session's CSRF cookie is Secure: the browser spoke https to nginx
+    assert any("Secure" in v for k, v in r.getheaders() if k.lower() == "set-cookie")
 
 
 def test_behind_proxy_only_on_a_loopback_address():

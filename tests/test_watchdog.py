@@ -11,55 +11,23 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from firmware.cli.processes import STALL_S
+from tests.alsafifo import FifoLine, pcm_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.alsa, pytest.mark.slow]
 
 
-class Fifo:
-    def __init__(self, tmp: Path) -> None:
-        self.path, self.conf = tmp / "line.fifo", tmp / "asound.conf"
-        os.mkfifo(self.path)
-        self.conf.write_text(f'pcm.wdline {{\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
-                             f'  infile "{self.path}"\n  format "raw"\n}}\n')
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        noise = np.random.default_rng(3).normal(0, 20, 160).astype(np.int16).tobytes()  # 20 ms, an idle line
-        try:
-            fd = os.open(self.path, os.O_WRONLY)
-        except OSError:
-            return
-        try:
-            t0, n = time.monotonic(), 0
-            while not self.stop.is_set():
-                if not self.flowing.is_set():
-                    self.flowing.wait(0.1)
-                    t0, n = time.monotonic(), 0
-                    continue
-                os.write(fd, noise)
-                n += 1
-                time.sleep(max(0.0, t0 + n * 0.02 - time.monotonic()))
-        except BrokenPipeError:
-            pass
-        finally:
-            os.close(fd)
-
-
 def test_the_watchdog_is_fed_only_while_capture_makes_progress(box, tmp_path):
     data, _ = box
-    fifo = Fifo(tmp_path)
+    fifo = FifoLine(tmp_path / "line.fifo")
+    conf = tmp_path / "asound.conf"
+    conf.write_text(pcm_conf("wdline", fifo.path))
     cfgf = tmp_path / "nokbox.toml"
     cfgf.write_text('[audio]\nbackend = "alsa"\ndevice = "wdline"\nchannels = 1\n')
     sock_path = tmp_path / "notify.sock"
@@ -67,7 +35,7 @@ def test_the_watchdog_is_fed_only_while_capture_makes_progress(box, tmp_path):
     srv.bind(str(sock_path))
     srv.settimeout(0.5)
     env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="20000000",
-               ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{fifo.conf}")
+               ALSA_CONFIG_PATH=f"/usr/share/alsa/alsa.conf:{conf}")
     log = tmp_path / "recorder.log"
     fifo.thread.start()
     with open(log, "wb") as lf:
@@ -109,10 +77,5 @@ def test_the_watchdog_is_fed_only_while_capture_makes_progress(box, tmp_path):
         try:
             proc.wait(60)
         finally:
-            fifo.stop.set()
-            fifo.flowing.set()
-            try:
-                os.close(os.open(fifo.path, os.O_RDONLY | os.O_NONBLOCK))
-            except OSError:
-                pass
+            fifo.close()
             srv.close()

@@ -50,8 +50,11 @@ class FileDeviceSecret(DeviceSecret):
 
     name = "file"
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, origin: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
+        # where the key file lives when ``path`` is its copy as a systemd credential (which is per
+        # service run: /run/credentials/<unit>/device.key): the data directory's marker names the origin
+        self.origin = Path(origin) if origin is not None else self.path
 
     def read(self) -> bytes:
         try:
@@ -148,6 +151,18 @@ class TpmDeviceSecret(DeviceSecret):
         return secret
 
 
+CREDENTIAL = "device.key"  # the name in LoadCredential=device.key:/etc/nokbox/device.key
+
+
+def file_secret(key_file: str | os.PathLike) -> FileDeviceSecret:
+    """The key file, or under systemd its credential: the file is root's (0600) and reaches the service
+    as a copy only that service's user can read (LoadCredential=device.key:...)."""
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred and (Path(cred) / CREDENTIAL).is_file():
+        return FileDeviceSecret(Path(cred) / CREDENTIAL, origin=key_file)
+    return FileDeviceSecret(key_file)
+
+
 def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | os.PathLike = "",
                   tpm_tcti: str = "device:/dev/tpmrm0") -> DeviceSecret:
     """The backend the config names ('file', 'otp' or 'tpm')."""
@@ -156,10 +171,7 @@ def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | 
     if backend == "file":
         # under systemd the key file is root's (0600) and reaches the service as a credential
         # (LoadCredential=device.key:...): a copy only that service's user can read
-        cred = os.environ.get("CREDENTIALS_DIRECTORY")
-        if cred and (Path(cred) / "device.key").is_file():
-            return FileDeviceSecret(Path(cred) / "device.key")
-        return FileDeviceSecret(key_file)
+        return file_secret(key_file)
     if backend == "tpm":
         return TpmDeviceSecret(tpm_blob, tpm_tcti)
     raise DeviceError(f"unknown device secret backend {backend!r}")

@@ -169,7 +169,10 @@ class Recorder:
         (self.data_dir / "run").mkdir(exist_ok=True)
         from ..vault.recovery import recover_data_dir
 
-        recover_data_dir(self.data_dir, key_class_of=lambda channel: key_class_for(self.cfg, channel))
+        try:
+            recover_data_dir(self.data_dir, key_class_of=lambda channel: key_class_for(self.cfg, channel))
+        except Exception:  # noqa: BLE001 - recording the lines comes first; the calls wait for `nokbox recover`
+            log.exception("recovering interrupted calls failed; recording goes on (run nokbox recover)")
         self.started_at = self.clock.wall()
         self.audit.prune(self.cfg.audit.retention_years)  # and hourly in the status thread
         log.info("recorder starting: %s, %d line(s) at %d Hz", self.source.describe()["backend"],

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..config import shared_mode
 from ..errors import NokboxError
 from ..index import KST, parse_utc
 from . import package
@@ -146,7 +147,7 @@ def details_lines(req: dict) -> list[tuple[str, str]]:
 def export_lock(data: Path, number: str):
     """One export of a request at a time (across the page's threads and the CLI)."""
     folder = Path(data) / "export"
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(mode=shared_mode(0o700), exist_ok=True)
     fd = os.open(folder / f"{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

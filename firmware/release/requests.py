@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..audit import AuditLog
-from ..config import share_sqlite
+from ..config import share_sqlite, shared_mode
 from ..errors import NokboxError
 from ..index import KST, CallIndex, iso_utc, parse_utc
 from ..vault.age import AgeWriter, parse_recipient
@@ -508,7 +508,7 @@ class Requests:
                          iso_utc(now))).lastrowid
                     folder = self.data / "requests" / number
                     for i, a in enumerate(form.attachments):
-                        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        folder.mkdir(parents=True, exist_ok=True, mode=shared_mode(0o700))
                         path = folder / f"{i}.age"
                         blob = _seal(rec, a.data)
                         with open(path, "wb") as f:

@@ -19,6 +19,7 @@ All file operations go through ``Disk`` so the crash tests can record and replay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -80,6 +81,39 @@ class Disk:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def plain_audio(data: bytes | None = None):
+    """An anonymous in-memory file (memfd: never on a disk, gone when closed) holding ``data``, as a
+    file descriptor for libsndfile's ``sf_open_fd``. Not ``io.BytesIO``: soundfile reads a Python
+    file object through cffi callbacks, which need write+execute memory, and the services run with
+    MemoryDenyWriteExecute=yes (systemd/). Yields the descriptor positioned at 0."""
+    fd = memfd_with(data)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def memfd_with(data: bytes | None = None) -> int:
+    """A new memfd holding ``data``, positioned at 0 (the caller closes it)."""
+    fd = os.memfd_create("nokbox-audio", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data or b"")
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_all(fd: int) -> bytes:
+    """Everything in the memfd ``fd`` (from its start)."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
 
 
 class _Encoder:
@@ -377,7 +411,7 @@ def _decodable(codec: str, plain: bytes, rate: int) -> tuple[bytes, int]:
     if not data:
         return b"", 0
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with plain_audio(data) as fd, sf.SoundFile(fd, closefd=False) as f:
             frames = sum(len(b) for b in f.blocks(blocksize=rate * 10, dtype="int16"))
     except (sf.LibsndfileError, RuntimeError):
         return b"", 0
@@ -394,7 +428,7 @@ def _flac_prefix(plain: bytes, rate: int) -> tuple[bytes, int]:
     """
     blocks = []
     try:
-        with sf.SoundFile(io.BytesIO(bytes(plain))) as f:
+        with plain_audio(bytes(plain)) as fd, sf.SoundFile(fd, closefd=False) as f:
             while True:
                 b = f.read(1152, dtype="int16")
                 if not len(b):
@@ -405,11 +439,11 @@ def _flac_prefix(plain: bytes, rate: int) -> tuple[bytes, int]:
     pcm = np.concatenate(blocks) if blocks else np.zeros(0, np.int16)
     if not len(pcm):
         return b"", 0
-    out = io.BytesIO()
-    with sf.SoundFile(out, "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16",
-                      compression_level=FLAC_LEVEL) as f:
-        f.write(pcm)
-    return out.getvalue(), len(pcm)
+    with plain_audio() as fd:
+        with sf.SoundFile(fd, "w", samplerate=rate, channels=1, format="FLAC", subtype="PCM_16",
+                          compression_level=FLAC_LEVEL, closefd=False) as f:
+            f.write(pcm)
+        return read_all(fd), len(pcm)
 
 
 def recover_call(final: Path, recipients: list[bytes], device_identity: str,

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from .age import AgeWriter, generate_identity, parse_recipient
+from ..config import shared_mode
 from ..errors import VaultError
 from ..index import iso_utc, parse_utc
 from .sealing import identity_text, open_with_identity, write_private
@@ -75,7 +76,7 @@ def new_epoch(data: Path, con: sqlite3.Connection, now: float, key_class: str | 
     data = Path(data)
     identity, recipient = generate_identity()
     d = data / "keys" / EPOCH_DIR
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d.mkdir(mode=shared_mode(0o700), parents=True, exist_ok=True)
     cur = con.execute("INSERT INTO key_epochs (recipient, file, created_utc, key_class) VALUES (?, '', ?, ?)",
                       (recipient, iso_utc(now), key_class))
     eid = int(cur.lastrowid)

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import logging
+import os
 import secrets
 import struct
 import threading
@@ -146,9 +146,15 @@ class _Decoder:
     def __init__(self, plain: bytes) -> None:
         import soundfile as sf
 
+        from .callfile import memfd_with
+
+        # an in-memory file descriptor, not a Python file object (callfile.plain_audio says why);
+        # libsndfile closes it with the SoundFile
+        fd = memfd_with(plain)
         try:
-            self.sf = sf.SoundFile(io.BytesIO(plain))
+            self.sf = sf.SoundFile(fd, closefd=True)
         except sf.LibsndfileError as exc:
+            os.close(fd)
             raise RuntimeError(str(exc)) from None
         self.rate, self.frames = int(self.sf.samplerate), int(self.sf.frames)
         self.lock = threading.Lock()

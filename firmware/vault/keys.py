@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
 from ..errors import DataDirError, VaultError
-from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret
+from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret, file_secret
 from ..index import connect
 from .sealing import DEFAULT_APPROVER, PIN_LOG_N, RECOVERY_LOG_N
 
@@ -97,8 +97,12 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         raise VaultError("a TPM box needs the recovery passphrase (it seals the TPM's lockout authorisation)")
     for sub in ("keys", "calls", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(data, 0o700)  # owner-only, as every file and folder under it (the CLI's umask 077)
-    os.chmod(data / "keys", 0o700)
+    if os.environ.get("NOKBOX_SHARED_DATA") != "1":
+        # owner-only, as every file and folder under it (the CLI's umask 077). On the appliance
+        # (NOKBOX_SHARED_DATA=1) DATA is root's and its modes and ACLs are systemd-tmpfiles'
+        # (a chmod there would fail, and one on DATA/keys would reset its ACL mask to nothing)
+        os.chmod(data, 0o700)
+        os.chmod(data / "keys", 0o700)
     identity, recipient = generate_identity()
     (data / "keys" / "recipient.txt").write_text(recipient + "\n")
     device.provision()
@@ -171,7 +175,9 @@ def init_records_key(data: Path, cfg, passphrase: str, *, config_given: bool, id
 def write_marker(data: Path, device: DeviceSecret, created: float | None = None) -> None:
     """``nokbox.json``: which device secret this data directory was initialised with (never the secret)."""
     where = {"backend": device.name}
-    if isinstance(device, (FileDeviceSecret, TpmDeviceSecret)):
+    if isinstance(device, FileDeviceSecret):
+        where["path"] = str(Path(device.origin).resolve())  # the key file, not a service's credential copy
+    elif isinstance(device, TpmDeviceSecret):
         where["path"] = str(Path(device.path).resolve())
     if isinstance(device, TpmDeviceSecret):
         where["tcti"] = device.tcti
@@ -222,7 +228,7 @@ def device_for(data: Path) -> DeviceSecret:
     if where.get("backend") == "otp":
         return OtpDeviceSecret()
     if where.get("backend") == "file" and where.get("path"):
-        return FileDeviceSecret(where["path"])
+        return file_secret(where["path"])
     if where.get("backend") == "tpm" and where.get("path"):
         return TpmDeviceSecret(where["path"], where.get("tcti") or "device:/dev/tpmrm0")
     raise DataDirError(f"{data}: the device secret is not recorded in {MARKER}")

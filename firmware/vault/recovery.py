@@ -54,6 +54,13 @@ def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
                 idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
                 done.append({"id": row["id"], "outcome": "failed", "reason": str(exc)})
                 continue
+            except Exception as exc:  # noqa: BLE001 - a fault of ours: keep the call for a later try
+                # its journal and partial file stay as they are and the row stays 'recording' (nokbox
+                # verify names it; nokbox recover tries again); the recorder goes on recording
+                log.exception("call %s: recovery failed (%s); its journal is kept for `nokbox recover`",
+                              row["id"], type(exc).__name__)
+                done.append({"id": row["id"], "outcome": "error", "reason": type(exc).__name__})
+                continue
             if res is not None and res.complete:
                 # finished on disk; the index update was what the cut interrupted. The journal's
                 # end record gave the frame count (the box cannot read a finished file to count it)

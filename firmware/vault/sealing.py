@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from .age import _X25519_INFO, CHUNK, VERSION_LINE, _b64, _hkdf, _nonce, parse_identity, recipient_of
 from ..audit import AuditLog
+from ..config import shared_mode
 from ..errors import VaultError
 from ..hal.devicekey import DeviceSecret
 
@@ -397,7 +398,7 @@ def seal_pin_slot(data: Path, identity: str, approver: str, pin: str, device: De
     """Write (or replace) the approver's PIN slot and reset its counter."""
     pin = check_pin(pin)
     d = Path(data) / "keys" / PIN_DIR
-    d.mkdir(mode=0o700, exist_ok=True)
+    d.mkdir(mode=shared_mode(0o700), exist_ok=True)
     kdf = {"alg": "scrypt", "log_n": log_n, "r": 8, "p": 1, "salt": base64.b64encode(os.urandom(16)).decode()}
     head = {"format": "nokbox-pin-slot/1", "approver": approver, "recipient": recipient_of(identity),
             "kdf": kdf, "device": device.fingerprint()}
@@ -507,7 +508,7 @@ class PinGuard:
 
     @contextlib.contextmanager
     def locked_slot(self):
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=shared_mode(0o700), parents=True, exist_ok=True)
         fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
