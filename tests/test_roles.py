@@ -19,7 +19,7 @@ from web import create_app
 
 from .authutil import PASSWORD, fast_cfg, make_people
 
-PUBLIC = {"auth.setup", "auth.login", "auth.logout", "static"}
+PUBLIC = {"auth.setup", "auth.login", "auth.logout", "setupcode.enter", "static"}
 
 
 class TC:

@@ -16,7 +16,7 @@ from .test_roles import TC, _url
 # endpoint -> permission (firmware/people/accounts.py PERMISSIONS says which roles hold it)
 MATRIX: dict[str, str | None] = {
     "static": None,
-    "auth.login": None, "auth.logout": None, "auth.setup": None,
+    "auth.login": None, "auth.logout": None, "auth.setup": None, "setupcode.enter": None,
     "auth.account": "account.self", "auth.account_password": "account.self", "auth.account_pin": "approver.pin",
     "wizard.keys": "users.manage", "wizard.sheet": "users.manage", "wizard.pin": "users.manage",
     "wizard.audit_key": "users.manage",

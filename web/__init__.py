@@ -27,10 +27,6 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, confi
     app = Flask(__name__)
     data_dir = data_dir or recorder.data_dir
     cfg = cfg or recorder.cfg
-    if cfg.web.behind_proxy:  # the appliance's nginx: one hop, the client's address and https from it
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1, x_proto=1, x_host=0, x_port=0, x_prefix=0)
     if keeper is None:
         from firmware.vault.keeper import KeeperClient
 
@@ -54,6 +50,9 @@ def create_app(recorder, data_dir=None, cfg=None, clock=None, keeper=None, confi
     from . import wizard
 
     app.register_blueprint(wizard.bp)
+    from . import setupcode
+
+    app.register_blueprint(setupcode.bp)
     from . import settings
 
     app.register_blueprint(settings.bp)
@@ -142,10 +141,22 @@ class _Server:
         from .auth import largest_body
 
         self.app = app
+        # Behind the appliance's nginx (web.behind_proxy) the client's address and https come from
+        # its X-Forwarded-For / -Proto, trusted from nginx on this box only (one hop). waitress
+        # handles them itself: it clears X-Forwarded-* from anyone it does not trust, so a WSGI
+        # middleware after it (werkzeug's ProxyFix) never sees them and every LAN client would look
+        # like the box itself (tests/test_appliance.py, through waitress). Elsewhere the headers are
+        # cleared and ignored.
+        proxy = {}
+        if self.app.extensions["nokbox"].cfg.web.behind_proxy:
+            proxy = {"trusted_proxy": "127.0.0.1", "trusted_proxy_count": 1,
+                     "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+                     "log_untrusted_proxy_headers": True}
         # waitress buffers a whole body (spooling it to disk) before the app sees it: it refuses one
         # longer than any route takes; each route's own, smaller limit is checked before it is read
         self._srv = create_server(app, host=host, port=port, threads=8, ident="nokbox",
-                                  max_request_body_size=largest_body(app))
+                                  max_request_body_size=largest_body(app), clear_untrusted_proxy_headers=True,
+                                  **proxy)
         self.port = self._srv.effective_port
         self._thread = threading.Thread(target=self._srv.run, name="web", daemon=True)
         self._thread.start()

@@ -239,7 +239,9 @@ def setup():
     if x.accounts.count():
         step = current_step()
         return redirect(step_url(step) if step else url_for("auth.login"))
-    if not _is_loopback(source()):
+    from .setupcode import from_box_or_granted
+
+    if not from_box_or_granted():
         return lan_refusal("auth.setup")
     error = ""
     f = request.form

@@ -30,7 +30,8 @@ from flask import Blueprint, current_app, g, jsonify, make_response, redirect, r
 from firmware.ipc import IpcError
 from firmware.people.accounts import AuthError, PasswordPolicyError
 
-from .auth import _is_loopback, _pin_context, ext, requires, session_token, source
+from . import setupcode
+from .auth import _pin_context, ext, requires, session_token, source
 
 log = logging.getLogger(__name__)
 bp = Blueprint("wizard", __name__)
@@ -41,7 +42,7 @@ STEP_LABEL = {"admin": ("관리자 계정", "Administrator"), "keys": ("기록 �
               "pin": ("승인권자 PIN", "Approver PIN"), "audit": ("감사 검증 키", "Audit key")}
 # what a visitor may open while the wizard is not over (besides the current step, which each view checks)
 _OPEN_DURING = {"auth.login", "auth.logout", "auth.setup", "wizard.keys", "wizard.pin", "wizard.audit_key",
-                "wizard.sheet"}
+                "wizard.sheet", "setupcode.enter"}
 SHEET_S = 600.0  # a printable sheet not fetched within this long is forgotten
 
 
@@ -59,6 +60,7 @@ def current_step() -> str | None:
         return "keys"
     if x.audit.state_path.exists() and not x.audit.once_path.exists():
         x.wizard_over = True
+        setupcode.wizard_over()  # the set-up code is spent
         return None
     st = keeper().init_status(g.user.name if g.get("user") else "system")
     if st.get("recovery_sealed") and not st.get("approver_pins"):
@@ -94,7 +96,7 @@ def gate():
     if step is None:
         return None
     if step == "admin":
-        allowed = request.endpoint == "auth.setup"
+        allowed = request.endpoint in ("auth.setup", "setupcode.enter")
     else:
         allowed = request.endpoint in _OPEN_DURING
     if allowed:
@@ -109,6 +111,11 @@ def lan_refusal(what: str):
     x = ext()
     x.audit.append("setup.refused", actor=g.user.name if g.get("user") else "-", role="-", obj=what,
                    outcome="refused", reason="not from the box itself", source=source())
+    if setupcode.code_pending():
+        return render_template("error.html", code=403, message=(
+            "첫 설정은 장치 자체에서, 또는 장치의 콘솔에 표시된 첫 설정 코드로만 할 수 있습니다 · the first-run set-up "
+            "answers the box itself, or a browser given the set-up code shown on the box's console"),
+            link=(url_for("setupcode.enter"), "첫 설정 코드 입력", "Enter the set-up code")), 403
     return render_template("error.html", code=403, message=(
         "첫 설정은 장치 자체에서만 할 수 있습니다: 장치에 모니터와 키보드를 연결하여 http://127.0.0.1:8080/ 을 여십시오 "
         "(원격이면 ssh -L 8080:127.0.0.1:8080). 명령으로는 'nokbox init', 'nokbox user setup' · the first-run "
@@ -120,8 +127,9 @@ def _ready(step: str):
     """None when ``step`` is the current one and asked from the box itself, else the answer to give."""
     now = current_step()
     if now is None:  # the wizard is over: its pages lead on, from anywhere
+        setupcode.wizard_over()
         return redirect(finish_url())
-    if not _is_loopback(source()):
+    if not setupcode.from_box_or_granted():
         return lan_refusal(STEP_ENDPOINT[step])
     if now != step:
         return redirect(step_url(now))
@@ -163,7 +171,7 @@ def _drop_sheet() -> None:
 @requires("users.manage")
 def sheet():
     """The A4 sheet of the secret just shown (recovery passphrase or audit key): given once."""
-    if not _is_loopback(source()) and current_step() is not None:
+    if not setupcode.from_box_or_granted() and current_step() is not None:
         return lan_refusal("wizard.sheet")  # (a LAN session never has a sheet: every step refused it)
     with _sheets_lock:
         found = _sheets.pop(_session_key(), None)

@@ -265,7 +265,9 @@ def cmd_firstboot(args) -> int:
 
     from ..hal.devicekey import device_secret
 
-    cfg, _ = load_config(args.config)
+    from ..config import DEFAULT_CONFIG_PATH
+
+    cfg, cpath = load_config(args.config)
     v = cfg.vault
     if v.device_secret != "otp":
         dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
@@ -273,6 +275,13 @@ def cmd_firstboot(args) -> int:
         print(f"장치 비밀 · device secret ({v.device_secret}): {dev.fingerprint()}", flush=True)
     _, _, fp = ensure_certificate(args.data, "0.0.0.0", directory=args.tls_dir)
     print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {fp}", flush=True)
+    # a box with no keyboard: the first-run wizard answers a LAN browser that types this code
+    from web.setupcode import issue
+
+    code = issue(Path(cpath or args.config or DEFAULT_CONFIG_PATH), args.data)
+    if code:
+        print(f"첫 설정 코드 · set-up code: {code}  (https://nokbox.local/setup/code; 다시 켜면 새 코드 · a new "
+              f"one at every start until the set-up is done)", flush=True)
     return EXIT_OK
 
 
