@@ -39,7 +39,10 @@ install -D -m 0644 image/deb/nokbox.toml "$R/etc/nokbox/nokbox.toml"
 install -D -m 0644 image/deb/nginx-nokbox.conf "$R/etc/nginx/sites-available/nokbox"
 install -D -m 0644 -t "$R/opt/nokbox/share/doc" README.md docs/*.md
 mkdir -p "$R/usr/bin"
-ln -s /opt/nokbox/venv/bin/nokbox "$R/usr/bin/nokbox"
+# the command at the console: as the units do, it leaves DATA's shared files (audit trail, index,
+# accounts) group-readable for the three services, whoever runs it (firmware/config.py shared_mode)
+printf '#!/bin/sh\nNOKBOX_SHARED_DATA=1 exec /opt/nokbox/venv/bin/nokbox "$@"\n' > "$R/usr/bin/nokbox"
+chmod 0755 "$R/usr/bin/nokbox"
 
 mkdir -p "$R/DEBIAN"
 TSS=$(dpkg-query -W -f='${Package}\n' 'libtss2-esys*' 2>/dev/null | grep -v -- -dev | head -1)

@@ -159,3 +159,38 @@ def test_first_setup_only_once_and_key_shown_once(tmp_path):
     with pytest.raises(AuthError):
         acc.setup_first("mallory", PASSWORD["admin"], ["admin"])
     assert AuditLog(tmp_path).take_verification_key() is None
+
+
+def test_the_last_administrators_lost_password_is_reset_by_root_at_the_console(tmp_path):
+    """`nokbox user reset-admin`: no sign-in (the password is lost), root only, administrators only,
+    and only when no other active administrator could do it; audited as root's; locks and sessions
+    end; a recording stays as closed as before (a password opens none)."""
+    from .authutil import FAST_AUTH, fast_cfg
+    from .conftest import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    cfg = fast_cfg()
+    conf = tmp_path / "nokbox.toml"
+    conf.write_text("[auth]\n" + "".join(f"{k} = {v}\n" for k, v in FAST_AUTH.items()))
+    acc = make_people(data, cfg)
+    new = tmp_path / "new.txt"
+    new.write_text("Sejong-daero-110-office\n")
+    base = ["user", "reset-admin", "--data", str(data), "--config", str(conf), "--password-file", str(new)]
+    r = run_cli(*base, "officer", "--reason", "lost")
+    assert r.returncode != 0 and "not an administrator" in r.stderr, r.stderr  # not for other accounts
+    acc.create("second", PASSWORD["admin"] + "x", ["admin"], by=acc.get("admin"))
+    r = run_cli(*base, "admin", "--reason", "lost")
+    assert r.returncode != 0 and "--as second" in r.stderr  # another administrator can do it
+    acc.set_state("second", "disabled", "left the office", by=acc.get("admin"))
+    for _ in range(cfg.auth.lock_after):  # the forgotten password, tried until locked
+        with pytest.raises(AuthError):
+            acc.authenticate("admin", "wrong password guess", source="192.0.2.9")
+    r = run_cli(*base, "admin")
+    assert r.returncode != 0  # --reason is required
+    r = run_cli(*base, "admin", "--reason", "정보팀장 분실 신고 (2026-12-04)")
+    assert r.returncode == 0, r.stderr
+    assert acc.authenticate("admin", "Sejong-daero-110-office", source="console").name == "admin"
+    e = [x for x in AuditLog(data).entries() if x["action"] == "user.password"][-1]
+    assert e["actor"] == "root" and e["object"] == "admin" and "offline reset at the console" in e["reason"]
+    assert "정보팀장 분실 신고" in e["reason"] and "Sejong" not in str(e)

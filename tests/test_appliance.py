@@ -151,6 +151,23 @@ def test_firstboot_makes_the_device_key_and_nginxs_certificate_once(tmp_path):
     assert r2.returncode == 0 and fp in r2.stdout and key.read_bytes() == secret
 
 
+def test_firstboot_never_replaces_a_lost_device_key_of_existing_data(tmp_path):
+    """An SD card restored without its device key, on data made with it: firstboot says so and makes
+    no new key (a new one would silently break crash recovery and the masked numbers)."""
+    from .conftest import init_data_dir
+
+    key = tmp_path / "etc/device.key"
+    cfgf = tmp_path / "nokbox.toml"
+    cfgf.write_text(f'[vault]\ndevice_key_file = "{key}"\n')
+    data = tmp_path / "data"
+    init_data_dir(data, tmp_path / "ident.txt")
+    cmd = [sys.executable, "-m", "firmware.cli", "firstboot", "--data", str(data), "--config", str(cfgf),
+           "--tls-dir", str(tmp_path / "etc/tls")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1 and "restore it from its backup" in r.stdout, (r.stdout, r.stderr)
+    assert not key.exists() and (tmp_path / "etc/tls/cert.pem").exists()  # the page still gets its certificate
+
+
 def test_the_device_key_comes_from_the_systemd_credential_when_there_is_one(tmp_path, monkeypatch):
     cred = tmp_path / "credentials"
     cred.mkdir()

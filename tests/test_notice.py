@@ -337,3 +337,23 @@ def test_replay_end_to_end_notice_per_call_and_relay_history(box, tmp_path, fact
         closes = sum(1 for a, b in zip(states, states[1:]) if not a and b)
         assert closes == sum(1 for c in calls if c["line"] == line)
         assert states[-1] is False
+
+
+def test_auto_gpio_never_falls_back_to_simulated_pins_on_a_board_with_gpio(monkeypatch):
+    """A board with a GPIO chip and no lgpio must not record notices as played with relays that never
+    move: 'auto' is mock only where there is no GPIO at all."""
+    import os as _os
+
+    from firmware.errors import DeviceError
+    from firmware.hal import gpio
+
+    real_exists = _os.path.exists
+    monkeypatch.setattr(gpio.os.path, "exists", lambda p: True if p == "/dev/gpiochip0" else real_exists(p))
+    monkeypatch.setattr(gpio, "_has_lgpio", lambda: False)
+    with pytest.raises(DeviceError, match="lgpio"):
+        gpio.gpio_backend("auto")
+    monkeypatch.setattr(gpio, "_has_lgpio", lambda: True)
+    assert gpio.gpio_backend("auto") == "lgpio"
+    monkeypatch.setattr(gpio.os.path, "exists", lambda p: False if p == "/dev/gpiochip0" else real_exists(p))
+    assert gpio.gpio_backend("auto") == "mock"
+    assert gpio.gpio_backend("mock") == "mock"

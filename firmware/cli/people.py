@@ -51,6 +51,7 @@ CLI_PERMISSIONS: dict[str, str | None] = {
     "user add": "users.manage", "user list": "users.manage", "user disable": "users.manage",
     "user restrict": "users.manage", "user enable": "users.manage", "user roles": "users.manage",
     "user unlock": "users.manage", "user revoke": "users.manage", "user password": "users.manage",
+    "user reset-admin": None,  # root at the console, for the last administrator only
     "audit verify": "audit.verify", "audit export": "audit.export", "audit checkpoint": "audit.verify",
 }
 
@@ -94,6 +95,9 @@ def add_parsers(sub, common) -> None:
     cmd(us, "revoke", "end every session of an account", target=True)
     p = cmd(us, "password", "reset an account's password", target=True)
     p.add_argument("--password-file", type=Path)
+    p = cmd(us, "reset-admin", "the last administrator's lost password: an offline reset by root at the console "
+            "(no sign-in; audited; opens no recording)", signin=False, target=True, reason=True)
+    p.add_argument("--password-file", type=Path, help="file holding the new password (else a prompt)")
 
     audit = sub.add_parser("audit", help="verify and export the audit trail (root only)")
     aus = audit.add_subparsers(dest="audit_cmd", required=True)
@@ -165,6 +169,11 @@ def cmd_user(args) -> int:
                 print("audit verification key — shown once, not kept on the box; hand it to the auditor:")
                 print(vkey)
             print(f"checkpoint signing key fingerprint: {audit.signer_id()}")
+            return EXIT_OK
+        if args.user_cmd == "reset-admin":
+            pw = _read_secret(args.password_file, f"new password for {args.name}")
+            acc.console_reset(args.name, pw, args.reason)
+            print(f"{args.name}: password reset at the console (audited); sign-in locks lifted, sessions ended")
             return EXIT_OK
         by = _signin(acc, args, CLI_PERMISSIONS[key])
         if args.user_cmd == "add":

@@ -269,10 +269,22 @@ def cmd_firstboot(args) -> int:
 
     cfg, cpath = load_config(args.config)
     v = cfg.vault
+    from ..vault.keys import MARKER
+
+    failed = False
     if v.device_secret != "otp":
         dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
-        dev.provision()  # reads the one there, or makes it (0600)
-        print(f"장치 비밀 · device secret ({v.device_secret}): {dev.fingerprint()}", flush=True)
+        if not Path(dev.path).exists() and (Path(args.data) / MARKER).exists():
+            # the data was made with a device secret that is gone (a restored SD card, a new box): a
+            # new one would silently break crash recovery and the masked numbers; put the old one back
+            print(f"오류 · ERROR: 장치 비밀 {dev.path} 이(가) 없는데 {args.data} 에는 기록이 있습니다. 새로 만들지 "
+                  f"않습니다: 백업에서 복원하십시오 (docs/install.md 복구) · the device secret {dev.path} is missing "
+                  f"but {args.data} holds data made with it: not making a new one; restore it from its backup "
+                  f"(docs/install.md, recovery)", flush=True)
+            failed = True
+        else:
+            dev.provision()  # reads the one there, or makes it (0600)
+            print(f"장치 비밀 · device secret ({v.device_secret}): {dev.fingerprint()}", flush=True)
     _, _, fp = ensure_certificate(args.data, "0.0.0.0", directory=args.tls_dir)
     print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {fp}", flush=True)
     # a box with no keyboard: the first-run wizard answers a LAN browser that types this code
@@ -282,7 +294,7 @@ def cmd_firstboot(args) -> int:
     if code:
         print(f"첫 설정 코드 · set-up code: {code}  (https://nokbox.local/setup/code; 다시 켜면 새 코드 · a new "
               f"one at every start until the set-up is done)", flush=True)
-    return EXIT_OK
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 # -- the supervisor ----------------------------------------------------------------------------

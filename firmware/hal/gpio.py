@@ -19,7 +19,15 @@ def gpio_backend(name: str) -> str:
     """Resolve 'auto' to the backend this machine can use."""
     if name != "auto":
         return name
-    return "lgpio" if os.path.exists("/dev/gpiochip0") and _has_lgpio() else "mock"
+    if not os.path.exists("/dev/gpiochip0"):
+        return "mock"  # no GPIO here: the simulated box (the status page says so)
+    if not _has_lgpio():
+        # a board with GPIO and no way to drive it: never fall back to simulated pins there, or the
+        # relays would not move while every notice is recorded as played
+        raise DeviceError("GPIO chip /dev/gpiochip0 is present but the lgpio module is not installed "
+                          "(pip install lgpio; the package's arm64 build has it); set notice.gpio = \"mock\" "
+                          "only on a box with no notice wiring")
+    return "lgpio"
 
 
 def _has_lgpio() -> bool:

@@ -388,6 +388,32 @@ class Accounts:
                           reason="own change" if by.name == name else "reset by administrator")
         self.revoke_sessions(name, by=by, reason="password changed", source=source)
 
+    def console_reset(self, name: str, new: str, reason: str, *, source: str = "console") -> None:
+        """The last administrator's lost password, reset by root at the box's console (``nokbox user
+        reset-admin``): no sign-in, so only for an administrator and only when no other active
+        administrator could reset it instead. It opens nothing but the page (a password never
+        decrypts a recording: the records key, an approver's PIN and a grant do); the account's
+        locks and sessions end with it, and it is audited as root's."""
+        target = self._require(name)
+        if "admin" not in target.roles:
+            raise AuthError(f"{name} is not an administrator: another administrator resets it "
+                            "(nokbox user password --as ADMIN)", "not_admin")
+        others = [u.name for u in self.users() if u.name != name and "admin" in u.roles and u.state == "active"]
+        if others:
+            raise AuthError(f"another administrator can reset it: nokbox user password {name} --as {others[0]}",
+                            "admin_exists")
+        if not reason.strip():
+            raise AuthError("a reason is required (it is written to the audit log)", "no_reason")
+        self._check_password(new, name)
+        now = self.clock.wall()
+        with self._db() as con:
+            con.execute("UPDATE users SET pw_hash = ?, changed = ?, failures = 0, locked_until = 0, lockouts = 0 "
+                        "WHERE id = ?", (self.ph.hash(new), now, target.id))
+            n = con.execute("UPDATE sessions SET ended = ?, end_reason = ? WHERE user_id = ? AND ended IS NULL",
+                            (now, "revoked: password reset at the console", target.id)).rowcount
+        self.audit.append("user.password", actor="root", role="-", obj=name, source=source,
+                          reason=f"offline reset at the console: {reason.strip()}", detail={"sessions_ended": n})
+
     def unlock(self, name: str, reason: str, *, by: User, source: str = "local") -> None:
         """Lift a sign-in lock and a PIN lock."""
         self.authorize(by, "users.manage", obj=f"user {name}", source=source)
