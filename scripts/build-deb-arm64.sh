@@ -31,8 +31,11 @@ if [[ ! -x "$BROOT/usr/bin/python3" ]]; then
 fi
 
 # the tracked sources (as build-deb.sh itself copies them), in a git repository of their own
+# (the build venv is kept across builds: under emulation pip takes minutes to fill it again)
+[[ -d "$BROOT/src/.venv" ]] && mv "$BROOT/src/.venv" "$BROOT/venv.keep"
 rm -rf "$BROOT/src"
 mkdir -p "$BROOT/src" "$OUT"
+[[ -d "$BROOT/venv.keep" ]] && mv "$BROOT/venv.keep" "$BROOT/src/.venv"
 git ls-files -z | xargs -0 cp --parents -t "$BROOT/src"
 git -C "$BROOT/src" init -q
 git -C "$BROOT/src" add -A

@@ -43,8 +43,8 @@ WATCHDOG_S, STALL_S = 20, 8  # systemd/nokbox-recorder.service WatchdogSec, firm
 
 
 class Box:
-    def __init__(self, c: Container, fifo: FifoLine, root: Path) -> None:
-        self.c, self.fifo, self.root = c, fifo, root
+    def __init__(self, c: Container, fifo: FifoLine, root: Path, deb: Path) -> None:
+        self.c, self.fifo, self.root, self.deb = c, fifo, root, deb
         self.seed = 0
 
     def calls(self) -> list[dict]:
@@ -127,7 +127,7 @@ def box(tmp_path_factory):
         c.boot()
         times["boot"] = time.monotonic() - t
         print("boot fixture: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
-        yield Box(c, fifo, root)
+        yield Box(c, fifo, root, package)
     finally:
         fifo.close()
         c.kill()
@@ -287,6 +287,32 @@ def test_a_bad_config_names_its_key_and_the_running_recorder_keeps_the_old_one(b
         c.sh(f"cat > {CONF}", input=good)
         c.sh("systemctl reset-failed nokbox-recorder.service; systemctl restart nokbox-recorder.service")
     c.wait_active("nokbox-recorder.service", 60)
+
+
+def test_an_upgrade_keeps_data_keys_and_config_and_restarts_the_services(box):
+    """dpkg -i of the package over itself on the running box (postinst configure with the old
+    version): the venv is rebuilt and swapped, the services stop before and start after, and the
+    calls, keys, accounts and config are as they were."""
+    c = box.c
+    box.wait("the line idle", lambda: all(x["state"] != "recording" for x in box.calls()), 120)
+    before = {x["id"]: (x["state"], x["size"]) for x in box.calls()}
+    conf = c.sh(f"cat {CONF}").stdout
+    keys = c.sh(f"sha256sum {DATA}/keys/recipient.txt {DATA}/nokbox.json /etc/nokbox/device.key").stdout
+    pids = {u: c.main_pid(u) for u in ("nokbox-recorder.service", "nokbox-keeper.service", "nokbox-web.service")}
+    (box.root / "var/tmp/upgrade.deb").write_bytes(box.deb.read_bytes())
+    t = time.monotonic()
+    r = c.sh("dpkg -i /var/tmp/upgrade.deb && rm /var/tmp/upgrade.deb", timeout=600)
+    print(f"upgrade (dpkg -i over the running box): {time.monotonic() - t:.0f} s")
+    for u, pid in pids.items():
+        c.wait_active(u, 60)
+        assert c.main_pid(u) not in (0, pid), u  # restarted on the new program
+    assert c.sh(f"cat {CONF}").stdout == conf
+    assert c.sh(f"sha256sum {DATA}/keys/recipient.txt {DATA}/nokbox.json /etc/nokbox/device.key").stdout == keys
+    after = {x["id"]: (x["state"], x["size"]) for x in box.calls()}
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert not c.sh("ls -d /opt/nokbox/venv.new /opt/nokbox/venv.old 2>/dev/null", check=False).stdout.strip()
+    box.wait("recording again", box.recording, 60)
+    assert "nokbox" in r.stdout + r.stderr or r.returncode == 0
 
 
 def test_poweroff_closes_the_call_in_progress_as_a_complete_file(box):
