@@ -152,9 +152,10 @@ def test_a_grant_is_no_good_once_the_code_is_replaced_or_for_another_browser(fre
     assert lan.get("/setup").status_code == 200
     assert Browser(app, addr="192.0.2.78").get("/setup").status_code == 403  # no grant there
     setupcode.issue(conf, data)  # a reboot: a new code
+    setupcode._grants.clear()  # and a new page process, which holds no grant
+    assert lan.get("/setup").status_code == 403
     lan.get("/setup/code")
     assert lan.post("/setup/code", {"code": code}).status_code == 403  # the old code is no good
-    # (the grant itself is held by this page process: a reboot starts a new one with none)
 
 
 def test_plain_http_and_too_many_wrong_codes_are_refused(fresh):
@@ -223,3 +224,10 @@ def test_the_code_page_in_chromium_from_the_lan_through_the_proxy(browser, tmp_p
     finally:
         server.close()
     assert [e["source"] for e in _actions(data, "setup.code")] == ["192.168.10.23", "192.168.10.23"]
+
+
+def test_the_box_itself_needs_no_code(fresh):
+    data, conf, _, app = fresh
+    setupcode.issue(conf, data)
+    r = Browser(app, addr="127.0.0.1", https=False).get("/setup/code")
+    assert r.status_code == 302 and r.headers["Location"].endswith("/setup")

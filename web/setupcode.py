@@ -136,6 +136,8 @@ def enter():
     if step is None:
         wizard_over()
         return redirect(url_for("auth.login"))
+    if from_box_or_granted():  # the box itself needs no code; a browser that gave it goes on
+        return redirect(step_url(step))
     error, status = "", 200
     if not code_pending():
         error, status = ("이 장치에는 첫 설정 코드가 없습니다: 장치를 다시 켜면 콘솔에 새 코드가 나옵니다 · this box has no "
