@@ -314,3 +314,38 @@ def test_shared_files_get_group_access_only_under_the_units(tmp_path, monkeypatc
         m = modes(data)
         assert m["audit"] == 0o770 and m["index.sqlite"] == 0o660, m
         assert all(v & 0o060 == 0o060 and v & 0o007 == 0 for v in m.values()), m
+
+
+def test_a_tpm_box_gets_its_blob_as_a_credential_through_firstboots_drop_ins(tmp_path, monkeypatch, unit_root):
+    """device_secret = "tpm": firstboot writes a drop-in for the recorder and the keeper that replaces
+    the key file's credential by the sealed blob's (systemd-analyze verify reads the result without a
+    word), the services then read the blob from their credential directory, and the drop-ins go again
+    when the box is no longer a TPM box."""
+    from firmware.cli.processes import TPM_DROPIN, _tpm_dropins
+    from firmware.hal.devicekey import TpmDeviceSecret
+
+    sysdir = tmp_path / "etc/systemd/system"
+    monkeypatch.setenv("NOKBOX_SYSTEMD_DIR", str(sysdir))
+    tpm = parse_config({"vault": {"device_secret": "tpm", "tpm_blob": "/etc/nokbox/device.tpm"}})
+    _tpm_dropins(tmp_path / "data", tpm)
+    for unit in ("nokbox-recorder.service", "nokbox-keeper.service"):
+        text = (sysdir / f"{unit}.d" / TPM_DROPIN).read_text()
+        assert "LoadCredential=\nLoadCredential=device.tpm:/etc/nokbox/device.tpm\n" in text
+        # the unit with its drop-in, as systemd reads it (the module's unit root, drop-in added)
+        dropins = unit_root / "etc/systemd/system" / f"{unit}.d"
+        shutil.copytree(sysdir / f"{unit}.d", dropins, dirs_exist_ok=True)
+        try:
+            r = subprocess.run(["systemd-analyze", "verify", f"--root={unit_root}", unit], capture_output=True,
+                               text=True)
+        finally:
+            shutil.rmtree(dropins)
+        assert r.stderr.strip() == "", r.stderr
+    cred = tmp_path / "cred"
+    cred.mkdir()
+    (cred / "device.tpm").write_bytes(b"blob")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(cred))
+    dev = device_secret("tpm", "", tpm_blob="/etc/nokbox/device.tpm", tpm_tcti="swtpm:host=127.0.0.1,port=1")
+    assert isinstance(dev, TpmDeviceSecret) and dev.path == cred / "device.tpm"
+    assert dev.origin == Path("/etc/nokbox/device.tpm")  # what nokbox.json records
+    _tpm_dropins(tmp_path / "data", parse_config({}))
+    assert not list(sysdir.rglob(TPM_DROPIN))

@@ -285,6 +285,7 @@ def cmd_firstboot(args) -> int:
         else:
             dev.provision()  # reads the one there, or makes it (0600)
             print(f"장치 비밀 · device secret ({v.device_secret}): {dev.fingerprint()}", flush=True)
+    _tpm_dropins(args.data, cfg)
     _, _, fp = ensure_certificate(args.data, "0.0.0.0", directory=args.tls_dir)
     print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {fp}", flush=True)
     # a box with no keyboard: the first-run wizard answers a LAN browser that types this code
@@ -295,6 +296,48 @@ def cmd_firstboot(args) -> int:
         print(f"첫 설정 코드 · set-up code: {code}  (https://nokbox.local/setup/code; 다시 켜면 새 코드 · a new "
               f"one at every start until the set-up is done)", flush=True)
     return EXIT_ERROR if failed else EXIT_OK
+
+
+TPM_DROPIN = "10-nokbox-tpm.conf"
+
+
+def _tpm_dropins(data: Path, cfg) -> None:
+    """A TPM box passes the sealed blob to the recorder and the keeper as a credential in place of
+    the key file (the units name device.key): a drop-in for each, written here when the config or
+    the data directory's marker says 'tpm' (and removed when neither does), then a daemon-reload so
+    the services, ordered after this unit, start with it."""
+    import json
+
+    from ..vault.keys import MARKER
+
+    try:
+        where = json.loads((Path(data) / MARKER).read_text()).get("device") or {}
+    except (OSError, ValueError):
+        where = {}
+    blob = where.get("path") if where.get("backend") == "tpm" else (
+        cfg.vault.tpm_blob if cfg.vault.device_secret == "tpm" else None)
+    base = Path(os.environ.get("NOKBOX_SYSTEMD_DIR", "/etc/systemd/system"))
+    changed = False
+    for unit in ("nokbox-recorder.service", "nokbox-keeper.service"):
+        f = base / f"{unit}.d" / TPM_DROPIN
+        want = None if blob is None else (
+            "# nokbox firstboot: this box's device secret is sealed in its TPM; the blob (root's, 0600)\n"
+            "# reaches the service as a credential instead of the key file\n"
+            f"[Service]\nLoadCredential=\nLoadCredential=device.tpm:{blob}\n")
+        have = f.read_text() if f.exists() else None
+        if want == have:
+            continue
+        if want is None:
+            f.unlink()
+        else:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(want)
+            f.chmod(0o644)
+        changed = True
+    if changed:
+        print(f"TPM: {'credential drop-ins written' if blob else 'credential drop-ins removed'} ({base})", flush=True)
+        if Path("/run/systemd/system").exists() and "NOKBOX_SYSTEMD_DIR" not in os.environ:
+            subprocess.run(["systemctl", "daemon-reload"], check=False)
 
 
 # -- the supervisor ----------------------------------------------------------------------------

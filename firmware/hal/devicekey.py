@@ -113,10 +113,11 @@ class TpmDeviceSecret(DeviceSecret):
 
     name = "tpm"
 
-    def __init__(self, blob: str | os.PathLike, tcti: str) -> None:
+    def __init__(self, blob: str | os.PathLike, tcti: str, *, origin: str | os.PathLike | None = None) -> None:
         from .tpm import Tpm
 
         self.path = Path(blob)
+        self.origin = Path(origin) if origin is not None else self.path  # as FileDeviceSecret.origin
         self.tcti = tcti
         self.tpm = Tpm(tcti)
         self._secret: bytes | None = None
@@ -154,6 +155,17 @@ class TpmDeviceSecret(DeviceSecret):
 CREDENTIAL = "device.key"  # the name in LoadCredential=device.key:/etc/nokbox/device.key
 
 
+TPM_CREDENTIAL = "device.tpm"  # LoadCredential=device.tpm:/etc/nokbox/device.tpm (nokbox firstboot's drop-in)
+
+
+def tpm_secret(blob: str | os.PathLike, tcti: str) -> "TpmDeviceSecret":
+    """The TPM-sealed blob, or under systemd its credential copy (the blob is root's, 0600)."""
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred and (Path(cred) / TPM_CREDENTIAL).is_file():
+        return TpmDeviceSecret(Path(cred) / TPM_CREDENTIAL, tcti, origin=blob)
+    return TpmDeviceSecret(blob, tcti)
+
+
 def file_secret(key_file: str | os.PathLike) -> FileDeviceSecret:
     """The key file, or under systemd its credential: the file is root's (0600) and reaches the service
     as a copy only that service's user can read (LoadCredential=device.key:...)."""
@@ -173,5 +185,5 @@ def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | 
         # (LoadCredential=device.key:...): a copy only that service's user can read
         return file_secret(key_file)
     if backend == "tpm":
-        return TpmDeviceSecret(tpm_blob, tpm_tcti)
+        return tpm_secret(tpm_blob, tpm_tcti)
     raise DeviceError(f"unknown device secret backend {backend!r}")

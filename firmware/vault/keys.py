@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
 from ..errors import DataDirError, VaultError
-from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret, file_secret
+from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret, file_secret, tpm_secret
 from ..index import connect
 from .sealing import DEFAULT_APPROVER, PIN_LOG_N, RECOVERY_LOG_N
 
@@ -178,7 +178,7 @@ def write_marker(data: Path, device: DeviceSecret, created: float | None = None)
     if isinstance(device, FileDeviceSecret):
         where["path"] = str(Path(device.origin).resolve())  # the key file, not a service's credential copy
     elif isinstance(device, TpmDeviceSecret):
-        where["path"] = str(Path(device.path).resolve())
+        where["path"] = str(Path(device.origin).resolve())
     if isinstance(device, TpmDeviceSecret):
         where["tcti"] = device.tcti
     tmp = Path(data) / (MARKER + ".tmp")
@@ -230,7 +230,7 @@ def device_for(data: Path) -> DeviceSecret:
     if where.get("backend") == "file" and where.get("path"):
         return file_secret(where["path"])
     if where.get("backend") == "tpm" and where.get("path"):
-        return TpmDeviceSecret(where["path"], where.get("tcti") or "device:/dev/tpmrm0")
+        return tpm_secret(where["path"], where.get("tcti") or "device:/dev/tpmrm0")
     raise DataDirError(f"{data}: the device secret is not recorded in {MARKER}")
 
 
@@ -279,7 +279,7 @@ def box_device(data: Path, cfg) -> DeviceSecret:
     except (FileNotFoundError, ValueError):
         where = {}
     if where.get("backend") == "tpm" and where.get("path"):
-        return TpmDeviceSecret(where["path"], v.tpm_tcti)
+        return tpm_secret(where["path"], v.tpm_tcti)
     dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
     if isinstance(dev, TpmDeviceSecret):
         beside = data.parent / (data.name + "-device.tpm")
