@@ -16,9 +16,9 @@ runtime_pkgs=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev lib
               libtss2-dev ca-certificates fonts-nanum mtools dosfstools udisks2 exfatprogs)
 test_pkgs=(age sox opus-tools chromium fonts-noto-cjk espeak-ng asterisk-core-sounds-en-wav asterisk-moh-opsound-wav multimon-ng
            swtpm swtpm-tools tpm2-tools libtss2-tcti-swtpm0 7zip openssh-client poppler-utils
-           exfat-fuse dbus-daemon udev systemd systemd-container mmdebstrap genimage)
+           exfat-fuse dbus-daemon udev systemd systemd-container mmdebstrap genimage fdisk)
 image_pkgs=(mmdebstrap arch-test genimage mtools dosfstools e2fsprogs qemu-user-static binfmt-support qemu-system-arm
-            systemd-container git)
+            systemd-container git fdisk qemu-utils)
 
 pkgs=("${runtime_pkgs[@]}")
 ((want_test)) && pkgs+=("${test_pkgs[@]}")
