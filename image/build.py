@@ -171,7 +171,7 @@ def rendered(r: Recipe) -> dict[str, str]:
         "etc/default/raspi-firmware": (
             "# nokbox image (image/recipe.toml)\nROOTPART=LABEL=NOKBOX-ROOT\n"
             f"CONSOLES=\"{' '.join(r.system.consoles)}\"\nGPU_FREQ=360\n"),
-        "etc/default/raspi-extra-cmdline": "fsck.repair=yes systemd.show_status=1\n",
+        "etc/default/raspi-extra-cmdline": "systemd.show_status=1\n",  # (raspi-firmware adds fsck.repair=yes)
         "etc/chrony/sources.d/nokbox.sources": "".join(f"pool {s} iburst\n" for s in r.network.ntp),
         "etc/default/locale": f"LANG={r.system.locale}\n",
         "etc/locale.gen": f"{r.system.locale} UTF-8\nen_US.UTF-8 UTF-8\n",

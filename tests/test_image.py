@@ -181,7 +181,7 @@ def test_genimage_lays_out_the_boot_and_root_partitions(tmp_path):
 @pytest.mark.skipif(not os.environ.get("NOKBOX_IMAGE_DIR"), reason="opt-in: NOKBOX_IMAGE_DIR=build/image after make image")
 def test_the_built_image_boots_under_qemu_and_the_services_come_up(tmp_path):
     d = Path(os.environ["NOKBOX_IMAGE_DIR"])
-    img = next(d.glob("*.img"))
+    img = max(d.glob("*.img"), key=lambda p: p.stat().st_size)  # the disk image, not initrd.img
     # a copy-on-write overlay keeps the built image untouched; a data SSD with its label
     disk = tmp_path / "sd.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(img.resolve()), str(disk)],
@@ -190,14 +190,16 @@ def test_the_built_image_boots_under_qemu_and_the_services_come_up(tmp_path):
     subprocess.run(["truncate", "-s", "256M", str(ssd)], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-L", "NOKBOX-DATA", str(ssd)], check=True)
     console = tmp_path / "console.log"
-    argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024", "-nographic",
+    argv = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", "2", "-m", "1024",
             "-kernel", str(d / "vmlinuz"), "-initrd", str(d / "initrd.img"),
-            "-append", "root=LABEL=NOKBOX-ROOT rw console=ttyAMA0 systemd.show_status=1",
+            "-append", "root=LABEL=NOKBOX-ROOT rw console=ttyAMA0 systemd.show_status=1 "
+            "systemd.journald.forward_to_console=1",  # the journal too: no one can log in to look
             "-drive", f"if=virtio,format=qcow2,file={disk}", "-drive", f"if=virtio,format=raw,file={ssd}",
-            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0", "-serial", f"file:{console}",
+            "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=", "-serial", f"file:{console}",
             "-monitor", "none", "-display", "none"]
     t0 = time.monotonic()
-    q = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    qlog = open(tmp_path / "qemu.log", "wb")
+    q = subprocess.Popen(argv, stdout=qlog, stderr=subprocess.STDOUT)
     want = ["nokbox-recorder.service", "nokbox-keeper.service", "nokbox-web.service", "nginx.service",
             "chrony.service", "avahi-daemon.service", "ssh.service"]
     try:
@@ -208,7 +210,7 @@ def test_the_built_image_boots_under_qemu_and_the_services_come_up(tmp_path):
                        or f"Started {u}" in text]
             if len(started) == len(want) and "multi-user" in text.lower():
                 break
-            assert q.poll() is None, text[-3000:]
+            assert q.poll() is None, (tmp_path / "qemu.log").read_text(errors="replace") + text[-3000:]
             time.sleep(2)
         text = console.read_text(errors="replace")
         print(f"qemu-system-aarch64: the image reached multi-user with {len(started)}/{len(want)} units started "
@@ -219,3 +221,4 @@ def test_the_built_image_boots_under_qemu_and_the_services_come_up(tmp_path):
     finally:
         q.kill()
         q.wait(30)
+        qlog.close()
