@@ -8,8 +8,9 @@ The tests run in file order on one boot (the module's fixture): the services com
 answers through nginx; the page's user cannot open recordings, keys or the device key; a call is
 recorded; the watchdog restarts a recorder whose capture hangs and the interrupted call is
 recovered; ``kill -9`` mid-call loses no finished call; a bad config is refused with its key named
-while the running recorder keeps the old one; ``poweroff`` closes the call in progress as a
-complete file. ``NOKBOX_BOOT_DEB=path.deb`` skips building the package (a quicker rerun).
+while the running recorder keeps the old one; an upgrade keeps data, keys and config;
+``poweroff`` closes the call in progress as a complete file; remove keeps the recordings and purge
+says what it deletes. ``NOKBOX_BOOT_DEB=path.deb`` skips building the package (a quicker rerun).
 """
 
 from __future__ import annotations
@@ -329,3 +330,23 @@ def test_poweroff_closes_the_call_in_progress_as_a_complete_file(box):
     v = subprocess.run(["chroot", str(box.root), "/opt/nokbox/venv/bin/nokbox", "verify", "--data", DATA,
                         "--config", CONF], capture_output=True, text=True)
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_remove_keeps_the_recordings_and_purge_says_what_it_deletes(box):
+    """After the poweroff, on the box's disk (a chroot, no systemd): dpkg -r takes the program and
+    keeps DATA and /etc/nokbox; dpkg -P says what it deletes, deletes /etc/nokbox (config, device
+    key, certificate) and never the recordings."""
+    root = box.root
+    calls = sorted(p.relative_to(root) for p in (root / "var/lib/nokbox/calls").rglob("*.age"))
+    assert calls
+    r = subprocess.run(["chroot", str(root), "dpkg", "-r", "nokbox"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "Recordings, keys and the audit trail are kept in /var/lib/nokbox" in r.stderr
+    assert not (root / "opt/nokbox/venv").exists() and not (root / "etc/nginx/sites-enabled/nokbox").exists()
+    assert (root / "etc/nokbox/device.key").exists() and (root / "var/lib/nokbox/nokbox.json").exists()
+    r = subprocess.run(["chroot", str(root), "dpkg", "-P", "nokbox"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "purge deletes /etc/nokbox" in r.stderr and "does NOT delete /var/lib/nokbox" in r.stderr
+    assert not (root / "etc/nokbox").exists()
+    assert sorted(p.relative_to(root) for p in (root / "var/lib/nokbox/calls").rglob("*.age")) == calls
+    assert (root / "var/lib/nokbox/keys/recipient.txt").exists() and (root / "var/lib/nokbox/audit").is_dir()

@@ -87,8 +87,8 @@ class Disk:
 def plain_audio(data: bytes | None = None):
     """An anonymous in-memory file (memfd: never on a disk, gone when closed) holding ``data``, as a
     file descriptor for libsndfile's ``sf_open_fd``. Not ``io.BytesIO``: soundfile reads a Python
-    file object through cffi callbacks, which need write+execute memory, and the services run with
-    MemoryDenyWriteExecute=yes (systemd/). Yields the descriptor positioned at 0."""
+    file object through cffi callbacks, which need write+execute memory, and the keeper and the page
+    run with MemoryDenyWriteExecute=yes (systemd/). Yields the descriptor positioned at 0."""
     fd = memfd_with(data)
     try:
         yield fd
