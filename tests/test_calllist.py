@@ -411,17 +411,21 @@ def test_the_calls_list_in_chromium(browser, box):  # noqa: F811
         pg.fill("input[name=name]", "approver")
         pg.fill("input[name=password]", PASSWORD["approver"])
         pg.click("button[type=submit]")
-        pg.click("#nav-calls")
+        with pg.expect_navigation():  # the next page loaded before it is read
+            pg.click("#nav-calls")
         assert pg.locator("#calls tbody tr").count() == 100
         pg.screenshot(path=str(SHOTS / "1-first-page.png"), full_page=True)
-        pg.click("#older")
+        with pg.expect_navigation():  # the next page loaded before it is read
+            pg.click("#older")
         assert "after=" in pg.url
         pg.screenshot(path=str(SHOTS / "2-older.png"), full_page=True)
-        pg.click("#newer")
+        with pg.expect_navigation():  # the next page loaded before it is read
+            pg.click("#newer")
         assert pg.locator("#calls tbody tr").first.get_attribute("data-id") == str(newest_first(rows)[0])
         pg.select_option("#line", "2")
         pg.select_option("#notice", "failed")
-        pg.click("#show")
+        with pg.expect_navigation():  # the next page loaded before it is read
+            pg.click("#show")
         q = parse_qs(urlsplit(pg.url).query)
         assert q["line"] == ["2"] and q["notice"] == ["failed"]
         want = newest_first(rows, lambda r: r[2] == 1 and r[3] == "failed")
@@ -431,7 +435,8 @@ def test_the_calls_list_in_chromium(browser, box):  # noqa: F811
         pg.screenshot(path=str(SHOTS / "3-line-2-failed.png"), full_page=True)
         pg.fill("#day", DAY.isoformat())
         pg.select_option("#notice", "")
-        pg.click("#show")
+        with pg.expect_navigation():  # the next page loaded before it is read
+            pg.click("#show")
         pg.screenshot(path=str(SHOTS / "4-day-line-2.png"), full_page=True)
         pg.goto(base + "/calls?line=99999999999999999999999")
         assert "1부터 32" in pg.inner_text("#refusal")

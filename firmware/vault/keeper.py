@@ -148,16 +148,28 @@ class _Decoder:
 
         from .callfile import memfd_with
 
-        # an in-memory file descriptor, not a Python file object (callfile.plain_audio says why);
-        # libsndfile closes it with the SoundFile
-        fd = memfd_with(plain)
+        # an in-memory file descriptor, not a Python file object (callfile.plain_audio says why).
+        # This object owns it and closes it once (libsndfile never does: closefd=False), so a
+        # failed open can never close a number another thread has been given since
+        self._fd = memfd_with(plain)
         try:
-            self.sf = sf.SoundFile(fd, closefd=True)
+            self.sf = sf.SoundFile(self._fd, closefd=False)
         except sf.LibsndfileError as exc:
-            os.close(fd)
+            self._close_fd()
             raise RuntimeError(str(exc)) from None
         self.rate, self.frames = int(self.sf.samplerate), int(self.sf.frames)
         self.lock = threading.Lock()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = getattr(self, "_fd", -1), -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        s = getattr(self, "sf", None)
+        if s is not None:
+            s.close()
+        self._close_fd()
 
     def pcm_bytes(self, start: int, stop: int) -> bytes:
         """Bytes [start, stop) of the PCM data (2 bytes a frame, first channel)."""
