@@ -76,6 +76,59 @@ def vm_hwm_mb() -> float:
     return float("nan")
 
 
+def smaps_by_mapping() -> dict[str, int]:
+    """Resident KiB of this process by what is mapped (/proc/self/smaps): a shared library or
+    extension module by its file name, [heap], [stack], and anonymous mappings (numpy buffers,
+    Python's arenas, thread stacks) as [anon]."""
+    out: dict[str, int] = {}
+    name = "[anon]"
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if len(head) >= 5 and "-" in head[0] and not head[0].endswith(":"):
+                path = head[5].strip() if len(head) > 5 else ""
+                name = Path(path).name if path.startswith("/") else (path or "[anon]")
+            elif line.startswith("Rss:"):
+                out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
+
+
+class MemorySampler:
+    """Every ``every`` seconds, the process's RSS (smaps_rollup); at each new high, where it is
+    (smaps by mapping): the breakdown at the peak."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        import threading
+
+        self.every, self.peak_kib, self.at_peak = every, 0, {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
+
+    def _rss_kib(self) -> int:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    return int(line.split()[1])
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            rss = self._rss_kib()
+            if rss > self.peak_kib:
+                self.peak_kib, self.at_peak = rss, smaps_by_mapping()
+
+    def __enter__(self) -> "MemorySampler":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join(5.0)
+
+    def top(self, n: int = 8) -> list[tuple[str, float]]:
+        return [(k, v / 1024.0) for k, v in sorted(self.at_peak.items(), key=lambda kv: -kv[1])[:n]]
+
+
 def per_line_hour(cpu_s: float, line_hours: float) -> float:
     return cpu_s / line_hours if line_hours > 0 else float("nan")
 
@@ -113,8 +166,9 @@ def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> 
     rss_before = peak_rss_mb()
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    rec.start()
-    rec.wait()
+    with MemorySampler() as mem:
+        rec.start()
+        rec.wait()
     cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
 
     idx = CallIndex(data / "index.sqlite")
@@ -138,6 +192,8 @@ def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> 
         "rss_before_run_mb": rss_before,
         "peak_rss_mb": peak_rss_mb(),
         "vm_hwm_mb": vm_hwm_mb(),
+        "sampled_peak_mb": mem.peak_kib / 1024.0,
+        "top_mappings_mb": mem.top(),
         "errors": errors,
     }
 
@@ -220,6 +276,10 @@ def report(pipe: dict, vad: dict, expected_calls: int, wav_mb: float) -> None:
     print(f"    VmHWM (/proc)           {pipe['vm_hwm_mb']:10.1f} MB   (same peak, per process image)")
     print(f"    RSS before the run      {pipe['rss_before_run_mb']:10.1f} MB   (interpreter, imports, "
           f"recorder with {pipe['ring_mb']:.1f} MB of rings)")
+    if pipe.get("top_mappings_mb"):
+        print(f"    at the sampled peak ({pipe['sampled_peak_mb']:.1f} MB, every 0.5 s), resident by mapping:")
+        for name, mb in pipe["top_mappings_mb"]:
+            print(f"      {mb:8.1f} MB  {name}")
     print(f"  calls recorded            {calls.get('finished', 0):10d}      "
           f"({expected_calls} calls end within the audio, calls open at its end count too; other states: "
           f"{ {k: v for k, v in calls.items() if k != 'finished'} or 'none'})")
