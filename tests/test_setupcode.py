@@ -231,3 +231,20 @@ def test_the_box_itself_needs_no_code(fresh):
     setupcode.issue(conf, data)
     r = Browser(app, addr="127.0.0.1", https=False).get("/setup/code")
     assert r.status_code == 302 and r.headers["Location"].endswith("/setup")
+
+
+def test_a_code_file_that_cannot_be_deleted_never_breaks_the_page(fresh, monkeypatch):
+    data, conf, _, app = fresh
+    setupcode.issue(conf, data)
+    real_unlink = type(conf).unlink
+
+    def refuse(self, *a, **kw):
+        if self.name == "setup-code":
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(type(conf), "unlink", refuse)
+    with app.test_request_context("/", environ_base={"REMOTE_ADDR": "127.0.0.1"}):
+        setupcode._grants["x"] = 1e18
+        setupcode.wizard_over()  # logs, does not raise
+        assert setupcode._grants == {}

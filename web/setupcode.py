@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -25,6 +26,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 
 from .auth import _is_loopback, ext, public, source
 
+log = logging.getLogger(__name__)
 bp = Blueprint("setupcode", __name__)
 
 CODE_FILE = "setup-code"
@@ -124,6 +126,8 @@ def wizard_over() -> None:
                                reason="first-run set-up over: the set-up code deleted", source=source())
         except FileNotFoundError:
             pass
+        except OSError as exc:  # never a reason to fail the page: the grants are gone all the same
+            log.warning("the set-up code file %s could not be deleted (%s); delete it as root", p, exc.strerror)
 
 
 @bp.route("/setup/code", methods=["GET", "POST"])
