@@ -261,16 +261,15 @@ def cmd_firstboot(args) -> int:
     sealed in the TPM) and the HTTPS certificate nginx serves (ECDSA P-256; the host name,
     nokbox.local and the box's addresses). Each is made once; the fingerprint is printed at every
     run, for the console and the journal."""
+    from web.setupcode import issue
     from web.tls import ensure_certificate
 
-    from ..hal.devicekey import device_secret
-
     from ..config import DEFAULT_CONFIG_PATH
+    from ..hal.devicekey import device_secret
+    from ..vault.keys import MARKER
 
     cfg, cpath = load_config(args.config)
     v = cfg.vault
-    from ..vault.keys import MARKER
-
     failed = False
     if v.device_secret != "otp":
         dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
@@ -289,8 +288,6 @@ def cmd_firstboot(args) -> int:
     _, _, fp = ensure_certificate(args.data, "0.0.0.0", directory=args.tls_dir)
     print(f"관리 화면 인증서 지문 · admin page certificate SHA-256 fingerprint: {fp}", flush=True)
     # a box with no keyboard: the first-run wizard answers a LAN browser that types this code
-    from web.setupcode import issue
-
     code = issue(Path(cpath or args.config or DEFAULT_CONFIG_PATH), args.data)
     if code:
         print(f"첫 설정 코드 · set-up code: {code}  (https://nokbox.local/setup/code; 다시 켜면 새 코드 · a new "
@@ -306,14 +303,9 @@ def _tpm_dropins(data: Path, cfg) -> None:
     the key file (the units name device.key): a drop-in for each, written here when the config or
     the data directory's marker says 'tpm' (and removed when neither does), then a daemon-reload so
     the services, ordered after this unit, start with it."""
-    import json
+    from ..vault.keys import marker_device
 
-    from ..vault.keys import MARKER
-
-    try:
-        where = json.loads((Path(data) / MARKER).read_text()).get("device") or {}
-    except (OSError, ValueError):
-        where = {}
+    where = marker_device(data)
     blob = where.get("path") if where.get("backend") == "tpm" else (
         cfg.vault.tpm_blob if cfg.vault.device_secret == "tpm" else None)
     base = Path(os.environ.get("NOKBOX_SYSTEMD_DIR", "/etc/systemd/system"))

@@ -158,21 +158,24 @@ CREDENTIAL = "device.key"  # the name in LoadCredential=device.key:/etc/nokbox/d
 TPM_CREDENTIAL = "device.tpm"  # LoadCredential=device.tpm:/etc/nokbox/device.tpm (nokbox firstboot's drop-in)
 
 
+def _credential(name: str) -> Path | None:
+    """This service's copy of credential ``name`` ($CREDENTIALS_DIRECTORY, systemd), if it has one."""
+    cred = os.environ.get("CREDENTIALS_DIRECTORY")
+    path = Path(cred) / name if cred else None
+    return path if path is not None and path.is_file() else None
+
+
 def tpm_secret(blob: str | os.PathLike, tcti: str) -> "TpmDeviceSecret":
     """The TPM-sealed blob, or under systemd its credential copy (the blob is root's, 0600)."""
-    cred = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred and (Path(cred) / TPM_CREDENTIAL).is_file():
-        return TpmDeviceSecret(Path(cred) / TPM_CREDENTIAL, tcti, origin=blob)
-    return TpmDeviceSecret(blob, tcti)
+    copy = _credential(TPM_CREDENTIAL)
+    return TpmDeviceSecret(copy, tcti, origin=blob) if copy else TpmDeviceSecret(blob, tcti)
 
 
 def file_secret(key_file: str | os.PathLike) -> FileDeviceSecret:
     """The key file, or under systemd its credential: the file is root's (0600) and reaches the service
     as a copy only that service's user can read (LoadCredential=device.key:...)."""
-    cred = os.environ.get("CREDENTIALS_DIRECTORY")
-    if cred and (Path(cred) / CREDENTIAL).is_file():
-        return FileDeviceSecret(Path(cred) / CREDENTIAL, origin=key_file)
-    return FileDeviceSecret(key_file)
+    copy = _credential(CREDENTIAL)
+    return FileDeviceSecret(copy, origin=key_file) if copy else FileDeviceSecret(key_file)
 
 
 def device_secret(backend: str, key_file: str | os.PathLike, *, tpm_blob: str | os.PathLike = "",

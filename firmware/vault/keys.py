@@ -267,6 +267,14 @@ def load_recipients(data: Path, key_class: str | None = None) -> list[bytes]:
 
 
 # -- who can read: the API the approval workflow calls -----------------------------------
+def marker_device(data: Path) -> dict:
+    """The device record of ``nokbox.json`` (backend, path, tcti); empty when there is none yet."""
+    try:
+        return json.loads((Path(data) / MARKER).read_text()).get("device") or {}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def box_device(data: Path, cfg) -> DeviceSecret:
     """The device-bound secret the config names; on a development box whose configured key
     file does not exist, the key file ``init`` put beside the data directory."""
@@ -274,10 +282,7 @@ def box_device(data: Path, cfg) -> DeviceSecret:
 
     v = cfg.vault
     data = Path(data)
-    try:  # a box whose secret moved into its TPM (keys move-to-tpm) follows its marker, whatever the config says
-        where = json.loads((data / MARKER).read_text()).get("device") or {}
-    except (FileNotFoundError, ValueError):
-        where = {}
+    where = marker_device(data)  # a box whose secret moved into its TPM (keys move-to-tpm) follows its marker
     if where.get("backend") == "tpm" and where.get("path"):
         return tpm_secret(where["path"], v.tpm_tcti)
     dev = device_secret(v.device_secret, v.device_key_file, tpm_blob=v.tpm_blob, tpm_tcti=v.tpm_tcti)
