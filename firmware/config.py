@@ -647,13 +647,19 @@ def parse_config(data: dict, source: str = "<config>") -> NokboxConfig:
         raise ConfigError(f"{source}: {_format_error(exc)}") from None
 
 
+def shared_data() -> bool:
+    """The appliance's three services run as separate users sharing DATA (their units set
+    ``NOKBOX_SHARED_DATA=1``, as does /usr/bin/nokbox)."""
+    return os.environ.get("NOKBOX_SHARED_DATA") == "1"
+
+
 def shared_mode(private: int) -> int:
     """The mode for a file or folder in DATA that the appliance's three services share (index, audit
     trail, accounts, requests): ``private`` (an owner-only mode such as 0o600) widened to the group
     when the services run as separate users (``NOKBOX_SHARED_DATA=1``, set by their units); the
     default ACLs of systemd/tmpfiles.d/nokbox.conf then decide which group that is. Elsewhere (one
     user: ``nokbox run``, tests) it stays owner-only."""
-    if os.environ.get("NOKBOX_SHARED_DATA") != "1":
+    if not shared_data():
         return private
     return private | ((private & 0o700) >> 3)
 
@@ -662,7 +668,7 @@ def share_sqlite(db_path) -> None:
     """Give a shared SQLite database and its WAL files the group access of ``shared_mode`` (SQLite
     creates them 0644 & umask, which is 0600 under the units' UMask=0077). Only the owner can; the
     other services find it done."""
-    if os.environ.get("NOKBOX_SHARED_DATA") != "1":
+    if not shared_data():
         return
     for suffix in ("", "-wal", "-shm"):
         p = Path(f"{db_path}{suffix}")

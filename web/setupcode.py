@@ -137,8 +137,7 @@ def enter():
 
     x = ext()
     step = current_step()
-    if step is None:
-        wizard_over()
+    if step is None:  # (current_step has spent the code)
         return redirect(url_for("auth.login"))
     if from_box_or_granted():  # the box itself needs no code; a browser that gave it goes on
         return redirect(step_url(step))

@@ -126,8 +126,7 @@ def lan_refusal(what: str):
 def _ready(step: str):
     """None when ``step`` is the current one and asked from the box itself, else the answer to give."""
     now = current_step()
-    if now is None:  # the wizard is over: its pages lead on, from anywhere
-        setupcode.wizard_over()
+    if now is None:  # the wizard is over (current_step spent the set-up code): its pages lead on
         return redirect(finish_url())
     if not setupcode.from_box_or_granted():
         return lan_refusal(STEP_ENDPOINT[step])

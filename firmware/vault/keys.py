@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives import serialization
 
 from .age import _bech32_encode, generate_identity, parse_recipient, recipient_of
+from ..config import shared_data
 from ..errors import DataDirError, VaultError
 from ..hal.devicekey import DeviceSecret, FileDeviceSecret, TpmDeviceSecret, file_secret, tpm_secret
 from ..index import connect
@@ -97,7 +98,7 @@ def init_data_dir(data: Path, identity_out: Path | None = None,
         raise VaultError("a TPM box needs the recovery passphrase (it seals the TPM's lockout authorisation)")
     for sub in ("keys", "calls", "run"):
         (data / sub).mkdir(parents=True, exist_ok=True)
-    if os.environ.get("NOKBOX_SHARED_DATA") != "1":
+    if not shared_data():
         # owner-only, as every file and folder under it (the CLI's umask 077). On the appliance
         # (NOKBOX_SHARED_DATA=1) DATA is root's and its modes and ACLs are systemd-tmpfiles'
         # (a chmod there would fail, and one on DATA/keys would reset its ACL mask to nothing)
