@@ -10,6 +10,11 @@ Run:  .venv/bin/python benchmarks/vault.py [--minutes 10] [--trials-per-cut 6]
 - Years of 16 lines x 8 busy hours a day that fit on a 1 TB SSD with the default codec.
 - Crash test: power cuts at every write (all issued writes on disk, and with unsynced writes
   lost or torn at random), recovery, and the worst audio lost per interrupted call.
+- Recorder crash test (``--pipeline``, or ``--only-pipeline``): the whole recorder in its own
+  process, fed a call in real time, killed the moment its capture reaches a given sample (the
+  source kills its process: tests/killcut.py), then ``nokbox recover``: the audio lost per active
+  call between its recovered end and the cut, at ``segment.chunk_s`` 2, 4 and 8 (the analysis lags
+  the capture by up to a chunk; the write-ahead journal, vault/ahead.py, does not).
 Figures are printed, never asserted.
 """
 
@@ -143,12 +148,52 @@ def crash_figures(keys, tmp: Path, trials_per_cut: int, codec: str) -> dict:
             "worst_lost_ms": 1000.0 * worst / RATE, "finished_lost": finished_lost}
 
 
+def pipeline_figures(chunks: list[float], cuts: list[float], codec: str) -> dict[float, list[float]]:
+    """Seconds lost per active call at each cut, per chunk_s (a fresh data directory per run)."""
+    from firmware.index import CallIndex
+    from firmware.vault.keys import init_data_dir
+    from firmware.vault.recovery import recover_data_dir
+    from tests.killcut import lost_per_call, run_and_cut
+    from tests.test_vault_crash import _speaking_call
+
+    audio = _speaking_call(40.0, 2.0, 50.0)
+    out: dict[float, list[float]] = {}
+    for chunk_s in chunks:
+        for cut_s in cuts:
+            with tempfile.TemporaryDirectory() as d:
+                tmp = Path(d)
+                data = tmp / "data"
+                init_data_dir(data, tmp / "records-identity.txt")
+                run_and_cut(data, audio, int(cut_s * RATE), {"storage": {"codec": codec},
+                                                            "segment": {"chunk_s": chunk_s}}, tmp)
+                recover_data_dir(data)
+                idx = CallIndex(data / "index.sqlite")
+                rows = [dict(r) for r in idx.calls()]
+                idx.close()
+                lost = lost_per_call(rows, int(cut_s * RATE))
+                out.setdefault(chunk_s, []).append(max(lost.values()) if lost else float(cut_s - 2.0))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0, help="audio per codec for size and cost")
     ap.add_argument("--trials-per-cut", type=int, default=6, help="random lost-write trials per cut point")
     ap.add_argument("--crash-codecs", default="wav,flac,opus", help="codecs the crash test writes")
+    ap.add_argument("--pipeline", action="store_true", help="also the recorder crash test (about 4 minutes)")
+    ap.add_argument("--only-pipeline", action="store_true", help="only the recorder crash test")
+    ap.add_argument("--cuts", default="3.3,5.7,8.1,10.9,14.2,19.6", help="capture positions (s) of the cuts")
     args = ap.parse_args()
+    if args.pipeline or args.only_pipeline:
+        cuts = [float(c) for c in args.cuts.split(",")]
+        figs = pipeline_figures([2.0, 4.0, 8.0], cuts, "wav")
+        print(f"recorder crash test: one call from 2 s, recorder killed when its capture reached {cuts} s, "
+              f"then recovery (wav, real time)")
+        for chunk_s, lost in figs.items():
+            print(f"  chunk_s {chunk_s:g}: audio lost per active call: worst {max(lost):.2f} s, median "
+                  f"{float(np.median(lost)):.2f} s (target <= 1.0 s)")
+        if args.only_pipeline:
+            return
     rec_id, rec = generate_identity()
     dev_id, dev = generate_identity()
     keys = {"records": rec_id, "device": dev_id, "rec_pub": parse_recipient(rec), "dev_pub": parse_recipient(dev)}

@@ -29,6 +29,7 @@ from ._jit import kernel
 from .callerid import FSK_STANDARDS, decode_fsk, parse_dtmf_cid
 from .levels import SILENCE_DBFS, rms_dbfs
 from .music import TonalDetector
+from .linestate import HookFilter, OnsetStage
 from .tones import (DTMF_HIGH, DTMF_LOW, KOREA_TONES, TWIST_MARGIN_DB, CadenceTracker, DtmfParams, DtmfSequencer,
                     GoertzelBank, ToneSpec, analyse_windows, group_table, no_codes)
 
@@ -99,12 +100,13 @@ def _levels(x16, flen, blockmins, gate_dbfs, gate_floor_db):
 
 
 @kernel
-def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, end_hist, floor_hist, lvl_hist,
+def _masks(lv, floor, tl, codes, excl, fsk_a, fsk_b, end_groups, spc_hist, act_hist, end_hist, floor_hist, lvl_hist,
            dl_hist, trigger_db, speech_min_dbfs, min_level_dbfs, release_db, n_confirm):
     """The per-frame masks of one chunk and its history tapes extended by it.
 
-    ``tl``/``codes``: tone group labels and DTMF key codes per frame (-1 none); frames
-    ``fsk_a``..``fsk_b`` lie in an FSK caller-ID burst. Each ``*_hist`` is a tape's history
+    ``tl``/``codes``: tone group labels and DTMF key codes per frame (-1 none); ``excl``: frames that
+    are never speech (mains hum, clicks; see ``LineSegmenter._not_speech``); frames ``fsk_a``..``fsk_b``
+    lie in an FSK caller-ID burst. Each ``*_hist`` is a tape's history
     (the last frames before the chunk); the matching output is that history followed by the
     chunk. Returns (talk, speech tape, idle activity tape, end-tone tape, floor tape, level
     tape, level-step tape, level moving, over min_level, DTMF frame).
@@ -140,7 +142,7 @@ def _masks(lv, floor, tl, codes, fsk_a, fsk_b, end_groups, spc_hist, act_hist, e
                 busy = True
         # speech: over the floor, loud enough, not a tone, not DTMF, not an FSK burst
         spc[hs + i] = (lv[i] >= floor[i] + trigger_db and lv[i] >= speech_min_dbfs and t < 0 and not dtmf[i]
-                       and not (fsk_a <= i < fsk_b))
+                       and not (fsk_a <= i < fsk_b) and not excl[i])
         lv_min[i] = lv[i] >= min_level_dbfs
         act[ha + i] = lv[i] >= floor[i] + release_db and lv_min[i] and not busy
         endt[end_hist.shape[0] + i] = busy
@@ -300,6 +302,14 @@ class SegmentParams:
     dtmf: DtmfParams = field(default_factory=DtmfParams)
     cid_fsk: bool = True
     cid_dtmf: bool = True
+    onset: bool = True  # the provisional onset stage (CallOnset ahead of the chunk's analysis)
+    onset_withdraw_s: float = 1.0  # analysed this far past a provisional onset without a call: withdrawn
+    crosstalk_db: float = 15.0  # an idle line's speech this far under its own calls' level is crosstalk
+    sense_offhook_s: float = 0.06  # the sense input off-hook this long is off-hook (bounce, ringing are not)
+    sense_flash_s: float = 1.0  # ... on-hook longer than this is a hang-up (shorter: a hook flash)
+    sense_check_s: float = 1.0  # after an on-hook, speech this long (past the grace) keeps the call going
+    sense_grace_s: float = 0.3  # ... not counting this much right after it (the on-hook click, echo)
+    sense_stuck_s: float = 3600.0  # off-hook this long without speech: an alarm; the audio decides
 
     @property
     def frame_len(self) -> int:
@@ -339,12 +349,51 @@ class SegmentParams:
 
 
 @dataclass(frozen=True)
+class CallOnset:
+    """Provisional: a call may have begun (speech-like activity, seen ahead of the chunk's analysis).
+
+    Raised from the block that completed frame ``raised`` (sample index of that frame's end) on;
+    the recorder plays the notice and starts journaling from ``sample``. The chunk's analysis later
+    confirms it (the next ``CallStart`` carries the same ``raised``) or withdraws it
+    (``CallWithdrawn``).
+    """
+
+    sample: int  # the oldest sample a confirmed call may start at (what the caller must keep)
+    onset: int  # the first speech-like frame
+    raised: int
+
+
+@dataclass(frozen=True)
+class CallWithdrawn:
+    """The provisional onset raised at ``raised`` was not a call (analysed up to ``sample``)."""
+
+    raised: int
+    sample: int
+
+
+@dataclass(frozen=True)
 class CallStart:
-    """A call begins at ``sample`` (pre-roll included); its first sign was at ``onset``."""
+    """A call begins at ``sample`` (pre-roll included); its first sign was at ``onset``.
+
+    ``raised``: the sample at which the call was first raised — its provisional onset, when one
+    came first, else the end of the chunk that confirmed it (-1: a call continued after max_length).
+    """
 
     sample: int
     onset: int
-    evidence: str = ""  # what confirmed it: speech, dial, ringback, dtmf, callerid
+    evidence: str = ""  # what confirmed it: speech, dial, ringback, dtmf, callerid, offhook
+    raised: int = -1
+    answered: bool = True  # False: confirmed by its caller ID while still ringing (CallAnswered follows)
+
+
+@dataclass(frozen=True)
+class CallAnswered:
+    """A call confirmed by its caller ID (the line still on-hook, between rings) was answered: its
+    first words (or the sense input's off-hook) at ``sample``, known at ``raised``. The notice
+    plays from here: played during the ringing, nobody would hear it."""
+
+    sample: int
+    raised: int
 
 
 @dataclass(frozen=True)
@@ -358,7 +407,21 @@ class CallEnd:
     caller_id: str | None = None
 
 
-Event = CallStart | CallEnd
+@dataclass(frozen=True)
+class LineAlarm:
+    """The line-sense input and the audio disagree (never a lost call: the audio decides).
+
+    ``kind``: ``sense_onhook_speech`` (on-hook, but speech goes on: the call continues on the
+    audio's evidence), ``sense_offhook_silent`` (off-hook with no speech for ``sense_stuck_s``:
+    the audio's end rules take over), ``sense_missed_call`` (a call with speech the input never
+    showed off-hook).
+    """
+
+    sample: int
+    kind: str
+
+
+Event = CallStart | CallEnd | CallOnset | CallWithdrawn | CallAnswered | LineAlarm
 
 
 class LineSegmenter:
@@ -407,6 +470,27 @@ class LineSegmenter:
         # frames quieter than every tone/DTMF/FSK threshold (less 6 dB) need no spectrum
         self._gate_dbfs = min(p.tone_min_dbfs, p.dtmf.min_level_dbfs, -40.0) - 6.0
         self._tonal = TonalDetector(p.rate, self.flen)
+        self._withdraw_n = int(round(p.onset_withdraw_s * p.rate))
+        self._step_n = p.rate // 10  # the onset stage's step (the recorder's block)
+        # the line-sense input (hook()): its state, whether the audio still agrees with it, and when
+        self.sense_wired = False
+        self._sense_off = False  # off-hook, as the input says
+        self._sense_trust = True  # its word ends calls (False after a disagreement, until next off-hook)
+        self._offhook_at = 0
+        self._hook_end: int | None = None  # on-hook sample waiting for the analysis to pass it
+        self._call_saw_offhook = False
+        self._last_talk = _NEG  # end sample of the latest speech frame analysed
+        self.alarms = 0
+        self._prov: tuple[int, int] | None = None  # pending provisional onset: (onset, raised)
+        self._stage_stale = False  # the onset stage rested during a call
+        self._await_answer = False  # a call confirmed by caller ID alone, not answered yet
+        # the level of this line's own calls (mean level of their loud frames, learned call by call):
+        # speech far under it on an idle line is a neighbouring pair's crosstalk
+        self.call_level: float | None = None
+        self._lvl_sum = 0.0
+        self._lvl_n = 0
+        self.provisional = 0  # provisional onsets raised, and how many were withdrawn
+        self.withdrawn = 0
         self._reset_stream(start_sample)
         self._barrier = start_sample
         self.in_call = False
@@ -429,6 +513,7 @@ class LineSegmenter:
         fr = self._fr
         self.pos = at
         self._origin = at  # chunks are aligned to this sample
+        self._onset = OnsetStage(p, at) if p.onset else None
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
         self._frame0 = 0  # absolute frame index of the next chunk's first frame (frames counted from origin)
@@ -458,6 +543,9 @@ class LineSegmenter:
         self._fsk_have = _NEG
         self._fsk_until = _NEG
         self._recent = np.zeros(0, np.float32)  # the last ~0.1 s of samples, for FSK windows
+        self._mains_lag = int(round(0.1 * p.rate))
+        self._hist = np.zeros(self._mains_lag, np.float32)  # the last 100 ms of samples (hum test)
+        self._hot_run = 0  # loud frames in a row at the end of the last chunk (click test)
         self._call_state_reset()
 
     def _call_state_reset(self) -> None:
@@ -485,9 +573,17 @@ class LineSegmenter:
 
     @property
     def committed_upto(self) -> int:
-        """In a call: samples before this index certainly belong to it."""
+        """In a call: samples before this index certainly belong to it.
+
+        While the sense input says off-hook, everything analysed belongs to the call except the last
+        ``sense_flash_s`` fed (an on-hook there is not decided yet) plus the tail."""
         if not self.in_call:
             return self.call_start
+        if self._sense_off and self._sense_trust:
+            held = self.pos - int(round(self.p.sense_flash_s * self.p.rate)) + self.p.tail
+            return max(self.call_start, min(self.analysed_upto, max(held, self.last_active_end + self.p.tail)))
+        if self._hook_end is not None:  # on-hook, the analysis has not passed it yet
+            return max(self.call_start, min(self.analysed_upto, self._hook_end + self.p.tail))
         return max(self.call_start, min(self.analysed_upto, self.last_active_end + self.p.tail))
 
     @property
@@ -504,28 +600,184 @@ class LineSegmenter:
 
     # -- feeding ---------------------------------------------------------------------
     def process(self, x: np.ndarray, start: int) -> list[Event]:
-        """Feed the contiguous block ``x`` whose first sample has index ``start``."""
+        """Feed the contiguous block ``x`` whose first sample has index ``start``.
+
+        With the onset stage on, the block is taken in steps of 0.1 s aligned to the stream (the
+        recorder's own block size) and cut at the chunk boundaries: each step is looked at by the
+        onset stage after the chunks it completes were analysed, so events and their samples do not
+        depend on how the caller cuts its blocks."""
         if start != self.pos:
             raise ValueError(f"non-contiguous block: expected sample {self.pos}, got {start}")
         if len(x) == 0:
             return []
-        self.pos = start + len(x)
+        x = np.asarray(x, dtype=np.int16)
         self._level_src = np.array(x[-min(len(x), self.p.rate // 10):])  # level_dbfs, computed when asked
-        self._pending.append(np.asarray(x, dtype=np.int16))
-        self._pending_n += len(x)
+        events: list[Event] = []
+        chunk = self._chunk_n
+        if self._onset is None:
+            self.pos = start + len(x)
+            self._pending.append(x)
+            self._pending_n += len(x)
+            self._analyse_pending(events)
+            self._hook_check(events)
+            return events
+        step = self._step_n
+        i = 0
+        while i < len(x):
+            here = start + i
+            n = min(len(x) - i, step - (here - self._origin) % step, chunk - self._pending_n)
+            piece = x[i:i + n]
+            self.pos = here + n
+            self._pending.append(piece)
+            self._pending_n += n
+            self._analyse_pending(events)
+            self._hook_check(events)
+            self._provisional(piece, events)
+            i += n
+        return events
+
+    def _analyse_pending(self, events: list[Event]) -> None:
         chunk = self._chunk_n
         if self._pending_n < chunk:
-            return []
-        buf = np.concatenate(self._pending)
+            return
+        buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         whole = (len(buf) // chunk) * chunk
         rest = buf[whole:]
         self._pending = [rest] if len(rest) else []
         self._pending_n = len(rest)
-        events: list[Event] = []
         first = self.pos - len(buf)
         for i in range(0, whole, chunk):
             self._chunk(buf[i:i + chunk], first + i, events)
+
+    def _answered(self, sample: int, raised: int, events: list[Event]) -> None:
+        self._await_answer = False
+        events.append(CallAnswered(sample=sample, raised=raised))
+
+    def _speech_min(self) -> float:
+        """The least mean level of a second's speech frames that may start a call on this idle line:
+        speech further under the level of this line's own calls is a neighbouring pair's crosstalk."""
+        if self.call_level is None:
+            return -np.inf
+        return self.call_level - self.p.crosstalk_db
+
+    def _own_level(self, spc_ext: np.ndarray, lvl_ext: np.ndarray, nf: int) -> np.ndarray:
+        """Per chunk frame: the speech frames of the second ending there are, on average, loud enough
+        for this line's own calls (``_speech_min``)."""
+        w = int(round(1.0 / FRAME_S))
+        m = min(len(spc_ext), len(lvl_ext), w - 1 + nf)
+        sp = spc_ext[-m:].astype(np.float64)
+        lvl = np.where(np.isfinite(lvl_ext[-m:]), lvl_ext[-m:], 0.0) * sp
+        cn = np.concatenate(([0.0], np.cumsum(sp)))
+        cl = np.concatenate(([0.0], np.cumsum(lvl)))
+        hi = np.arange(m - nf + 1, m + 1)
+        lo = np.maximum(hi - w, 0)
+        n = cn[hi] - cn[lo]
+        mean = np.where(n > 0, (cl[hi] - cl[lo]) / np.maximum(n, 1), -np.inf)
+        return mean >= self._speech_min()
+
+    # -- the line-sense input -----------------------------------------------------------
+    def hook(self, sample: int, off_hook: bool, decided: int | None = None) -> list[Event]:
+        """A debounced hook change of the line's sense input (``linestate.HookFilter``) at ``sample``;
+        ``decided``: the sample by which the filter knew it (when the call is raised).
+
+        Off-hook starts a call at once (pre-roll before it), or confirms the provisional one; while
+        the input says off-hook, silence, the idle floor and busy tones end no call. On-hook ends the
+        call once the analysis has passed it without speech going on (else: an alarm, and the audio
+        decides).
+        """
+        self.sense_wired = True
+        events: list[Event] = []
+        if off_hook:
+            self._sense_off = True
+            self._sense_trust = True
+            self._offhook_at = sample
+            self._hook_end = None
+            if self.in_call:
+                self._call_saw_offhook = True
+                if self._await_answer:
+                    self._answered(sample, sample if decided is None else decided, events)
+            else:
+                self._hook_start(sample, sample if decided is None else decided, events)
+        else:
+            self._sense_off = False
+            if self.in_call:
+                self._hook_end = sample
         return events
+
+    def _hook_start(self, sample: int, decided: int, events: list[Event]) -> None:
+        start = max(self._barrier, sample - self.p.preroll)
+        raised = self._prov[1] if self._prov is not None else decided
+        self._prov = None
+        cid = self._cid
+        self._call_state_reset()
+        self._cid = cid
+        self._ref = self._floor_now
+        f = (max(sample, self.analysed_upto) - self._origin) // self.flen
+        self._call_frame0 = f
+        self._last_act = f
+        self.in_call = True
+        self._call_saw_offhook = True
+        self.call_start = start
+        self.onset = max(sample, start)
+        self.last_active_end = max(sample, start)
+        events.append(CallStart(sample=start, onset=self.onset, evidence="offhook", raised=raised))
+
+    def _hook_check(self, events: list[Event]) -> None:
+        """After the chunks: end the call at a passed on-hook, or raise the disagreements."""
+        p = self.p
+        e = self._hook_end
+        if e is not None and not self.in_call:
+            self._hook_end = None
+        elif e is not None and self.analysed_upto >= e + int(round(p.sense_check_s * p.rate)):
+            self._hook_end = None
+            if self._last_talk > e + int(round(p.sense_grace_s * p.rate)):
+                self._sense_trust = False
+                self.alarms += 1
+                events.append(LineAlarm(sample=e, kind="sense_onhook_speech"))
+            else:
+                self._end(max(self.call_start, min(e + p.tail, self.analysed_upto)), "onhook", events)
+        if (self.in_call and self._sense_off and self._sense_trust
+                and self.analysed_upto - max(self._last_talk, self._offhook_at) >= int(p.sense_stuck_s * p.rate)):
+            self._sense_trust = False
+            self.alarms += 1
+            events.append(LineAlarm(sample=self.analysed_upto, kind="sense_offhook_silent"))
+
+    def _provisional(self, x: np.ndarray, events: list[Event]) -> None:
+        """The onset stage over the new block (after the chunks it completed were analysed): raise a
+        provisional call, or withdraw the one the analysis has passed without confirming it."""
+        prov = self._prov
+        if prov is not None and not self.in_call and self.analysed_upto >= prov[1] + self._withdraw_n:
+            events.append(CallWithdrawn(raised=prov[1], sample=self.analysed_upto))
+            self._prov = prov = None
+            self.withdrawn += 1
+        if self._onset is None:
+            return
+        if self.in_call and not self._await_answer:
+            # the stage rests while the analysis has a call open; once it has ended that call, the
+            # stage looks again at the audio from there on (the next call may have begun already)
+            self._stage_stale = True
+            return
+        if self._stage_stale:
+            self._stage_stale = False
+            self._onset = OnsetStage(self.p, self.analysed_upto, floor_dbfs=self._floor_now)
+            self._onset.speech_min = self._speech_min()
+            hit = self._onset.feed(np.concatenate(self._pending) if self._pending else x[:0])
+            hit = None if hit is None else (hit[0], self.pos)  # raised now, when it is known
+        else:
+            hit = self._onset.feed(x)
+        if self.in_call:  # confirmed by its caller ID, still ringing: the first words answer it
+            if self._talk0 is not None:  # (the analysis heard them first)
+                self._answered(self._sample(self._talk0), self.pos, events)
+            elif hit is not None:
+                self._answered(hit[0], hit[1], events)
+            return
+        if prov is not None or hit is None or hit[0] < self._barrier:
+            return
+        onset, raised = hit
+        self._prov = (onset, raised)
+        self.provisional += 1
+        events.append(CallOnset(sample=min(self.keep_from, max(self._barrier, onset - self.p.preroll)),
+                                onset=onset, raised=raised))
 
     def finish(self, reason: str = "eof") -> list[Event]:
         """End of input (or a discontinuity): analyse what is left, close the call in progress."""
@@ -539,6 +791,10 @@ class LineSegmenter:
         if self.in_call:
             end = min(self.pos, self.last_active_end + self.p.tail)
             self._end(max(end, self.call_start), reason, events)
+        if self._prov is not None:  # never confirmed before the input ended
+            events.append(CallWithdrawn(raised=self._prov[1], sample=self.pos))
+            self._prov = None
+            self.withdrawn += 1
         return events
 
     def handover(self, params: SegmentParams) -> "LineSegmenter":
@@ -546,6 +802,9 @@ class LineSegmenter:
         if self.in_call:
             raise ValueError("settings change only between calls")
         seg = LineSegmenter(params, start_sample=self.analysed_upto)
+        seg.call_level = self.call_level
+        if seg._onset is not None:
+            seg._onset.speech_min = seg._speech_min()
         if self._pending_n:
             seg.process(np.concatenate(self._pending), self.analysed_upto)
         return seg
@@ -556,6 +815,7 @@ class LineSegmenter:
         self._barrier = at_sample
         self.in_call = False
         self.call_start = at_sample
+        self._prov = None
 
     # -- one chunk -------------------------------------------------------------------
     def _chunk(self, x16: np.ndarray, first: int, events: list[Event]) -> None:
@@ -609,16 +869,74 @@ class LineSegmenter:
         if fsk_frame is None:
             a = b = 0
         # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
+        smin = p.speech_min_dbfs
         talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame = self._tapes(
-            lv, floor, tl_all, codes_all, a, b, p.trigger_db, p.release_db)
+            lv, floor, tl_all, codes_all, a, b, p.trigger_db, p.release_db, smin,
+            self._not_speech(x, e, lv, floor, smin))
+        if not self.in_call and self.call_level is not None:
+            talk = talk & self._own_level(self._spc_ext, lvl_ext, nf)
+        if self.in_call:  # the call's own level (its loud frames), learned when it ends
+            loud = lv[lv >= floor + p.trigger_db]
+            self._lvl_sum += float(loud.sum())
+            self._lvl_n += len(loud)
+        tk = np.flatnonzero(talk)
+        if len(tk):
+            self._last_talk = self._sample(f0 + int(tk[-1]) + 1)
         F = dict(lv=lv, lv_min=lv_min, floor=floor, tl=tl_all, tone_any=tl is not none, dtmf=dtmf_frame, talk=talk, act_idle_ext=act_idle_ext, moving=moving,
                  lvl_ext=lvl_ext, endtone_ext=endtone_ext, floor_ext=floor_ext, f0=f0, nf=nf, x=x, tonal=None)
         self._run_state(F, digits, tone_events, cid_events, events)
         if F["tonal"] is None:
             self._tonal.reset()  # not looked at: no run of peaks continues across this chunk
 
+    def _not_speech(self, x: np.ndarray, e: np.ndarray, lv: np.ndarray, floor: np.ndarray, smin: float) -> np.ndarray:
+        """Frames loud enough for speech that are not: mains hum, flat envelopes and clicks.
+
+        Hum repeats itself exactly every 100 ms (5 periods of 50 Hz, 6 of 60 Hz: every harmonic), so
+        a frame that correlates >= 0.7 with the audio 100 ms before it, at the same level (within
+        4 dB), is hum (speech changes its pitch, level and sound within 100 ms; a caller-ID burst's
+        steady bits repeat too and are not speech either). A click or a switching pop is shorter
+        than 30 ms: loud frames in a run of fewer than 3 are not speech (a syllable lasts 100 ms or
+        more). Updates the history both need (the last 100 ms of samples, the open run).
+        """
+        flen = self.flen
+        nf = len(lv)
+        lag = self._mains_lag
+        z = np.concatenate((self._hist, x))
+        self._hist = z[-lag:]
+        g = z[:nf * flen].reshape(nf, flen)
+        f = z[lag:lag + nf * flen].reshape(nf, flen)
+        eg = np.einsum("ij,ij->i", g, g)
+        ef = e.astype(np.float64)
+        mains = (np.einsum("ij,ij->i", f, g) >= 0.7 * np.sqrt(ef * eg)) & (np.abs(ef - eg) <= 0.6 * np.maximum(ef, eg))
+        # a flat envelope: this frame and the 4 before it within 0.5 dB (a steady tone, a caller-ID
+        # burst, hum; 1 % of speech frames, never a word's worth)
+        lvx = np.concatenate((self._lvl[-4:], lv))
+        win = np.lib.stride_tricks.sliding_window_view(lvx, 5)
+        with np.errstate(invalid="ignore"):
+            flat = (win.max(axis=1) - win.min(axis=1)) <= 0.5
+        hot = (lv >= floor + self.p.trigger_db) & (lv >= smin)
+        short = np.zeros(nf, bool)
+        i = 0
+        run0 = self._hot_run
+        while i < nf:
+            if not hot[i]:
+                run0 = 0
+                i += 1
+                continue
+            j = i
+            while j < nf and hot[j]:
+                j += 1
+            if j < nf and run0 + (j - i) < 3:  # a finished run shorter than 30 ms
+                short[i:j] = True
+            run0 = run0 + (j - i) if j == nf else 0
+            i = j
+        self._hot_run = run0
+        return mains | short | flat
+
     def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
         """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""
+        self._hist = x[-self._mains_lag:]
+        self._hot_run = 0
         k = self.bank._k
         self._cf = np.zeros((k, 3), np.complex64)
         self._ch = np.zeros((k, 2), np.complex64)
@@ -633,7 +951,7 @@ class LineSegmenter:
         self._tapes(lv, floor, minus, minus, 0, 0, np.inf, np.inf)
         self._tonal.reset()
 
-    def _tapes(self, lv, floor, tl, codes, fsk_a, fsk_b, trigger_db, release_db):
+    def _tapes(self, lv, floor, tl, codes, fsk_a, fsk_b, trigger_db, release_db, speech_min=None, excl=None):
         """The chunk's per-frame masks (``_masks``); the history tapes move on by the chunk.
 
         Returns (talk, idle activity, end-tone, floor and level tapes, level moving, over
@@ -642,11 +960,14 @@ class LineSegmenter:
         p = self.p
         nf = len(lv)
         talk, spc, act_idle_ext, endtone_ext, floor_ext, lvl_ext, dl, moving, lv_min, dtmf_frame = _masks(
-            lv, floor, tl, codes, fsk_a, fsk_b, self._end_group_arr, self._spc, self._act_idle, self._endtone,
-            self._floor_tape, self._lvl, self._dl, trigger_db, p.speech_min_dbfs, p.min_level_dbfs, release_db,
+            lv, floor, tl, codes, np.zeros(nf, np.bool_) if excl is None else excl, fsk_a, fsk_b, self._end_group_arr,
+            self._spc, self._act_idle, self._endtone,
+            self._floor_tape, self._lvl, self._dl, trigger_db, p.speech_min_dbfs if speech_min is None else speech_min,
+            p.min_level_dbfs, release_db,
             self._n_confirm)
         self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
         self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
+        self._spc_ext = spc
         return talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
@@ -747,10 +1068,16 @@ class LineSegmenter:
             self._talk0 = f0 + j
         self._last_act = f0 + j
         self.in_call = True
+        self._call_saw_offhook = self._sense_off
         self.call_start = start
         self.onset = onset
         self.last_active_end = self._sample(f0 + j + 1)
-        events.append(CallStart(sample=start, onset=onset, evidence=why))
+        raised = self._prov[1] if self._prov is not None else self._sample(f0 + nf)
+        # confirmed by its caller ID alone, before anything showed an answer: it is still ringing
+        ringing = why == "callerid" and self._prov is None and not self._sense_off
+        self._await_answer = ringing
+        self._prov = None
+        events.append(CallStart(sample=start, onset=onset, evidence=why, raised=raised, answered=not ringing))
 
     def _scan_call(self, F, i, digits, tone_events, events) -> int:
         """Advance the call from chunk frame ``i``; returns where scanning stopped (nf or after the end)."""
@@ -823,6 +1150,8 @@ class LineSegmenter:
         mk = (self.call_start + p.max_call - self._sample(fa0)) // self.flen
         if mk < n:
             cands.append((max(0, int(mk)), "max_length", self._sample(fa0 + max(0, int(mk)))))
+        if self._sense_off and self._sense_trust:  # the input says off-hook: only it ends the call
+            cands = [c for c in cands if c[1] == "max_length"]
         # digits and talk inside the call
         for fa, key in digits:
             if max(fa, f0) >= fa0 and (not cands or fa <= fa0 + min(c[0] for c in cands)):
@@ -879,6 +1208,17 @@ class LineSegmenter:
         return (keys or None), cid
 
     def _end(self, sample: int, reason: str, events: list[Event]) -> None:
+        if self.sense_wired and not self._call_saw_offhook and self._talk0 is not None:
+            self.alarms += 1
+            events.append(LineAlarm(sample=sample, kind="sense_missed_call"))
+        self._call_saw_offhook = self._sense_off
+        if self._lvl_n >= 200:  # 2 s of loud frames: enough to say how loud this line's calls are
+            level = self._lvl_sum / self._lvl_n
+            self.call_level = level if self.call_level is None else 0.75 * self.call_level + 0.25 * level
+            if self._onset is not None:
+                self._onset.speech_min = self._speech_min()
+        self._lvl_sum, self._lvl_n = 0.0, 0
+        self._await_answer = False
         dialed, cid = self._numbers()
         self.in_call = False
         self._barrier = sample

@@ -108,8 +108,31 @@ class CallerIdConfig(_Strict):
     dtmf: bool = Field(True, description="Read DTMF caller ID ('A' or 'D', the number, 'C').")
 
 
+class SenseConfig(_Strict):
+    """How a line-sense input (line[].sense_pin) is read: debounce and hook flash."""
+
+    offhook_ms: int = Field(
+        60, ge=20, le=500, description="The input must stay off-hook this long to count (contact bounce and "
+        "the 16-25 Hz of ringing never do)."
+    )
+    flash_s: float = Field(
+        1.0, ge=0.3, le=3.0, description="An on-hook longer than this is a hang-up; a shorter one is a hook "
+        "flash or a dial pulse and the call goes on."
+    )
+    stuck_s: float = Field(
+        3600.0, ge=60.0, le=86400.0, description="Off-hook this long without speech raises an alarm and the "
+        "audio's own end rules take over (a stuck detector, a handset left off)."
+    )
+
+
 class SegmentConfig(_Strict):
     """How a line's audio is split into calls."""
+
+    onset: bool = Field(
+        True, description="Raise a provisional call (and play the notice) from a fast look at every 0.1 s of "
+        "audio, before the chunk's analysis confirms or withdraws it."
+    )
+    sense: SenseConfig = Field(default_factory=SenseConfig)
 
     preroll_s: float = Field(
         2.0, ge=1.0, le=10.0, description="Audio kept before the first sign of activity."

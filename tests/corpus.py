@@ -152,6 +152,7 @@ class Label:
     longest_pause_s: float = 0.0
     step_db: float = 0.0  # off-hook noise step over the idle noise (0: none)
     hold: tuple[int, int] | None = None  # the hold music's span
+    hook: int = -1  # the off-hook click (after the caller ID, if any)
 
 
 @dataclass
@@ -166,6 +167,9 @@ class LineSpec:
     hold_p: float = 0.2
     long_pause_p: float = 0.3
     crosstalk: bool = True
+    call_dbfs: float | None = None  # a call's talk level (None: the idle noise + the SNR, idle noise <= -62)
+    distractors: bool = False  # mains-hum bursts, crosstalk 25-40 dB below a call, switching clicks
+    calls: bool = True  # False: an idle line (distractors only)
 
 
 def _dtmf_dial(rng, digits: str, rate: int) -> np.ndarray:
@@ -186,8 +190,9 @@ class _Builder:
         self.n = int(spec.seconds * spec.rate)
         self.sig = np.zeros(self.n, np.float32)  # everything but the noise
         self.noise_gain = np.ones(self.n, np.float32)  # off-hook noise steps
-        self.idle_noise_db = -min(62.0, 30.0 + spec.snr_db)
+        self.idle_noise_db = -min(62.0, 30.0 + spec.snr_db) if spec.call_dbfs is None else spec.call_dbfs - spec.snr_db
         self.labels: list[Label] = []
+        self.distractors: list[tuple[str, int, int]] = []  # (kind, first sample, end)
 
     def put(self, x: np.ndarray, at: int) -> int:
         m = min(len(x), self.n - at)
@@ -278,13 +283,13 @@ class _Builder:
             self.noise_gain[hook:end_click] = 10 ** (step_db / 20)
         lab = Label(start=start, first_speech=spans[0][0], last_speech=spans[-1][1], end=t, dialed=dialed,
                     caller_id=cid, ending=ending, speech=spans, hold_s=hold_s, longest_pause_s=longest,
-                    step_db=step_db, hold=hold_span)
+                    step_db=step_db, hold=hold_span, hook=hook)
         return t, lab
 
     def build(self) -> tuple[np.ndarray, list[Label]]:
         r, rng = self.rate, self.rng
         t = int(rng.uniform(3, 15) * r)
-        while True:
+        while self.s.calls:
             outgoing = bool(rng.random() < 0.5)
             u = rng.random()
             step = float(rng.uniform(8, 14)) if rng.random() < 0.5 else 0.0
@@ -312,9 +317,74 @@ class _Builder:
                 lo, hi = 1.0, 4.0
             t += int(rng.uniform(lo, hi) * r)
         self._background()
+        if self.s.distractors:
+            self._distractors()
         return self._finish(), self.labels
 
+    def _free(self, a: int, b: int) -> bool:
+        """No call (with 3 s either side) overlaps samples a..b."""
+        m = 3 * self.rate
+        return not any(a < lab.end + m and b > lab.start - m for lab in self.labels)
+
+    def _distractors(self) -> None:
+        """What an idle line picks up that is not a call (each placed where no call is):
+
+        * mains hum (50 or 60 Hz with odd and even harmonics) for 3 s to 2 min, 6-25 dB over the idle
+          noise, switched on abruptly or faded in over 1-3 s, its level wobbling by up to 3 dB;
+        * crosstalk: a neighbouring pair's conversation (speech clips back to back for 10-60 s)
+          25-40 dB below this line's own call level, without any off-hook step;
+        * switching clicks: bursts of 3-40 clicks at 5-40 a second, of any level up to -6 dBFS.
+        """
+        r, rng, n = self.rate, self.rng, self.n
+        call_level = self.idle_noise_db + self.s.snr_db
+        at = int(rng.uniform(5, 60) * r)
+        while at < n - 10 * r:
+            kind = ("hum", "crosstalk", "clicks")[int(rng.integers(3))]
+            if kind == "hum":
+                dur = int(rng.uniform(3, 120) * r)
+            elif kind == "crosstalk":
+                dur = int(rng.uniform(10, 60) * r)
+            else:
+                dur = int(rng.uniform(0.2, 3.0) * r)
+            end = min(at + dur, n - r)
+            if self._free(at, end):
+                if kind == "hum":
+                    self._hum(at, end, call_level)
+                elif kind == "crosstalk":
+                    t = at
+                    lvl = call_level - float(rng.uniform(25, 40))
+                    while t < end:
+                        x = self.speech_clip(lvl + float(rng.uniform(-3, 3)))
+                        self.put(x[:end - t], t)
+                        t += len(x) + int(rng.uniform(0.2, 1.5) * r)
+                else:
+                    k = int(rng.integers(3, 41))
+                    times = np.sort(rng.uniform(at, max(at + 1, end), k)).astype(int)
+                    for c in times:
+                        self.put(synth.click(r, float(10 ** (rng.uniform(-40, -6) / 20))) * rng.choice([-1, 1]), int(c))
+                self.distractors.append((kind, at, end))
+            at = end + int(rng.uniform(20, 240) * r)
+
+    def _hum(self, a: int, b: int, call_level: float) -> None:
+        r, rng = self.rate, self.rng
+        f = 50.0 if rng.random() < 0.5 else 60.0
+        t = np.arange(b - a) / r
+        ph = rng.uniform(0, 2 * np.pi, 5)
+        w = (np.sin(2 * np.pi * f * t + ph[0]) + 0.5 * np.sin(2 * np.pi * 3 * f * t + ph[1])
+             + 0.3 * np.sin(2 * np.pi * 5 * f * t + ph[2]) + 0.2 * np.sin(2 * np.pi * 2 * f * t + ph[3]))
+        w /= np.sqrt(np.mean(w * w))
+        lvl = self.idle_noise_db + float(rng.uniform(6, 25))
+        env = 10 ** ((lvl + float(rng.uniform(0, 3)) * np.sin(2 * np.pi * float(rng.uniform(0.05, 1.0)) * t + ph[4]))
+                     / 20)
+        ramp = int(rng.uniform(1, 3) * r) if rng.random() < 0.5 else int(0.01 * r)
+        ramp = min(ramp, (b - a) // 2)
+        if ramp:
+            env[:ramp] *= np.linspace(0, 1, ramp)
+            env[-ramp:] *= np.linspace(1, 0, ramp)
+        self.put((w * env).astype(np.float32), a)
+
     def _background(self) -> None:
+
         r, rng, n = self.rate, self.rng, self.n
         # crackle: sparse pops all the time
         for at in rng.integers(0, n - r, int(self.s.seconds * rng.uniform(0.02, 0.1))):
@@ -347,6 +417,25 @@ def build_line(spec: LineSpec) -> tuple[np.ndarray, list[Label]]:
     return _Builder(spec).build()
 
 
+def build_line_with_distractors(spec: LineSpec) -> tuple[np.ndarray, list[Label], list[tuple[str, int, int]]]:
+    """As ``build_line``, and the distractors placed (kind, first sample, end)."""
+    b = _Builder(spec)
+    x, labels = b.build()
+    return x, labels, b.distractors
+
+
+def false_by_distractor(found: list["Found"], labels: list[Label], distractors, rate: int) -> dict[str, int]:
+    """False calls (no labelled call overlaps them), by the distractor at their start (or 'other')."""
+    out: dict[str, int] = {}
+    for f in found:
+        if any(_overlap(f.start, f.end, lab.start, lab.end) > 0 for lab in labels):
+            continue
+        kind = next((k for k, a, b in distractors if a - 2 * rate <= f.start <= b + 2 * rate
+                     or _overlap(f.start, f.end, a, b) > 0), "other")
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
 def build_lines(specs: list[LineSpec]) -> tuple[np.ndarray, list[list[Label]]]:
     """(frames, lines) int16 audio and each line's labels."""
     cols, labels = [], []
@@ -370,23 +459,34 @@ class Found:
     caller_id: str | None = None
     evidence: str = ""
     emitted_at: int = 0  # samples fed when CallStart came out (detection latency)
+    raised: int = -1  # when the call was first raised (provisional onset or confirmation), fed position
 
 
 def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
     """Run the product's segmenter over one line and collect its calls."""
     from dsp.segment import CallEnd, CallStart, LineSegmenter
 
+    from dsp.segment import CallAnswered, CallOnset, CallWithdrawn
+
     seg = LineSegmenter(params)
     events = []
     for i in range(0, len(x), block):
         events += [(ev, min(i + block, len(x))) for ev in seg.process(x[i:i + block], i)]
     events += [(ev, len(x)) for ev in seg.finish("eof")]
-    out, start = [], None
+    out, start, onset_fed = [], None, None
     for ev, fed in events:
-        if isinstance(ev, CallStart):
+        if isinstance(ev, CallOnset):
+            onset_fed = fed
+        elif isinstance(ev, CallWithdrawn):
+            onset_fed = None
+        elif isinstance(ev, CallStart):
             start, why, at = ev.sample, ev.evidence, fed
+            raised = onset_fed if onset_fed is not None and ev.raised >= 0 else fed
+            onset_fed = None
+        elif isinstance(ev, CallAnswered) and start is not None:
+            raised = fed  # the notice waited for the answer
         elif isinstance(ev, CallEnd) and start is not None:
-            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why, at))
+            out.append(Found(start, ev.sample, ev.reason, ev.dialed, ev.caller_id, why, at, raised))
             start = None
     return out
 

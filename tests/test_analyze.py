@@ -32,12 +32,14 @@ def golden_audio():
             outgoing = (ch + k) % 2 == 0
             parts = [synth.click(RATE)]
             number = synth.random_number(rng)
+            hook = t  # the off-hook click (an incoming call's comes after its caller ID)
             if outgoing:
                 parts += [synth.tone(synth.DIAL, RATE, RATE, -16.0), synth.dtmf_string(number, RATE, rng),
                           np.zeros(RATE // 2, np.float32), synth.cadence(synth.RINGBACK, 1.0, 2.0, 4.0, RATE, -20.0)]
             else:
                 parts = [callerid.fsk_signal(callerid.encode_mdmf(number, "03011200"), RATE, "bell202", -18.0),
                          np.zeros(2 * RATE, np.float32)] + parts
+                hook = t + len(parts[0]) + 2 * RATE
             parts.append(synth.speech_like(rng, 25.0, RATE, -20.0))
             parts.append(np.zeros(RATE // 2, np.float32))
             ending = ["busy", "silence"][k] if ch == 0 else ["reorder", "silence"][k]
@@ -48,7 +50,7 @@ def golden_audio():
             call = np.concatenate(parts)
             x[t:t + len(call)] += call
             truth.append((ch, t / RATE, (t + len(call)) / RATE, number if outgoing else None,
-                          None if outgoing else number, ending))
+                          None if outgoing else number, ending, hook / RATE))
             t += len(call) + (3 if ending != "silence" else 15) * RATE
         lines.append(synth.to_int16(x))
     return np.stack(lines, axis=1), truth
@@ -75,10 +77,14 @@ def test_golden_output_and_truth(golden_wav):
     assert out.stdout == GOLDEN.read_text()
     assert len(calls) == len(truth)
     for c in calls:
-        assert set(c) == {"channel", "start", "end", "dialed", "caller_id", "end_reason"}
-        ch, t0, t1, dialed, cid, ending = max((t for t in truth if t[0] == c["channel"]),
+        assert set(c) == {"channel", "start", "end", "detected", "dialed", "caller_id", "end_reason"}
+        ch, t0, t1, dialed, cid, ending, hook = max((t for t in truth if t[0] == c["channel"]),
                                               key=lambda t: min(t[2], c["end"]) - max(t[1], c["start"]))
         assert c["start"] <= t0  # the whole call, first sign included
+        # raised (the notice switched on) within a second of the off-hook, on its dial tone or its first
+        # words (the onset stage), not after the 4 s chunk's analysis; never during the caller ID, which
+        # comes while the line is still on-hook between rings
+        assert hook < c["detected"] <= hook + 1.0
         assert c["dialed"] == dialed and c["caller_id"] == cid and c["end_reason"] == ending
         assert c["end"] >= t1 - 4.5  # at most the tail of a hang-up tone is left out
 

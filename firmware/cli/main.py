@@ -285,7 +285,7 @@ def cmd_analyze(args) -> int:
     import numpy as np
     import soundfile as sf
 
-    from dsp.segment import CallEnd, CallStart, LineSegmenter
+    from dsp.segment import CallAnswered, CallEnd, CallStart, LineSegmenter
 
     from ..recording.recorder import segment_params
 
@@ -312,6 +312,7 @@ def cmd_analyze(args) -> int:
     segs = [LineSegmenter(params) for _ in range(channels)]
     events: list[list] = [[] for _ in range(channels)]
     block = target * ANALYZE_BLOCK_S
+    RECORDER_BLOCK = target // 10  # noqa: N806 - the recorder's segmenter block (0.1 s)
     # a streaming resampler (libsoxr, its delay compensated): a block's edges are filtered as if the
     # file were one piece, which scipy's resample_poly on separate blocks would not do
     stream = None
@@ -346,8 +347,17 @@ def cmd_analyze(args) -> int:
         for ev in events[ch] + segs[ch].finish("eof"):
             if isinstance(ev, CallStart):
                 start = ev.sample
+                # when the recorder would have raised it and switched the notice on: its provisional
+                # onset, else the end of the chunk that confirmed it, or for a call confirmed by its
+                # caller ID while still ringing, its answer (CallAnswered); the recorder hands the
+                # segmenter 0.1 s blocks, so it acts at the end of the block holding that sample
+                raised = ev.raised if ev.raised >= 0 else ev.sample
+                detected = -(-raised // RECORDER_BLOCK) * RECORDER_BLOCK
+            elif isinstance(ev, CallAnswered) and start is not None:
+                detected = -(-ev.raised // RECORDER_BLOCK) * RECORDER_BLOCK
             elif isinstance(ev, CallEnd) and start is not None:
                 found.append({"channel": ch, "start": round(start / target, 2), "end": round(ev.sample / target, 2),
+                              "detected": round(detected / target, 2),
                               "dialed": ev.dialed, "caller_id": ev.caller_id, "end_reason": ev.reason})
                 start = None
     for c in sorted(found, key=lambda c: (c["start"], c["channel"])):

@@ -1,6 +1,7 @@
 """The recording notice: on every call, switch the line to the box's output and announce the recording.
 
-When the segmenter (or a line-sense input) starts a call, ``NoticeService.request`` queues
+When the segmenter starts a call (or raises one provisionally, or a line-sense input's debounced
+off-hook opens it), ``NoticeService.request`` queues
 the line without waiting. One worker thread per audio output takes requests in order:
 relay on (gpiozero), settle, the announcement (pyalsaaudio), relay off. What happened — played
 or not, when, the delay from the call's start, the wait for a free output, the failure — is
@@ -35,7 +36,6 @@ MAX_SECONDS = 15.0
 PEAK_DBFS = -3.0
 # Pins the simulated (mock) box uses for lines without a configured relay pin.
 MOCK_RELAY_PINS = (5, 6, 12, 13, 16, 19, 20, 21, 26, 17, 27, 22, 23, 24, 25, 18, 4, 7, 8, 9, 10, 11, 14, 15)
-SENSE_ATTACH_S = 30.0  # a line-sense notice belongs to the call the segmenter starts within this long
 
 
 class AnnouncementError(NokboxError, ValueError):
@@ -150,9 +150,13 @@ class NoticeService:
             if ln.feedback_pin is not None:
                 self.feedback[i] = input_device(self.factory, ln.feedback_pin, f"line[{i}].feedback_pin")
             if ln.sense_pin is not None:
+                # raw edges go to the recorder's segmenter, which debounces them (dsp.linestate.HookFilter)
+                # and opens the call, with its notice, on a decided off-hook
                 dev = input_device(self.factory, ln.sense_pin, f"line[{i}].sense_pin")
-                dev.when_activated = lambda _d=None, i=i: self._sensed(i)
+                dev.when_activated = lambda _d=None, i=i: self._sense_edge(i, True)
+                dev.when_deactivated = lambda _d=None, i=i: self._sense_edge(i, False)
                 self.sense[i] = dev
+        self.on_sense: Callable[[int, bool], None] | None = None
         self.led = output_device(self.factory, n.status_led_pin, "notice.status_led_pin") \
             if n.status_led_pin is not None else None
         self.button = None
@@ -168,9 +172,8 @@ class NoticeService:
             [make_sink(dev, n.rate) for dev in n.outputs] or [make_sink(None, n.rate)])
         self._load_announcement()
         self.beep = load_announcement(BEEP, n.rate)
-        self._lock = threading.Lock()  # guards state and _sensed_at
+        self._lock = threading.Lock()  # guards state
         self.state = {i: LineNotice(ln.notice) for i, ln in enumerate(lines)}
-        self._sensed_at: dict[int, _Request] = {}
         self.queue: queue.Queue[_Request | None] = queue.Queue(maxsize=64)
         self._workers = [threading.Thread(target=self._work, args=(s,), name=f"notice-{k}", daemon=True)
                          for k, s in enumerate(self.sinks)]
@@ -200,22 +203,17 @@ class NoticeService:
 
     # -- requests ---------------------------------------------------------------------------
     def request(self, line: int, key: int | None, t0: float | None = None) -> None:
-        """A call started on ``line``: queue its notice. Never blocks."""
+        """A call started on ``line`` (or was raised provisionally): queue its notice. Never blocks."""
         t0 = time.monotonic() if t0 is None else t0
-        with self._lock:
-            sensed = self._sensed_at.pop(line, None)
-        if sensed is not None and key is not None and t0 - sensed.t0 < SENSE_ATTACH_S:
-            sensed.key = key  # the line-sense notice already serves this call
-            if sensed.result is not None and sensed.done is not None and sensed.done.is_set():
-                self.on_result(key, sensed.result)
-            return
         self._enqueue(_Request(line, key, t0, done=threading.Event()))
 
-    def _sensed(self, line: int) -> None:
-        req = _Request(line, None, time.monotonic(), done=threading.Event())
-        with self._lock:
-            self._sensed_at[line] = req
-        self._enqueue(req)
+    def _sense_edge(self, line: int, off_hook: bool) -> None:
+        if self.on_sense is not None:
+            self.on_sense(line, off_hook)
+
+    def sense_state(self) -> dict[int, bool]:
+        """Each sense input's level now (True: off-hook)."""
+        return {i: bool(dev.is_active) for i, dev in self.sense.items()}
 
     def _enqueue(self, req: _Request) -> None:
         """Queue without waiting; a full queue is an 'output_busy' failure, never a stall."""

@@ -68,7 +68,8 @@ def segment_params(cfg: NokboxConfig, rate: int) -> SegmentParams:
         tone_min_fraction=t.min_fraction, tone_min_dbfs=t.min_level_dbfs, cadence_tol=t.cadence_tol,
         dtmf=DtmfParams(freq_tol=s.dtmf.freq_tol, normal_twist_db=s.dtmf.normal_twist_db,
                         reverse_twist_db=s.dtmf.reverse_twist_db, min_level_dbfs=s.dtmf.min_level_dbfs),
-        cid_fsk=s.callerid.fsk, cid_dtmf=s.callerid.dtmf,
+        cid_fsk=s.callerid.fsk, cid_dtmf=s.callerid.dtmf, onset=s.onset,
+        sense_offhook_s=s.sense.offhook_ms / 1000.0, sense_flash_s=s.sense.flash_s, sense_stuck_s=s.sense.stuck_s,
     )
 
 
@@ -139,6 +140,7 @@ class Recorder:
         )
         self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
         self.segmenter.on_call_start = self.notice.request
+        self.notice.on_sense = self.segmenter.sense_edge
         self.tests: dict[int, dict] = {}  # channel -> the last test call's phase and result
         self._tests_lock = threading.Lock()
         self.maintainer = StatusMaintainer(self)
@@ -180,6 +182,9 @@ class Recorder:
         # the segmenter's kernels run once before the first chunk arrives (built ahead of time by
         # setup.sh; under numba's JIT this compiles them), so that the segmenter never stalls
         log.info("segmenter ready in %.1f s", warm_up(self.params))
+        for i, off in self.notice.sense_state().items():  # a line already off-hook at start
+            if off:
+                self.segmenter.sense_edge(i, True)
         self.writer.start()
         self.segmenter.start()
         self.maintainer.start()
@@ -287,6 +292,11 @@ class Recorder:
                 "lag_seconds": round((self.rings.write_pos - ls.pos) / self.rate, 3),
                 "notice": notice.get(ls.idx),
                 "notice_config": ls.cfg.notice,
+                "provisional": ls.pending,
+                "onsets": ls.provisional,
+                "withdrawn": ls.withdrawn,
+                "sense": None if ls.hook is None else ("off_hook" if ls.hook.state else "on_hook"),
+                "sense_alarm": ls.alarm or None,
             })
         try:
             disk = disk_report(self.data_dir, self.cfg, now)

@@ -175,3 +175,18 @@ class LineRings:
             if s <= sample:
                 break
         return float(self.anchor_wall[best]) + (sample - int(self.anchor_sample[best])) / self.rate
+
+    def sample_at_mono(self, mono: float) -> int:
+        """The sample captured at monotonic time ``mono`` (from the newest anchor at or before it;
+        the newest sample when there is no anchor yet)."""
+        count = self.anchor_count
+        if count == 0:
+            return self.write_pos
+        best = None
+        for k in range(min(count, ANCHORS)):
+            i = (count - 1 - k) % ANCHORS
+            if self.anchor_mono[i] <= mono or best is None:
+                best = i
+            if self.anchor_mono[i] <= mono:
+                break
+        return max(0, int(self.anchor_sample[best]) + int(round((mono - float(self.anchor_mono[best])) * self.rate)))

@@ -194,7 +194,8 @@ class CallFile:
         self._jfd = self.disk.create(self.journal_path)
         self._jsize = 0
         self.disk.pwrite(self._fd, head, 0)
-        meta = json.dumps({"v": 1, "codec": codec, "rate": rate}).encode()
+        meta = json.dumps({"v": 1, "codec": codec, "rate": rate, "opus_kbps": opus_kbps,
+                           "opus_complexity": opus_complexity}).encode()
         self._journal_append(b"K" + meta)
         self.disk.sync(self._fd)
         self.disk.sync(self._jfd)
@@ -446,9 +447,50 @@ def _flac_prefix(plain: bytes, rate: int) -> tuple[bytes, int]:
         return read_all(fd), len(pcm)
 
 
+class _Bytes:
+    """A sink collecting what an encoder writes."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, b) -> int:
+        self.buf += b
+        return len(b)
+
+
+def encode_pcm(pcm: np.ndarray, rate: int, codec: str, opus_kbps: float = 16.0, opus_complexity: int = 5) -> bytes:
+    """A complete codec stream of int16 mono ``pcm`` (recovery's re-encoding), in memory."""
+    if codec == "opus":
+        sink = _Bytes()
+        w = OggOpusWriter(sink, rate, opus_kbps, opus_complexity)
+        w.write(pcm)
+        w.close()
+        return bytes(sink.buf)
+    major, sub, _ = CODECS[codec]
+    kw = {"compression_level": FLAC_LEVEL} if codec == "flac" else {}
+    with plain_audio() as fd:
+        with sf.SoundFile(fd, "w", samplerate=rate, channels=1, format=major, subtype=sub, closefd=False, **kw) as f:
+            f.write(pcm)
+        return read_all(fd)
+
+
+def decode_pcm(data: bytes) -> np.ndarray:
+    """The int16 samples of a complete codec stream (through a memfd, see ``plain_audio``)."""
+    if not data:
+        return np.zeros(0, np.int16)
+    with plain_audio(data) as fd, sf.SoundFile(fd, closefd=False) as f:
+        return f.read(dtype="int16")
+
+
 def recover_call(final: Path, recipients: list[bytes], device_identity: str,
-                 disk: Disk | None = None) -> Recovered | None:
-    """Finish an interrupted call from its journal; None if there is nothing to recover."""
+                 disk: Disk | None = None, ahead=None) -> Recovered | None:
+    """Finish an interrupted call from its journal; None if there is nothing to recover.
+
+    ``ahead``: the call's write-ahead journal (``ahead.AheadContents``, confirmed with this call's
+    start sample): the audio it holds beyond what the call journal had encoded is appended (the
+    whole call is then encoded again: exact for WAV and FLAC; an Opus call's audio before the cut
+    passes the encoder twice).
+    """
     disk = disk or Disk()
     final = Path(final)
     part = final.with_name(final.name + ".part")
@@ -462,10 +504,20 @@ def recover_call(final: Path, recipients: list[bytes], device_identity: str,
         disk.sync_dir(final.parent)
         end = (meta or {}).get("end") or {}
         return Recovered(final, int(end.get("frames", 0)), final.stat().st_size, 0, records, complete=True, end=end)
-    if not journal.exists():
+    has_ahead = ahead is not None and ahead.confirmed and ahead.meta
+    if not journal.exists() and not has_ahead:
         return None
-    meta, plain, records = read_journal(journal, device_identity)
+    meta, plain, records = read_journal(journal, device_identity) if journal.exists() else (None, b"", 0)
     data, frames = _decodable(meta["codec"], plain, meta["rate"]) if meta else (b"", 0)
+    if meta is None and has_ahead:  # the cut came before the call journal's first record
+        meta = {k: ahead.meta[k] for k in ("codec", "rate", "opus_kbps", "opus_complexity") if k in ahead.meta}
+    if meta and has_ahead:
+        more = ahead.audio_from(int(ahead.confirmed["start"]) + frames)
+        if len(more):
+            pcm = np.concatenate((decode_pcm(data)[:frames], more)) if frames else more
+            data = encode_pcm(pcm, meta["rate"], meta["codec"], float(meta.get("opus_kbps", 16.0)),
+                              int(meta.get("opus_complexity", 5)))
+            frames = len(pcm)
     if frames == 0:  # the cut came before any audio reached the disk
         for f in (part, journal):
             if f.exists():
@@ -473,6 +525,7 @@ def recover_call(final: Path, recipients: list[bytes], device_identity: str,
         disk.sync_dir(final.parent)
         return None
     tmp = final.with_name(final.name + ".recovering")
+    final.parent.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         disk.unlink(tmp)
     fd = disk.create(tmp)
@@ -488,6 +541,7 @@ def recover_call(final: Path, recipients: list[bytes], device_identity: str,
     disk.sync_dir(final.parent)
     if part.exists():
         disk.unlink(part)
-    disk.unlink(journal)
+    if journal.exists():
+        disk.unlink(journal)
     disk.sync_dir(final.parent)
     return Recovered(final, frames, len(blob), len(data), records)

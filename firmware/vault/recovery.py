@@ -6,13 +6,16 @@ never the approver's.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .age import CHUNK, TAG, HeaderError, read_header
+from .age import CHUNK, TAG, AgeWriter, HeaderError, read_header
 from ..audit import AuditLog
-from .callfile import recover_call
+from .ahead import AheadContents, pending_journals, read_ahead
+from .callfile import encode_pcm, recover_call
 from ..errors import VaultError
 from ..index import CallIndex
 from .keys import device_for, device_recovery_identity, load_recipients
@@ -24,31 +27,65 @@ def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
     """Finish every call left 'recording'; returns what was done (no personal data).
 
     A recovered call is encrypted to the current epoch of its own key class; a call from before
-    key classes to that of its line (``key_class_of(channel)``, from the config) when given.
+    key classes to that of its line (``key_class_of(channel)``, from the config) when given. The
+    write-ahead journals (``vault.ahead``) add the audio the segmenter had not analysed yet: to
+    their confirmed call, or as a call of their own when the cut came before the confirmation.
     """
     data = Path(data)
     idx = CallIndex(data / "index.sqlite")
     done: list[dict] = []
     try:
-        rows = list(idx.con.execute("SELECT id, file, rate, line, key_class FROM calls WHERE state = 'recording'"))
+        rows = list(idx.con.execute("SELECT id, file, rate, line, key_class, start_sample FROM calls"
+                                    " WHERE state = 'recording'"))
         recording = {data / r["file"] for r in rows}
         # journals of calls the index already has as finished: the cut came just before their deletion
         finals = (j.with_name(j.name[:-len(".journal")]) for j in (data / "calls").rglob("*.age.journal"))
         stale = [f for f in finals if f not in recording and f.exists()]
-        if not rows and not stale:
+        aheads = pending_journals(data)
+        if not rows and not stale and not aheads:
             return done
         identity = device_recovery_identity(device_for(data))
         for final in stale:
             recover_call(final, [], identity)  # deletes the journal; the file and its row are complete
         recipients: dict[str | None, list[bytes]] = {}
         audit = AuditLog(data)
+        by_call: dict[int, AheadContents] = {}
+        for path in aheads:
+            try:
+                got = read_ahead(path, identity)
+            except (VaultError, OSError, ValueError) as exc:
+                log.error("%s could not be read (%s); it is kept", path.name, exc)
+                continue
+            if not got.confirmed and got.meta:
+                # the cut came between the call's index row and the journal's confirmation record: the
+                # row of the same line that starts inside this journal's audio is its call
+                first = int(got.meta["start"])
+                last = max((f + len(x) for f, x in got.segments), default=first)
+                for r in rows:
+                    if (r["line"] == int(got.meta["channel"]) and first <= int(r["start_sample"]) <= last
+                            and int(r["id"]) not in by_call):
+                        got.confirmed = {"call_id": int(r["id"]), "file": r["file"], "start": int(r["start_sample"])}
+                        break
+            if got.confirmed:
+                by_call[int(got.confirmed["call_id"])] = got
+            else:
+                try:
+                    res = _call_from_ahead(data, idx, got, recipients, key_class_of)
+                except Exception as exc:  # noqa: BLE001 - kept for `nokbox recover`; recording goes on
+                    log.exception("%s: recovery failed (%s); it is kept", path.name, type(exc).__name__)
+                    continue
+                if res is not None:
+                    done.append(res)
+                    audit.append("recording.recover", obj=f"call:{res['id']}", outcome=res["outcome"],
+                                 reason="interrupted by power loss or a killed process before it was confirmed")
+                path.unlink()
         for row in rows:
             final = data / row["file"]
             cls = row["key_class"] or (key_class_of(row["line"]) if key_class_of else None)
             try:
                 if cls not in recipients:
                     recipients[cls] = load_recipients(data, cls)
-                res = recover_call(final, recipients[cls], identity)
+                res = recover_call(final, recipients[cls], identity, ahead=by_call.get(row["id"]))
             except (VaultError, OSError) as exc:
                 log.error("call %s could not be recovered: %s", row["id"], exc)
                 idx.finish_call(row["id"], 0, 0, "power_loss", 0, state="failed")
@@ -60,6 +97,7 @@ def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
                 log.exception("call %s: recovery failed (%s); its journal is kept for `nokbox recover`",
                               row["id"], type(exc).__name__)
                 done.append({"id": row["id"], "outcome": "error", "reason": type(exc).__name__})
+                by_call.pop(row["id"], None)  # its write-ahead journal is kept with it
                 continue
             if res is not None and res.complete:
                 # finished on disk; the index update was what the cut interrupted. The journal's
@@ -79,10 +117,53 @@ def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
                 done.append({"id": row["id"], "outcome": "recovered", "seconds": round(res.frames / row["rate"], 3)})
             audit.append("recording.recover", obj=f"call:{row['id']}", outcome=done[-1]["outcome"],
                          reason="interrupted by power loss or a killed process")
-        log.warning("recovered %d interrupted call(s)", len(done))
+            if row["id"] in by_call:
+                by_call.pop(row["id"]).path.unlink()
+        for got in by_call.values():  # its call was finished; the cut came before the journal's deletion
+            got.path.unlink()
+        if done:
+            log.warning("recovered %d interrupted call(s)", len(done))
     finally:
         idx.close()
     return done
+
+
+def _call_from_ahead(data: Path, idx: CallIndex, got: AheadContents, recipients: dict, key_class_of) -> dict | None:
+    """A call the cut interrupted before the segmenter confirmed it: its index row and file from
+    the ahead journal alone (end reason power_loss). None when it holds no audio."""
+    import time as _time
+
+    m = got.meta
+    if not m:
+        return None
+    pcm = got.audio_from(int(m["start"]))
+    if not len(pcm):
+        return None
+    cls = m.get("key_class")
+    if cls is None and key_class_of is not None:
+        cls = key_class_of(int(m["channel"]))
+    if cls not in recipients:
+        recipients[cls] = load_recipients(data, cls)
+    codec, rate = m["codec"], int(m["rate"])
+    wall = float(m["wall"])
+    day = _time.strftime("%Y/%m/%d", _time.gmtime(wall))
+    call_id, rel = idx.open_call(int(m["channel"]), m.get("line_name", ""), wall, int(m["start"]), rate, codec,
+                                 lambda i: f"calls/{day}/{i:08d}.{codec}.age", cls)
+    blob = encode_pcm(pcm, rate, codec, float(m.get("opus_kbps", 16.0)), int(m.get("opus_complexity", 5)))
+    final = data / rel
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(final.name + ".recovering")
+    buf = io.BytesIO()
+    w = AgeWriter(buf, recipients[cls])
+    w.write(blob)
+    w.close()
+    with open(tmp, "wb") as f:
+        f.write(buf.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    idx.finish_call(call_id, len(pcm), final.stat().st_size, "power_loss", 0)
+    return {"id": call_id, "outcome": "recovered", "seconds": round(len(pcm) / rate, 3)}
 
 
 @dataclass
@@ -149,6 +230,10 @@ def verify_data_dir(data: Path) -> VerifyReport:
             if not f.is_file():
                 continue
             rep.files += 1
+            if f.name.endswith(".ahead"):
+                rep.problems.append(f"{f.relative_to(data)}: audio of a call in progress (run 'nokbox recover' "
+                                    "if no recorder runs)")
+                continue
             if f.name.endswith((".part", ".journal", ".recovering")):
                 base = f.with_name(f.name.rsplit(".", 1)[0]).resolve()
                 if base not in known:
