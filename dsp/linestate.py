@@ -68,14 +68,13 @@ class OnsetStage:
         self._lag = int(round(MAINS_LAG_S * p.rate))
         self._prev = np.zeros(self._lag, np.float32)  # the samples before (the tone windows, the mains lags)
         self._hotrun = 0  # level-hot frames in a row up to the last one
-        self.speech_min = -np.inf  # least mean level of a second's hot frames (the segmenter's _speech_min)
+        self.speech_min = -np.inf  # the line's own least speech level (the segmenter's _speech_min: crosstalk)
         self._nblk = max(1, int(round(p.floor_window_s / FRAME_S)) // 25)
         self._blockmins = np.full(self._nblk, np.inf)  # minima of the last whole 0.25 s blocks
         self._cur_min = np.inf  # minimum of the current block so far
         self._cur_n = 0  # frames into the current block
         self._win = int(round(1.0 / FRAME_S))
         self._hot = np.zeros(self._win - 1, bool)  # the last second's hot flags (before the block)
-        self._lvh = np.full(self._win - 1, np.nan)  # the last second's loud (speech-like) frames' levels
         self._lv = np.full(MOVING_WIN, np.nan)  # the last 20 frame levels
         self._need = int(round(p.speech_confirm_s / FRAME_S))
         self._dial_need = int(round(self.DIAL_S / FRAME_S))
@@ -106,7 +105,6 @@ class OnsetStage:
         self._tone_pow = 10.0 ** (self._tone_db / 10.0)
         self._blockmin = np.inf
         self._any_hot = False
-        self._lvh_any = False
         if floor_dbfs is not None and np.isfinite(floor_dbfs) and floor_dbfs > SILENCE_DBFS:
             self._blockmins[:] = floor_dbfs  # (resumed after a call: the line's floor as it was)
             self._blockmin = float(floor_dbfs)
@@ -148,16 +146,13 @@ class OnsetStage:
                 self._blockmin = float(self._blockmins.min())
                 self._cur_min, self._cur_n = np.inf, 0
         p = self.p
-        level_ok = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
+        level_ok = (lv >= floor + p.trigger_db) & (lv >= max(p.speech_min_dbfs, self.speech_min))
         tone_ok = lv >= self._tone_db - 3.0
         first = self.pos
         self.pos += nf * flen
         if not (level_ok.any() or tone_ok.any() or self._dial_run or self._hotrun or self._any_hot):
             # the common case, an idle line at its noise: nothing can fire (only the levels move on)
             self._lv = np.concatenate((self._lv, lv))[-MOVING_WIN:]
-            if self._lvh_any:
-                self._lvh = np.concatenate((self._lvh, np.full(nf, np.nan)))[-(self._win - 1):]
-                self._lvh_any = bool(np.isfinite(self._lvh).any())
             return None
         # tone shares over the 40 ms windows ending at each frame (each group's power share)
         y = z[self._lag - (TONE_WIN - 1) * flen:]
@@ -205,19 +200,6 @@ class OnsetStage:
         self._any_hot = bool(self._hot.any())
         self._lv = lvx[-MOVING_WIN:]
         speech = (count >= self._need) & moving & hot
-        # ... and its loud frames, on average, as loud as this line's own calls (crosstalk is far under
-        # them; the same test as the analysis's, over the same frames)
-        lvh = np.concatenate((self._lvh, np.where(lvl_hot, lv, np.nan)))
-        self._lvh = lvh[-(w - 1):]
-        self._lvh_any = bool(lvl_hot.any()) or bool(np.isfinite(self._lvh).any())
-        if np.isfinite(self.speech_min) and speech.any():
-            have = np.isfinite(lvh)
-            cl = np.cumsum(np.where(have, lvh, 0.0))
-            cn = np.cumsum(have)
-            zero = np.zeros(1)
-            sums = cl[w - 1:] - np.concatenate((zero, cl[:len(cl) - w]))
-            ns = cn[w - 1:] - np.concatenate((zero, cn[:len(cn) - w]))
-            speech &= sums >= self.speech_min * np.maximum(ns, 1)
         fire = np.flatnonzero(speech | (runs >= self._dial_need))
         if not len(fire):
             return None

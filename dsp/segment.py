@@ -39,6 +39,7 @@ _SUSTAIN_WIN = 20  # frames
 _SUSTAIN_MIN = 5
 _DIAL_GAP_S = 3.0
 _MOVING_DB = 1.5
+_LEVEL_BINS = 240  # 0.5 dB bins from SILENCE_DBFS (-120) to 0 dBFS
 _GATE_DB = 3.0  # idle frames this close to the noise floor get no spectral analysis
 
 
@@ -304,7 +305,7 @@ class SegmentParams:
     cid_dtmf: bool = True
     onset: bool = True  # the provisional onset stage (CallOnset ahead of the chunk's analysis)
     onset_withdraw_s: float = 1.0  # analysed this far past a provisional onset without a call: withdrawn
-    crosstalk_db: float = 15.0  # an idle line's speech this far under its own calls' level is crosstalk
+    crosstalk_db: float = 24.0  # an idle line's speech this far under its own calls' level is crosstalk
     sense_offhook_s: float = 0.06  # the sense input off-hook this long is off-hook (bounce, ringing are not)
     sense_flash_s: float = 1.0  # ... on-hook longer than this is a hang-up (shorter: a hook flash)
     sense_check_s: float = 1.0  # after an on-hook, speech this long (past the grace) keeps the call going
@@ -486,9 +487,9 @@ class LineSegmenter:
         self._await_answer = False  # a call confirmed by caller ID alone, not answered yet
         # the level of this line's own calls (mean level of their loud frames, learned call by call):
         # speech far under it on an idle line is a neighbouring pair's crosstalk
-        self.call_level: float | None = None
-        self._lvl_sum = 0.0
-        self._lvl_n = 0
+        self.call_level: float | None = None  # the median of the last calls' levels (robust to a false one)
+        self.call_levels: list[float] = []
+        self._lvl_hist = np.zeros(_LEVEL_BINS, np.int64)  # the call's loud frames' levels (0.5 dB bins)
         self.provisional = 0  # provisional onsets raised, and how many were withdrawn
         self.withdrawn = 0
         self._reset_stream(start_sample)
@@ -558,7 +559,7 @@ class LineSegmenter:
         self._callmin_lag = np.full(lag, np.inf)  # the call's floor over the last lag frames
         self._hangup: tuple[int, int, str] | None = None  # (confirmed at frame, group, name)
         self._digits: list[tuple[int, str]] = []
-        self._cid: str | None = None
+        self._cids: list[tuple[int, str]] = []  # caller IDs decoded for this call: (burst sample, number)
         self._call_frame0 = 0
         self._talk0: int | None = None  # first speech frame of the call (the line is off-hook by then)
 
@@ -653,27 +654,21 @@ class LineSegmenter:
         self._await_answer = False
         events.append(CallAnswered(sample=sample, raised=raised))
 
+    def learn_levels(self, levels: list[float]) -> None:
+        """Add calls' levels (dBFS, the mean of their loud frames): this line's call level is the
+        median of the last 9 (a recorder restarting hands over what it had learned)."""
+        self.call_levels = (self.call_levels + [float(v) for v in levels])[-9:]
+        self.call_level = float(np.median(self.call_levels)) if self.call_levels else None
+        if self._onset is not None:
+            self._onset.speech_min = self._speech_min()
+
     def _speech_min(self) -> float:
-        """The least mean level of a second's speech frames that may start a call on this idle line:
-        speech further under the level of this line's own calls is a neighbouring pair's crosstalk."""
-        if self.call_level is None:
+        """The least level of a speech frame that may start a call on this idle line: speech further
+        under the level of this line's own calls (the median of their 95th-percentile frame levels,
+        once 3 calls are known) is a neighbouring pair's crosstalk."""
+        if self.call_level is None or len(self.call_levels) < 3:  # not before 3 calls said how loud they are
             return -np.inf
         return self.call_level - self.p.crosstalk_db
-
-    def _own_level(self, spc_ext: np.ndarray, lvl_ext: np.ndarray, nf: int) -> np.ndarray:
-        """Per chunk frame: the speech frames of the second ending there are, on average, loud enough
-        for this line's own calls (``_speech_min``)."""
-        w = int(round(1.0 / FRAME_S))
-        m = min(len(spc_ext), len(lvl_ext), w - 1 + nf)
-        sp = spc_ext[-m:].astype(np.float64)
-        lvl = np.where(np.isfinite(lvl_ext[-m:]), lvl_ext[-m:], 0.0) * sp
-        cn = np.concatenate(([0.0], np.cumsum(sp)))
-        cl = np.concatenate(([0.0], np.cumsum(lvl)))
-        hi = np.arange(m - nf + 1, m + 1)
-        lo = np.maximum(hi - w, 0)
-        n = cn[hi] - cn[lo]
-        mean = np.where(n > 0, (cl[hi] - cl[lo]) / np.maximum(n, 1), -np.inf)
-        return mean >= self._speech_min()
 
     # -- the line-sense input -----------------------------------------------------------
     def hook(self, sample: int, off_hook: bool, decided: int | None = None) -> list[Event]:
@@ -708,9 +703,9 @@ class LineSegmenter:
         start = max(self._barrier, sample - self.p.preroll)
         raised = self._prov[1] if self._prov is not None else decided
         self._prov = None
-        cid = self._cid
+        cids = self._cids
         self._call_state_reset()
-        self._cid = cid
+        self._cids = cids
         self._ref = self._floor_now
         f = (max(sample, self.analysed_upto) - self._origin) // self.flen
         self._call_frame0 = f
@@ -802,9 +797,7 @@ class LineSegmenter:
         if self.in_call:
             raise ValueError("settings change only between calls")
         seg = LineSegmenter(params, start_sample=self.analysed_upto)
-        seg.call_level = self.call_level
-        if seg._onset is not None:
-            seg._onset.speech_min = seg._speech_min()
+        seg.learn_levels(self.call_levels)
         if self._pending_n:
             seg.process(np.concatenate(self._pending), self.analysed_upto)
         return seg
@@ -869,16 +862,14 @@ class LineSegmenter:
         if fsk_frame is None:
             a = b = 0
         # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
-        smin = p.speech_min_dbfs
+        smin = p.speech_min_dbfs if self.in_call else max(p.speech_min_dbfs, self._speech_min())
         talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame = self._tapes(
             lv, floor, tl_all, codes_all, a, b, p.trigger_db, p.release_db, smin,
             self._not_speech(x, e, lv, floor, smin))
-        if not self.in_call and self.call_level is not None:
-            talk = talk & self._own_level(self._spc_ext, lvl_ext, nf)
         if self.in_call:  # the call's own level (its loud frames), learned when it ends
             loud = lv[lv >= floor + p.trigger_db]
-            self._lvl_sum += float(loud.sum())
-            self._lvl_n += len(loud)
+            self._lvl_hist += np.bincount(np.clip(((loud - SILENCE_DBFS) * 2).astype(np.int64), 0, _LEVEL_BINS - 1),
+                                          minlength=_LEVEL_BINS)
         tk = np.flatnonzero(talk)
         if len(tk):
             self._last_talk = self._sample(f0 + int(tk[-1]) + 1)
@@ -967,7 +958,6 @@ class LineSegmenter:
             self._n_confirm)
         self._spc, self._act_idle, self._endtone = spc[nf:], act_idle_ext[nf:], endtone_ext[nf:]
         self._floor_tape, self._lvl, self._dl = floor_ext[nf:], lvl_ext[nf:], dl[nf:]
-        self._spc_ext = spc
         return talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame
 
     def _next_evidence(self, F, i, digits, tone_events, cid_events) -> tuple[int, str] | None:
@@ -1026,9 +1016,8 @@ class LineSegmenter:
     # -- the state machine -----------------------------------------------------------
     def _run_state(self, F, digits, tone_events, cid_events, events) -> None:
         nf = F["nf"]
-        for _, num in cid_events:
-            if self.in_call or not self._cid:
-                self._cid = num
+        for fa, num in cid_events:
+            self._cids.append((self._sample(fa), num))
         i = 0
         while i < nf:
             if not self.in_call:
@@ -1056,9 +1045,9 @@ class LineSegmenter:
         onset_f = f0 + (lo + int(act[0]) - hist if len(act) else j)
         onset = max(self._sample(onset_f), self._barrier)
         start = max(self._barrier, onset - p.preroll)
-        cid = self._cid
+        cids = self._cids
         self._call_state_reset()
-        self._cid = cid
+        self._cids = cids
         # the idle floor: the lowest floor from the first sign to the confirmation (the floor follows a
         # fall at once but a rise only after its window, so this is the line before the off-hook)
         fl = F["floor_ext"][hist + onset_f - f0:hist + j + 1] if onset_f - f0 >= -hist else F["floor_ext"][:hist + j + 1]
@@ -1190,9 +1179,10 @@ class LineSegmenter:
             return i + kk + 1 if kk + 1 < n else nf
         return i + kk + 1
 
-    def _numbers(self) -> tuple[str | None, str | None]:
+    def _numbers(self, end: int) -> tuple[str | None, str | None]:
         """Dialled number: the call's first run of digits (digits later than _DIAL_GAP_S after the
-        previous one, e.g. menu choices, are not part of it)."""
+        previous one, e.g. menu choices, are not part of it). Caller ID: the latest decoded before
+        the call's ``end`` (one decoded after it, in the same chunk, is the next call's)."""
         keys = ""
         prev = None
         for f, k in self._digits:
@@ -1200,7 +1190,8 @@ class LineSegmenter:
                 break
             keys += k
             prev = f
-        cid = self._cid
+        mine = [num for at, num in self._cids if at < end]
+        cid = mine[-1] if mine else None
         if self.p.cid_dtmf:
             dcid = parse_dtmf_cid(keys)
             if dcid is not None:
@@ -1212,20 +1203,21 @@ class LineSegmenter:
             self.alarms += 1
             events.append(LineAlarm(sample=sample, kind="sense_missed_call"))
         self._call_saw_offhook = self._sense_off
-        if self._lvl_n >= 200:  # 2 s of loud frames: enough to say how loud this line's calls are
-            level = self._lvl_sum / self._lvl_n
-            self.call_level = level if self.call_level is None else 0.75 * self.call_level + 0.25 * level
-            if self._onset is not None:
-                self._onset.speech_min = self._speech_min()
-        self._lvl_sum, self._lvl_n = 0.0, 0
+        n = int(self._lvl_hist.sum())
+        if n >= 200:  # 2 s of loud frames: enough to say how loud this line's calls are (their 95th percentile)
+            k = int(np.searchsorted(np.cumsum(self._lvl_hist), 0.95 * n))
+            self.learn_levels([SILENCE_DBFS + k / 2.0])
+        self._lvl_hist[:] = 0
         self._await_answer = False
-        dialed, cid = self._numbers()
+        dialed, cid = self._numbers(sample)
         self.in_call = False
         self._barrier = sample
         self.call_start = sample
         events.append(CallEnd(sample=sample, reason=reason, last_activity=self.last_active_end,
                               dialed=dialed, caller_id=cid))
+        later = [c for c in self._cids if c[0] >= sample]  # the next call's
         self._call_state_reset()
+        self._cids = later
 
 
 # The pipeline's historical name.

@@ -462,13 +462,16 @@ class Found:
     raised: int = -1  # when the call was first raised (provisional onset or confirmation), fed position
 
 
-def segment_line(x: np.ndarray, params, block: int = 8000) -> list[Found]:
-    """Run the product's segmenter over one line and collect its calls."""
+def segment_line(x: np.ndarray, params, block: int = 8000, levels: list[float] | None = None) -> list[Found]:
+    """Run the product's segmenter over one line and collect its calls (``levels``: the line's
+    call levels learned before, as a recorder that has recorded it for a while knows them)."""
     from dsp.segment import CallEnd, CallStart, LineSegmenter
 
     from dsp.segment import CallAnswered, CallOnset, CallWithdrawn
 
     seg = LineSegmenter(params)
+    if levels:
+        seg.learn_levels(levels)
     events = []
     for i in range(0, len(x), block):
         events += [(ev, min(i + block, len(x))) for ev in seg.process(x[i:i + block], i)]

@@ -84,3 +84,18 @@ def test_generators_agree_with_an_independent_decoder():
     x = np.concatenate([np.zeros(4000, np.float32), callerid.fsk_signal(msg, 8000, "v23"), np.zeros(4000, np.float32)])
     out = _multimon(x, "CLIPFSK")
     assert "CID=0212345678" in out and "DATE=11221530" in out and "CNT=KIM" in out
+
+
+@pytest.mark.parametrize("chunk_s", [2.0, 4.0, 8.0])
+def test_a_caller_id_right_after_the_last_calls_end_is_the_next_calls(chunk_s):
+    """A call ends (the line's noise back at its idle floor) and the next call's caller ID arrives
+    before the analysis has seen that end, in the same chunk: the number belongs to the next call.
+    (At chunk_s 4 and 8 it was given to the call that had ended; this corpus line has it.)"""
+    from dsp.segment import SegmentParams as P
+
+    from .corpus import LineSpec, build_line, score, segment_line
+
+    x, labels = build_line(LineSpec(seconds=1800.0, snr_db=20.0, companding="mulaw", seed=2025))
+    sc = score(labels, segment_line(x, P(chunk_s=chunk_s), block=800), 8000)
+    assert sc["caller_id"][0] == sc["caller_id"][1] and sc["caller_id"][1] >= 5
+    assert sc["dialed"][0] == sc["dialed"][1]

@@ -139,6 +139,7 @@ class Recorder:
             audit=self.audit,
         )
         self.notice.on_shutdown = lambda: os.kill(os.getpid(), signal.SIGTERM)
+        self._load_levels()
         self.segmenter.on_call_start = self.notice.request
         self.notice.on_sense = self.segmenter.sense_edge
         self.tests: dict[int, dict] = {}  # channel -> the last test call's phase and result
@@ -149,6 +150,34 @@ class Recorder:
         self.config_error = ""
         self.started_at = 0.0
         self._stopped = False
+
+    # -- what the segmenters learned about their lines ------------------------------------
+    LEVELS = "run/line-levels.json"
+
+    def _load_levels(self) -> None:
+        """Each line's recent call levels (dBFS; no personal data), kept across restarts: an idle
+        line's crosstalk is judged against them (dsp.segment, crosstalk_db)."""
+        try:
+            saved = json.loads((self.data_dir / self.LEVELS).read_text())
+        except (OSError, ValueError):
+            saved = {}
+        for ls in self.segmenter.lines:
+            got = saved.get(str(ls.cfg.channel))
+            if isinstance(got, list) and all(isinstance(v, (int, float)) for v in got):
+                ls.seg.learn_levels(got)
+        self._levels_saved = self._levels()
+
+    def _levels(self) -> dict:
+        return {str(ls.cfg.channel): [round(v, 2) for v in ls.seg.call_levels] for ls in self.segmenter.lines}
+
+    def save_levels(self) -> None:
+        now = self._levels()
+        if now != getattr(self, "_levels_saved", None):
+            path = self.data_dir / self.LEVELS
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(now))
+            os.replace(tmp, path)
+            self._levels_saved = now
 
     def _masker(self):
         """The sealer for masked numbers; without the device secret, lists show no numbers
@@ -286,6 +315,7 @@ class Recorder:
                 "enabled": getattr(ls.cfg, "enabled", True),
                 "level_dbfs": self.live_level(ls.idx),
                 "floor_dbfs": round(ls.seg.floor_dbfs, 1),
+                "call_level_dbfs": None if ls.seg.call_level is None else round(ls.seg.call_level, 1),
                 "calls_today": today.get(ls.cfg.channel, 0),
                 "overrun_frames": int(self.rings.lost[ls.idx]),
                 "overrun_seconds": round(int(self.rings.lost[ls.idx]) / self.rate, 3),
@@ -478,6 +508,10 @@ class StatusMaintainer(threading.Thread):
                 self._seen_lost[i] = lost
         rec.notice.update_led(any(ls.call_key is not None for ls in rec.segmenter.lines))
         write_status(rec.data_dir, rec.status())
+        try:
+            rec.save_levels()
+        except OSError as exc:
+            log.warning("line levels not saved: %s", exc)
         self._ticks += 1
         if self._ticks % 3600 == 0:
             rec.audit.prune(rec.cfg.audit.retention_years)
