@@ -22,6 +22,7 @@ Run it (from the repository root):
 
     .venv/bin/python benchmarks/pipeline.py                 # 16 lines x 10 min
     .venv/bin/python benchmarks/pipeline.py --minutes 1 --lines 4   # quick run
+    .venv/bin/python benchmarks/pipeline.py --tracemalloc   # and Python's top five allocation sites
     .venv/bin/python benchmarks/pipeline.py --page-load     # a busy page beside a live capture
                                                             # (benchmarks/page_load.py)
 """
@@ -101,6 +102,7 @@ class MemorySampler:
         import threading
 
         self.every, self.peak_kib, self.at_peak = every, 0, {}
+        self.traced: tuple[int, list] | None = None
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, name="mem-sampler", daemon=True)
 
@@ -112,10 +114,18 @@ class MemorySampler:
         return 0
 
     def _run(self) -> None:
+        import tracemalloc
+
         while not self._stop.wait(self.every):
             rss = self._rss_kib()
             if rss > self.peak_kib:
                 self.peak_kib, self.at_peak = rss, smaps_by_mapping()
+                if tracemalloc.is_tracing():  # (--tracemalloc) where Python's own allocations are
+                    snap = tracemalloc.take_snapshot().filter_traces(
+                        [tracemalloc.Filter(False, tracemalloc.__file__)])
+                    self.traced = (sum(st.size for st in snap.statistics("filename")),
+                                   [(f"{st.traceback[0].filename.replace(str(ROOT) + '/', '')}:{st.traceback[0].lineno}",
+                                     st.size, st.count) for st in snap.statistics("lineno")[:5]])
 
     def __enter__(self) -> "MemorySampler":
         self._t.start()
@@ -151,7 +161,7 @@ def generate_wav(path: Path, minutes: float, lines: int) -> int:
 
 
 # -- the pipeline (child process) -------------------------------------------------------
-def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> dict:
+def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus", trace: bool = False) -> dict:
     """Record ``wav`` into a new data dir the way ``nokbox replay`` does; figures as a dict."""
     from firmware.config import parse_config
     from firmware.recording.recorder import Recorder
@@ -162,6 +172,10 @@ def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> 
     init_data_dir(data, identity_out=identity)
     cfg = parse_config({"storage": {"codec": codec}})
     src = WavSource(wav, period_ms=cfg.audio.period_ms * 10, start_wall=START_WALL)
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
     rec = Recorder(cfg, data, source=src, clock=src.clock)
     rss_before = peak_rss_mb()
 
@@ -194,6 +208,7 @@ def run_pipeline(wav: Path, data: Path, identity: Path, codec: str = "opus") -> 
         "vm_hwm_mb": vm_hwm_mb(),
         "sampled_peak_mb": mem.peak_kib / 1024.0,
         "top_mappings_mb": mem.top(),
+        "traced": mem.traced,
         "errors": errors,
     }
 
@@ -223,7 +238,7 @@ def child_main(args: argparse.Namespace) -> int:
     elif args.child == "generate":
         out = {"calls": generate_wav(args.wav, args.minutes, args.lines)}
     else:
-        out = run_pipeline(args.wav, args.data, args.identity, args.codec)
+        out = run_pipeline(args.wav, args.data, args.identity, args.codec, args.tracemalloc)
     print(json.dumps(out))
     return 0
 
@@ -280,6 +295,12 @@ def report(pipe: dict, vad: dict, expected_calls: int, wav_mb: float) -> None:
         print(f"    at the sampled peak ({pipe['sampled_peak_mb']:.1f} MB, every 0.5 s), resident by mapping:")
         for name, mb in pipe["top_mappings_mb"]:
             print(f"      {mb:8.1f} MB  {name}")
+    if pipe.get("traced"):
+        total, top = pipe["traced"]
+        print(f"    at that peak, Python's own allocations (tracemalloc; it slows the run): {total / 2**20:.1f} MB, "
+              f"the top five sites:")
+        for site, size, count in top:
+            print(f"      {size / 2**20:8.1f} MB  {site}  ({count} blocks)")
     print(f"  calls recorded            {calls.get('finished', 0):10d}      "
           f"({expected_calls} calls end within the audio, calls open at its end count too; other states: "
           f"{ {k: v for k, v in calls.items() if k != 'finished'} or 'none'})")
@@ -305,6 +326,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a CPU-heavy page (the calls list over 1 M calls) beside a live-paced capture, with the page "
                         "in its own process and in the recorder's (lost samples, worst capture delay, RSS per process)")
     p.add_argument("--load-s", type=float, default=10.0, help="seconds of page load (--page-load; default 10)")
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="also trace Python's allocations and print the top five sites at the peak (slower)")
     p.add_argument("--child", choices=("generate", "pipeline", "live", "setup"), help=argparse.SUPPRESS)
     p.add_argument("--conf", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -334,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"running the pipeline (codec {args.codec}) ...", flush=True)
         pipe = run_child("--child", "pipeline", "--wav", str(wav), "--data", str(tmp / "data"),
-                         "--identity", str(tmp / "identity.txt"), "--codec", args.codec)
+                         "--identity", str(tmp / "identity.txt"), "--codec", args.codec,
+                         *(["--tracemalloc"] if args.tracemalloc else []))
         if pipe is None:
             return 1
         print("running webrtcvad ...", flush=True)

@@ -68,6 +68,8 @@ class OnsetStage:
         self._lag = int(round(MAINS_LAG_S * p.rate))
         self._prev = np.zeros(self._lag, np.float32)  # the samples before (the tone windows, the mains lags)
         self._hotrun = 0  # level-hot frames in a row up to the last one
+        self._lorun, self._lopeak = 0, -np.inf  # the open run of loud frames and its peak (clicks)
+        self._last_click = -(1 << 60)  # sample of the latest hook-switch click
         self.speech_min = -np.inf  # the line's own least speech level (the segmenter's _speech_min: crosstalk)
         self._nblk = max(1, int(round(p.floor_window_s / FRAME_S)) // 25)
         self._blockmins = np.full(self._nblk, np.inf)  # minima of the last whole 0.25 s blocks
@@ -146,11 +148,11 @@ class OnsetStage:
                 self._blockmin = float(self._blockmins.min())
                 self._cur_min, self._cur_n = np.inf, 0
         p = self.p
-        level_ok = (lv >= floor + p.trigger_db) & (lv >= max(p.speech_min_dbfs, self.speech_min))
+        level_ok = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
         tone_ok = lv >= self._tone_db - 3.0
         first = self.pos
         self.pos += nf * flen
-        if not (level_ok.any() or tone_ok.any() or self._dial_run or self._hotrun or self._any_hot):
+        if not (level_ok.any() or tone_ok.any() or self._dial_run or self._hotrun or self._lorun or self._any_hot):
             # the common case, an idle line at its noise: nothing can fire (only the levels move on)
             self._lv = np.concatenate((self._lv, lv))[-MOVING_WIN:]
             return None
@@ -171,6 +173,22 @@ class OnsetStage:
         dial = shares[:, self._ng:].any(axis=1) & loud_tone if self._gmat.shape[1] > self._ng else np.zeros(nf, bool)
         mains = self._mains(z, f, e, nf)
         lvl_hot = level_ok & ~tone & ~mains
+        if np.isfinite(self.speech_min):
+            # crosstalk: under this line's own calls' level less a margin, and no hook click within 3 s
+            # before (a loud run shorter than 30 ms no more than 15 dB under the calls' level)
+            click_db = self.speech_min + p.crosstalk_db - 15.0
+            near = np.zeros(nf, bool)
+            r, peak = self._lorun, self._lopeak
+            for j, (h, v) in enumerate(zip(level_ok.tolist(), lv.tolist())):
+                if h:
+                    r, peak = r + 1, max(peak, v)
+                else:
+                    if 0 < r < MIN_RUN and peak >= click_db:
+                        self._last_click = first + j * flen
+                    r, peak = 0, -np.inf
+                near[j] = first + j * flen - self._last_click <= 3 * p.rate
+            self._lorun, self._lopeak = r, peak
+            lvl_hot &= (lv >= self.speech_min) | near
         # ... in a run of >= 3 (30 ms: a click or a pop is shorter, a syllable far longer)
         hot = np.empty(nf, bool)
         r = self._hotrun

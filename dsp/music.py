@@ -14,7 +14,8 @@ For white noise a bin exceeds 8x its local mean with probability e^-8 = 0.03 %; 
 in a row at the same bin +-1, twice within 0.5 s, almost never happen (measured: no frame in
 5 min of white noise); hold music is followed down to about 9 dB under the noise. Works on whole
 chunks, no state but the last two windows' peaks and the per-bin peak rate: the FFT is
-scipy.fft's, everything around it (choosing and windowing the windows, power, peaks, peak rate,
+numpy's (pocketfft in float32: scipy.fft, which the box needs nowhere else, would cost ~30 MB of
+the recorder's memory), everything around it (choosing and windowing the windows, power, peaks, peak rate,
 runs, the pair rule) is two numba kernels (see ``dsp._jit``). They
 keep numpy's dtypes and order of operations (float32 power, box sums and peak test, float64
 rate), so the result is the same, bit for bit, as the array code they replace.
@@ -23,7 +24,6 @@ rate), so the result is the same, bit for bit, as the array code they replace.
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 
 from ._jit import kernel
 
@@ -199,7 +199,7 @@ class TonalDetector:
         if len(rows):
             if self._lo < 0 or self._hi > self.n // 2 + 1:
                 raise ValueError(f"bins {self._lo}..{self._hi} not in the rfft of {self.n} samples")
-            sq = scipy.fft.rfft(self._seg[:len(rows)], axis=1).view(np.float32)  # (re, im) pairs
+            sq = np.fft.rfft(self._seg[:len(rows)], axis=1).view(np.float32)  # (re, im) pairs, complex64
             a = 1.0 - (1.0 - self._alpha_per_window) ** len(rows)
         else:
             sq, a = self._no_spectrum, 0.0

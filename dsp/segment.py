@@ -305,7 +305,7 @@ class SegmentParams:
     cid_dtmf: bool = True
     onset: bool = True  # the provisional onset stage (CallOnset ahead of the chunk's analysis)
     onset_withdraw_s: float = 1.0  # analysed this far past a provisional onset without a call: withdrawn
-    crosstalk_db: float = 24.0  # an idle line's speech this far under its own calls' level is crosstalk
+    crosstalk_db: float = 15.0  # an idle line's speech this far under its own calls' level is crosstalk
     sense_offhook_s: float = 0.06  # the sense input off-hook this long is off-hook (bounce, ringing are not)
     sense_flash_s: float = 1.0  # ... on-hook longer than this is a hang-up (shorter: a hook flash)
     sense_check_s: float = 1.0  # after an on-hook, speech this long (past the grace) keeps the call going
@@ -547,6 +547,8 @@ class LineSegmenter:
         self._mains_lag = int(round(0.1 * p.rate))
         self._hist = np.zeros(self._mains_lag, np.float32)  # the last 100 ms of samples (hum test)
         self._hot_run = 0  # loud frames in a row at the end of the last chunk (click test)
+        self._last_click = _NEG  # end sample of the latest hook-switch click (crosstalk test)
+        self._click_hold = int(round(3.0 * p.rate))
         self._call_state_reset()
 
     def _call_state_reset(self) -> None:
@@ -663,9 +665,11 @@ class LineSegmenter:
             self._onset.speech_min = self._speech_min()
 
     def _speech_min(self) -> float:
-        """The least level of a speech frame that may start a call on this idle line: speech further
-        under the level of this line's own calls (the median of their 95th-percentile frame levels,
-        once 3 calls are known) is a neighbouring pair's crosstalk."""
+        """The least level of a speech frame that may start a call on this idle line unless a hook
+        click came within 3 s before it: speech further under the level of this line's own calls (the
+        median of their 95th-percentile frame levels, once 3 calls are known) without an off-hook is
+        a neighbouring pair's crosstalk. (A click: a loud run shorter than 30 ms no more than 15 dB
+        under the calls' level; the line's own crackle is far quieter.)"""
         if self.call_level is None or len(self.call_levels) < 3:  # not before 3 calls said how loud they are
             return -np.inf
         return self.call_level - self.p.crosstalk_db
@@ -862,7 +866,7 @@ class LineSegmenter:
         if fsk_frame is None:
             a = b = 0
         # speech, idle activity, busy/reorder frames, level movement, and the tapes that keep them
-        smin = p.speech_min_dbfs if self.in_call else max(p.speech_min_dbfs, self._speech_min())
+        smin = p.speech_min_dbfs
         talk, act_idle_ext, endtone_ext, floor_ext, lvl_ext, moving, lv_min, dtmf_frame = self._tapes(
             lv, floor, tl_all, codes_all, a, b, p.trigger_db, p.release_db, smin,
             self._not_speech(x, e, lv, floor, smin))
@@ -892,6 +896,8 @@ class LineSegmenter:
         flen = self.flen
         nf = len(lv)
         lag = self._mains_lag
+        click_db = max(self.p.speech_min_dbfs, self._speech_min() + self.p.crosstalk_db - 15.0) \
+            if np.isfinite(self._speech_min()) else np.inf
         z = np.concatenate((self._hist, x))
         self._hist = z[-lag:]
         g = z[:nf * flen].reshape(nf, flen)
@@ -919,10 +925,17 @@ class LineSegmenter:
                 j += 1
             if j < nf and run0 + (j - i) < 3:  # a finished run shorter than 30 ms
                 short[i:j] = True
+                if lv[i:j].max() >= click_db:  # a hook-switch click: an off-hook may follow
+                    self._last_click = self._sample(self._frame0 - nf + j)
             run0 = run0 + (j - i) if j == nf else 0
             i = j
         self._hot_run = run0
-        return mains | short | flat
+        out = mains | short | flat
+        if not self.in_call and np.isfinite(self._speech_min()):
+            # crosstalk: speech far under this line's own calls, with no hook click before it
+            near = self._sample(self._frame0 - nf + np.arange(nf)) - self._last_click <= self._click_hold
+            out |= (lv < self._speech_min()) & ~near
+        return out
 
     def _quiet_chunk(self, x, e, f0, nf, lv, floor) -> None:
         """An idle chunk with no frame over the spectral gate: keep what the full path would keep."""

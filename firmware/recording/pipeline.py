@@ -268,7 +268,7 @@ class SegmenterWorker(Worker):
             ls.pos = b
             if ls.call_key is not None and not ls.pending:
                 self._flush(ls, ls.seg.committed_upto)
-            self._write_ahead(ls, upto)
+            self._write_ahead(ls, b)
             if ls.call_key is not None and not ls.pending:
                 rings.release(ls.idx, min(ls.written, ls.ahead))
             elif ls.call_key is not None:
@@ -299,8 +299,9 @@ class SegmenterWorker(Worker):
             self._put(("event", "sense_alarm", ls.cfg.channel, ev.kind))
 
     def _write_ahead(self, ls: LineState, upto: int, force: bool = False) -> None:
-        """The call's newest audio to the writer's ahead journal (in batches of ``ahead_block``, each
-        fsynced there), before the segmenter has analysed it: a power cut loses at most ~1 s."""
+        """The call's audio as fed to the segmenter (up to ``upto``) to the writer's ahead journal, in
+        batches of ``ahead_block`` (each fsynced there), before the segmenter has analysed it: a power
+        cut loses at most ~1 s (the segmenter is fed within 0.1 s of the capture)."""
         if ls.call_key is None:
             return
         upto = min(upto, self.rings.write_pos)
@@ -362,15 +363,17 @@ class SegmenterWorker(Worker):
             ls.pending = False
 
     def _flush(self, ls: LineState, upto: int) -> None:
-        if ls.call_key is None or upto <= ls.written:
-            return
-        x, got = self.rings.read(ls.idx, ls.written, upto)
-        if got > ls.written:
-            ls.held_lost += got - ls.written
-            self._put(("lost", ls.call_key, got - ls.written))
-        if len(x):
-            self._put(("audio", ls.call_key, x))
-        ls.written = upto
+        """The call's audio up to ``upto`` to the writer, in pieces of at most a second (the writer
+        queue's items bound the audio it holds: queue_blocks seconds per line at most)."""
+        while ls.call_key is not None and upto > ls.written:
+            end = min(upto, ls.written + self.block)
+            x, got = self.rings.read(ls.idx, ls.written, end)
+            if got > ls.written:
+                ls.held_lost += got - ls.written
+                self._put(("lost", ls.call_key, got - ls.written))
+            if len(x):
+                self._put(("audio", ls.call_key, x))
+            ls.written = end
 
     def _close(self, ls: LineState, reason: str, ev: CallEnd | None = None) -> None:
         if ls.call_key is not None:
