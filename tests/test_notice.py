@@ -195,17 +195,25 @@ def test_line_without_relay_on_a_real_board_is_a_config_error():
         parse_config({"line": [{"channel": 0, "name": "a", "relay_pin": 40}]})
 
 
-def test_line_sense_starts_the_notice_and_the_call_takes_it(tmp_path, factory):
+def test_line_sense_edges_go_to_the_segmenter_and_play_nothing_themselves(tmp_path, factory):
+    """The sense input's raw edges (bounce and ringing included) go to the recorder's segmenter,
+    which debounces them and opens the call with its one notice (tests/test_linestate.py); the
+    notice service itself plays nothing on an edge."""
     short_announcement(tmp_path, 0.5)
     lines = [dict(LINES[0], sense_pin=23), LINES[1]]
     sink = SimulatedSink(RATE)
     svc, results, _ = service(tmp_path, lines, sinks=[sink])
-    factory.pin(23).drive_low()  # off-hook: loop current pulls the detector low
-    time.sleep(0.1)
-    svc.request(0, key=7)  # segmentation notices the call a moment later
-    [res] = results.wait(7)
+    edges = []
+    svc.on_sense = lambda line, off: edges.append((line, off))
+    pin = factory.pin(23)
+    pin.drive_low()  # off-hook: loop current pulls the detector low
+    pin.drive_high()
+    pin.drive_low()
+    assert svc.sense_state() == {0: True}
+    time.sleep(0.3)
     svc.close()
-    assert res.played and len(sink.history) == 1  # one notice, not two
+    assert edges == [(0, True), (0, False), (0, True)]
+    assert sink.history == []
 
 
 def test_button_short_press_tests_long_press_shuts_down(tmp_path, factory):
