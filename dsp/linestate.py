@@ -33,6 +33,9 @@ MOVING_DB = 1.5
 MAINS_LAG_S = 0.1
 MAINS_R = 0.7
 MIN_RUN = 3  # frames
+ONSET_EASE_DB = 2.0  # the stage takes frames this much under the analysis's speech trigger
+CLICK_DBFS = -30.0  # a hook click's least frame level while the line's call level is not known
+CLICK_HOLD_S = 1.5  # speech this soon after a hook click needs half the hot frames
 TONE_WIN = 4  # frames: the call-progress tones are judged over 40 ms windows (25 Hz apart), as the analysis does
 TONE_EACH = 0.1  # a call-progress tone: each of its frequencies holds this share of the window's power
 
@@ -148,7 +151,7 @@ class OnsetStage:
                 self._blockmin = float(self._blockmins.min())
                 self._cur_min, self._cur_n = np.inf, 0
         p = self.p
-        level_ok = (lv >= floor + p.trigger_db) & (lv >= p.speech_min_dbfs)
+        level_ok = (lv >= floor + p.trigger_db - ONSET_EASE_DB) & (lv >= p.speech_min_dbfs)
         tone_ok = lv >= self._tone_db - 3.0
         first = self.pos
         self.pos += nf * flen
@@ -173,22 +176,24 @@ class OnsetStage:
         dial = shares[:, self._ng:].any(axis=1) & loud_tone if self._gmat.shape[1] > self._ng else np.zeros(nf, bool)
         mains = self._mains(z, f, e, nf)
         lvl_hot = level_ok & ~tone & ~mains
-        if np.isfinite(self.speech_min):
+        # hook-switch clicks: a loud run shorter than 30 ms, no more than 15 dB under this line's calls'
+        # level (or at -30 dBFS or louder before it is known; the line's own crackle is far quieter)
+        known = np.isfinite(self.speech_min)
+        click_db = self.speech_min + p.crosstalk_db - 15.0 if known else CLICK_DBFS
+        since = np.empty(nf)
+        r, peak = self._lorun, self._lopeak
+        for j, (h, v) in enumerate(zip(level_ok.tolist(), lv.tolist())):
+            if h:
+                r, peak = r + 1, max(peak, v)
+            else:
+                if 0 < r < MIN_RUN and peak >= click_db:
+                    self._last_click = first + j * flen
+                r, peak = 0, -np.inf
+            since[j] = first + j * flen - self._last_click
+        self._lorun, self._lopeak = r, peak
+        if known:
             # crosstalk: under this line's own calls' level less a margin, and no hook click within 3 s
-            # before (a loud run shorter than 30 ms no more than 15 dB under the calls' level)
-            click_db = self.speech_min + p.crosstalk_db - 15.0
-            near = np.zeros(nf, bool)
-            r, peak = self._lorun, self._lopeak
-            for j, (h, v) in enumerate(zip(level_ok.tolist(), lv.tolist())):
-                if h:
-                    r, peak = r + 1, max(peak, v)
-                else:
-                    if 0 < r < MIN_RUN and peak >= click_db:
-                        self._last_click = first + j * flen
-                    r, peak = 0, -np.inf
-                near[j] = first + j * flen - self._last_click <= 3 * p.rate
-            self._lorun, self._lopeak = r, peak
-            lvl_hot &= (lv >= self.speech_min) | near
+            lvl_hot &= (lv >= self.speech_min) | (since <= 3 * p.rate)
         # ... in a run of >= 3 (30 ms: a click or a pop is shorter, a syllable far longer)
         hot = np.empty(nf, bool)
         r = self._hotrun
@@ -217,7 +222,9 @@ class OnsetStage:
         self._hot = ext[-(w - 1):]
         self._any_hot = bool(self._hot.any())
         self._lv = lvx[-MOVING_WIN:]
-        speech = (count >= self._need) & moving & hot
+        # right after a hook click, half the speech is enough: the off-hook has been heard
+        need = np.where(since <= CLICK_HOLD_S * p.rate, self._need // 2, self._need)
+        speech = (count >= need) & moving & hot
         fire = np.flatnonzero(speech | (runs >= self._dial_need))
         if not len(fire):
             return None

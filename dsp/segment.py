@@ -304,7 +304,7 @@ class SegmentParams:
     cid_fsk: bool = True
     cid_dtmf: bool = True
     onset: bool = True  # the provisional onset stage (CallOnset ahead of the chunk's analysis)
-    onset_withdraw_s: float = 1.0  # analysed this far past a provisional onset without a call: withdrawn
+    onset_withdraw_s: float = 2.0  # analysed this far past a provisional onset without a call: withdrawn
     crosstalk_db: float = 15.0  # an idle line's speech this far under its own calls' level is crosstalk
     sense_offhook_s: float = 0.06  # the sense input off-hook this long is off-hook (bounce, ringing are not)
     sense_flash_s: float = 1.0  # ... on-hook longer than this is a hang-up (shorter: a hook flash)

@@ -200,7 +200,9 @@ def test_an_onset_the_analysis_does_not_confirm_is_withdrawn():
     onsets, gone = of(ev, CallOnset), of(ev, CallWithdrawn)
     assert not of(ev, CallStart) and not of(ev, CallEnd)
     assert len(onsets) == 1 and len(gone) == 1 and gone[0].raised == onsets[0].raised
-    assert next(f for f, e in ev if e is gone[0]) - onsets[0].raised <= 4 * S  # within a chunk or so
+    p = SegmentParams()
+    # withdrawn once the analysis has passed it by onset_withdraw_s: within that and a chunk
+    assert next(f for f, e in ev if e is gone[0]) - onsets[0].raised <= (p.onset_withdraw_s + p.chunk_s) * S
 
 
 def test_tones_and_steady_hum_raise_nothing_but_a_dial_tone_does():
