@@ -490,3 +490,19 @@ def test_the_write_ahead_journal_survives_a_cut_at_every_operation(tmp_path, key
             y = res.audio_from(1000)
             assert np.array_equal(y, pcm[:len(y)]), f"wrong samples at cut {upto}"
             assert len(y) >= fed, f"{(fed - len(y)) / RATE:.2f} s lost at cut {upto}"
+
+
+def test_verify_leaves_a_live_write_ahead_journal_alone_and_names_a_stale_one(box):
+    from firmware.vault.ahead import AheadJournal
+    from firmware.vault.keys import load_device_recovery_recipient
+
+    data, _ = box
+    aj = AheadJournal(data, load_device_recovery_recipient(data), {"channel": 0, "line_name": "x", "rate": RATE,
+                                                                   "codec": "wav", "start": 0, "wall": 0.0})
+    aj.append(0, np.zeros(RATE // 2, np.int16))
+    assert run_cli("verify", "--data", str(data)).returncode == 0  # a call in progress writes to it
+    old = time.time() - 600
+    os.utime(aj.path, (old, old))
+    r = run_cli("verify", "--data", str(data))
+    assert r.returncode != 0 and "leftover write-ahead journal" in r.stdout
+    aj.close()

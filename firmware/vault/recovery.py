@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ..index import CallIndex
 from .keys import device_for, device_recovery_identity, load_recipients
 
 log = logging.getLogger(__name__)
+AHEAD_STALE_S = 120.0  # a write-ahead journal not written for this long belongs to no call in progress
 
 
 def recover_data_dir(data: Path, key_class_of=None) -> list[dict]:
@@ -231,8 +233,11 @@ def verify_data_dir(data: Path) -> VerifyReport:
                 continue
             rep.files += 1
             if f.name.endswith(".ahead"):
-                rep.problems.append(f"{f.relative_to(data)}: audio of a call in progress (run 'nokbox recover' "
-                                    "if no recorder runs)")
+                # a call in progress appends to its write-ahead journal every 0.5 s: one left unwritten
+                # for minutes is a cut's leftover (the recorder's next start recovers it)
+                if time.time() - f.stat().st_mtime > AHEAD_STALE_S:
+                    rep.problems.append(f"{f.relative_to(data)}: leftover write-ahead journal of an interrupted "
+                                        "call (run 'nokbox recover' if no recorder runs)")
                 continue
             if f.name.endswith((".part", ".journal", ".recovering")):
                 base = f.with_name(f.name.rsplit(".", 1)[0]).resolve()
